@@ -1,0 +1,1 @@
+"""Schemas and loading of stream and experiment YAML files."""

@@ -1,0 +1,72 @@
+"""Schema of an experiment YAML: stream, backbone, training settings, strategies, seeds and tracking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cl_harness.config.yaml_io import KeyPath, Source
+
+BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+@dataclass
+class BackboneConfig:
+    """The pretrained encoder: the bundled MiniLM, a local model directory or a hub id."""
+
+    name: str = field(default=BUNDLED_MINILM, metadata={"help": "bundled:all-MiniLM-L6-v2, a directory or a hub id"})
+    pooling: str = field(default="mean", metadata={"help": "cls | mean"})
+    revision: str | None = None
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise source.error(path + ("pooling",), f"must be cls or mean, got {self.pooling!r}")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and evaluation settings shared by every strategy of the experiment."""
+
+    epochs: int = field(default=1, metadata={"ge": 1})
+    batch_size: int = field(default=16, metadata={"ge": 1})
+    eval_batch_size: int = field(default=64, metadata={"ge": 1})
+    lr: float = field(default=5e-5, metadata={"gt": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
+    max_length: int = field(default=128, metadata={"ge": 4, "le": 8192})
+    eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise source.error(path + ("device",), f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class TrackingConfig:
+    """Where results go: an MLflow tracking URI (default: the local SQLite store) and experiment name."""
+
+    uri: str | None = field(default=None, metadata={"help": f"default {DEFAULT_TRACKING_URI} or $MLFLOW_TRACKING_URI"})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment; default: the experiment name"})
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: a stream, a backbone, training settings and the strategies and seeds to run."""
+
+    name: str
+    stream: str = field(metadata={"help": "stream YAML, relative to this file"})
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    strategies: list[Any] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy specs"})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    description: str = ""
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if not self.strategies:
+            raise source.error(path + ("strategies",), "list at least one strategy")
+        if not self.seeds:
+            raise source.error(path + ("seeds",), "list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise source.error(path + ("seeds",), "lists a seed twice")

@@ -1,0 +1,84 @@
+"""Load and validate experiment and stream YAML files into typed configs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from cl_harness.config.experiment import ExperimentConfig
+from cl_harness.config.schema import parse, to_dict
+from cl_harness.config.stream import StreamConfig
+from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load_yaml
+
+
+@dataclass
+class LoadedStream:
+    """A validated stream and where it came from; relative paths in it resolve against ``base_dir``."""
+
+    config: StreamConfig
+    source: Source
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+@dataclass
+class LoadedExperiment:
+    """A validated experiment with its stream."""
+
+    config: ExperimentConfig
+    source: Source
+    path: Path
+    stream: LoadedStream
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    def resolved(self) -> dict:
+        """The final configuration as plain data: what ``config.yaml`` records for every run."""
+        data = to_dict(self.config)
+        data["stream"] = {"path": str(self.stream.path), **to_dict(self.stream.config)}
+        return data
+
+
+def make_variables(data_root: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``${VAR}`` values: the environment, plus ``DATA_ROOT`` from ``--data-root``."""
+    variables = dict(os.environ if environ is None else environ)
+    if data_root is not None:
+        variables["DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
+    return variables
+
+
+def load_stream(path: str | Path, variables: Mapping[str, str] | None = None) -> LoadedStream:
+    variables = make_variables() if variables is None else variables
+    data, source = load_yaml(path, "stream")
+    data = expand_vars(data, variables, source)
+    return LoadedStream(parse(StreamConfig, data, source), source, Path(path).resolve())
+
+
+def load_experiment(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    data_root: str | Path | None = None,
+) -> LoadedExperiment:
+    """Read ``path``, apply ``--set`` overrides, validate it and load its stream."""
+    variables = make_variables(data_root)
+    data, source = load_yaml(path, "experiment")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise source.error((), "an experiment file must be a mapping with keys name, stream, ...")
+    data = apply_overrides(data, list(overrides), source)
+    data = expand_vars(data, variables, source)
+    if isinstance(data.get("backbone"), str):  # shorthand: `backbone: path-or-id`
+        data["backbone"] = {"name": data["backbone"]}
+    config = parse(ExperimentConfig, data, source)
+    stream_path = Path(config.stream).expanduser()
+    if not stream_path.is_absolute():
+        stream_path = Path(path).resolve().parent / stream_path
+    if not stream_path.is_file():
+        raise source.error(("stream",), f"stream file not found: {stream_path}")
+    stream = load_stream(stream_path, variables)
+    return LoadedExperiment(config, source, Path(path).resolve(), stream, variables)

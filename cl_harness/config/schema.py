@@ -1,0 +1,187 @@
+"""Typed configs from plain YAML data: unknown keys rejected with a suggestion, values coerced and range-checked.
+
+A config is a dataclass. Field metadata may hold ``help`` (one line shown by the CLI) and the
+bounds ``gt``, ``ge``, ``le`` and ``lt``. ``parse(cls, data, source)`` builds it and raises one
+``ConfigError`` naming the file, line and key path of the first problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+from cl_harness.config.yaml_io import KeyPath, Source
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str | None:
+    """Nearest valid name, as a hint, or None."""
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(arg)}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPath) -> None:
+    for key, ok, word in (
+        ("gt", lambda v, b: v > b, ">"),
+        ("ge", lambda v, b: v >= b, ">="),
+        ("lt", lambda v, b: v < b, "<"),
+        ("le", lambda v, b: v <= b, "<="),
+    ):
+        if key in meta and value is not None and not ok(value, meta[key]):
+            raise source.error(path, f"must be {word} {meta[key]}, got {value!r}")
+
+
+def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
+    """Convert ``value`` to type ``tp`` or raise a ConfigError at ``path``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, source, path)
+            except Exception as exc:  # noqa: BLE001 - try the next member of the union
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise source.error(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        hint = did_you_mean(value, [str(a) for a in allowed])
+        raise source.error(path, f"must be one of {', '.join(map(str, allowed))}; got {value!r}", hint=hint)
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise source.error(path, f"expected {_type_name(tp)}, got {value!r}")
+        return [coerce(arg, v, source, path + (i,)) for i, v in enumerate(value)]
+    if origin is dict:
+        _, arg = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise source.error(path, f"expected a mapping, got {value!r}")
+        return {str(k): coerce(arg, v, source, path + (k,)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, value, source, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise source.error(path, f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise source.error(path, f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise source.error(path, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise source.error(path, f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise source.error(path, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise source.error(path, f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys, types and bounds."""
+    source = source or Source()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise source.error(path, f"expected a mapping with keys {', '.join(field_names(cls))}; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise source.error(
+                path + (key,),
+                f"unknown key; allowed: {', '.join(fields)}",
+                hint=did_you_mean(key, fields),
+            )
+    kwargs = {}
+    for name, fld in fields.items():
+        if name in data:
+            value = coerce(hints[name], data[name], source, path + (name,))
+            _check_bounds(value, fld.metadata, source, path + (name,))
+            kwargs[name] = value
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            raise source.error(path + (name,) if not path else path, f"missing required key {name!r}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(source, path)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A config back to plain data (what ``config.yaml`` holds)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for every field, for ``cl-harness strategies``."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for fld in dataclasses.fields(cls):
+        if not fld.init:
+            continue
+        if fld.default is not dataclasses.MISSING:
+            default = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:
+            default = fld.default_factory()
+        else:
+            default = "(required)"
+        rows.append((fld.name, _type_name(hints[fld.name]), default, fld.metadata.get("help", "")))
+    return rows

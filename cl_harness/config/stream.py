@@ -1,0 +1,106 @@
+"""Schema of a stream YAML: an ordered list of text-classification tasks and the scenario."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cl_harness.config.yaml_io import KeyPath, Source
+
+Scenario = Literal["class_incremental", "task_incremental", "domain_incremental"]
+SourceType = Literal["hub", "files", "saved", "demo"]
+
+# Which source keys each source type takes (besides ``type``).
+SOURCE_KEYS: dict[str, set[str]] = {
+    "hub": {"name", "config", "revision", "train_split", "test_split"},
+    "files": {"train_file", "test_file"},
+    "saved": {"path", "train_split", "test_split"},
+    "demo": {"seed", "train_examples_per_class", "test_examples_per_class"},
+}
+
+
+@dataclass
+class SourceConfig:
+    """Where a task's rows come from: a hub dataset, local files, a saved dataset or the demo generator."""
+
+    type: SourceType = field(metadata={"help": "hub | files | saved | demo"})
+    name: str | None = field(default=None, metadata={"help": "hub dataset id, e.g. ag_news"})
+    config: str | None = field(default=None, metadata={"help": "hub dataset config name"})
+    revision: str | None = field(default=None, metadata={"help": "hub dataset revision"})
+    train_split: str | None = field(default="train", metadata={"help": "split name (hub, saved); null if absent"})
+    test_split: str | None = field(default="test", metadata={"help": "split name (hub, saved); null if absent"})
+    train_file: str | None = field(default=None, metadata={"help": "json, jsonl, csv or parquet file"})
+    test_file: str | None = field(default=None, metadata={"help": "json, jsonl, csv or parquet file"})
+    path: str | None = field(default=None, metadata={"help": "directory written by datasets.save_to_disk"})
+    seed: int = field(default=0, metadata={"help": "demo generator seed"})
+    train_examples_per_class: int = field(default=200, metadata={"ge": 1})
+    test_examples_per_class: int = field(default=50, metadata={"ge": 1})
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        allowed = SOURCE_KEYS[self.type]
+        defaults = SourceConfig(type=self.type)
+        for key in set().union(*SOURCE_KEYS.values()) - allowed:
+            if getattr(self, key) != getattr(defaults, key):
+                raise source.error(
+                    path + (key,),
+                    f"does not apply to a source of type {self.type!r}; it takes: {', '.join(sorted(allowed))}",
+                )
+        if self.type == "hub" and not self.name:
+            raise source.error(path, "a hub source needs `name` (the dataset id)")
+        if self.type == "saved" and not self.path:
+            raise source.error(path, "a saved source needs `path` (a datasets.save_to_disk directory)")
+        if self.type == "files" and not (self.train_file or self.test_file):
+            raise source.error(path, "a files source needs `train_file`, `test_file` or both")
+        if self.type in ("hub", "saved") and not (self.train_split or self.test_split):
+            raise source.error(path, "at least one of train_split and test_split must be set")
+
+
+@dataclass
+class TaskConfig:
+    """One task of a stream: its source, fields, label space and how to cut it."""
+
+    name: str
+    source: SourceConfig
+    text_field: str | list[str] = field(default="text", metadata={"help": "text column, or two for sentence pairs"})
+    label_field: str = "label"
+    label_names: list[str] | str | None = field(
+        default=None, metadata={"help": "label names, or a JSON file holding them; default: from the data"}
+    )
+    classes: list[str] | None = field(default=None, metadata={"help": "keep only these labels"})
+    train_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
+    test_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0, "help": "held out when one split is missing"})
+    split_seed: int = field(default=0, metadata={"help": "seed of sampling and of carving a missing split"})
+    drop_unknown_labels: bool = field(default=False, metadata={"help": "drop rows whose label is not declared"})
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        fields = [self.text_field] if isinstance(self.text_field, str) else self.text_field
+        if not 1 <= len(fields) <= 2:
+            raise source.error(path + ("text_field",), "give one text field, or two for a sentence pair")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise source.error(path + ("classes",), "lists a class twice")
+
+    @property
+    def text_fields(self) -> list[str]:
+        return [self.text_field] if isinstance(self.text_field, str) else list(self.text_field)
+
+
+@dataclass
+class StreamConfig:
+    """An ordered stream of tasks under one continual-learning scenario."""
+
+    name: str
+    scenario: Scenario
+    tasks: list[TaskConfig]
+    description: str = ""
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if len(self.tasks) < 2:
+            raise source.error(path + ("tasks",), f"a stream needs at least 2 tasks, got {len(self.tasks)}")
+        seen: dict[str, int] = {}
+        for index, task in enumerate(self.tasks):
+            if task.name in seen:
+                raise source.error(
+                    path + ("tasks", index, "name"), f"duplicate task name {task.name!r} (also task {seen[task.name]})"
+                )
+            seen[task.name] = index

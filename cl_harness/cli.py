@@ -1,0 +1,130 @@
+"""The ``cl-harness`` command: run | validate | strategies | ui."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import warnings
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _quiet_libraries() -> None:
+    """Silence import-time chatter of third-party libraries (not errors)."""
+    warnings.filterwarnings("ignore", message="no QP solver")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value, e.g. --set training.epochs=1 (repeatable)")
+    parser.add_argument("--data-root", help="directory that ${DATA_ROOT} in stream files points to")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cl-harness", description="Continual-learning experiments on pretrained transformers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train every strategy and seed of an experiment, tracked in MLflow")
+    _add_config_args(run)
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
+    _add_config_args(validate)
+
+    strategies = sub.add_parser("strategies", help="list the registered strategies and their parameters")
+    strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
+    ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def cmd_validate(args) -> int:
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.runner.prepare import check_experiment
+
+    checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    config = checked.loaded.config
+    print(f"experiment {config.name!r}: OK")
+    print(f"  stream   {checked.loaded.stream.config.name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
+    for task in checked.tasks:
+        print(f"    {task.name:<16} {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
+    print(f"  backbone {config.backbone.name}")
+    print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.report.terminal import run_summary
+    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.run import run_experiment
+
+    checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    prepared = prepare_experiment(checked)
+    show = not args.no_progress
+    results = run_experiment(prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True))
+    failed = [r for r in results if r.status != "FINISHED"]
+    uri = args.tracking_uri or checked.loaded.config.tracking.uri
+    print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri or 'sqlite:///mlruns/mlflow.db'}). Browse: cl-harness ui")
+    return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def cmd_strategies(args) -> int:
+    from cl_harness.config.schema import describe
+    from cl_harness.strategies import default_registry
+
+    for info in default_registry():
+        print(f"{info.name}: {info.summary}" + (f" [{info.paper}]" if info.paper else ""))
+        if set(info.scenarios) != {"class_incremental", "task_incremental", "domain_incremental"}:
+            print(f"    scenarios: {', '.join(info.scenarios)}")
+        for name, type_name, default, help_text in describe(info.config_cls):
+            print(f"    {name} ({type_name}, default {default!r})" + (f": {help_text}" if help_text else ""))
+    return EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    from cl_harness.tracking.mlflow_logger import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    url = f"http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning"
+    print(f"MLflow UI for {uri}\nopen {url}  (the ?workflowType=machine_learning view shows the runs table)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    from cl_harness.errors import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

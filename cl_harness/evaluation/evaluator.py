@@ -1,0 +1,58 @@
+"""Score a model on the test split of every task: one row of the accuracy matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cl_harness.data.encoding import lengths
+
+
+def length_sorted_batches(inputs: Tensor, batch_size: int) -> list[Tensor]:
+    """Index batches of examples sorted by length, so each batch pads only to similar lengths."""
+    order = torch.argsort(lengths(inputs), descending=True)
+    return list(torch.split(order, batch_size))
+
+
+@torch.inference_mode()
+def task_accuracy(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    task_index: int,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> float:
+    """Fraction of test examples of one task whose top logit is the right unit."""
+    if len(targets) == 0:
+        return float("nan")
+    if hasattr(model, "has_active_units") and not model.has_active_units():
+        return 0.0  # a class-incremental head that has seen no class predicts nothing
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for index in length_sorted_batches(inputs, batch_size):
+        x = inputs[index].to(device, non_blocking=True)  # (batch, 3, length)
+        logits = model(x, task_index)  # (batch, width)
+        correct += int((logits.argmax(dim=1).cpu() == targets[index]).sum())
+        if on_batch is not None:
+            on_batch(len(index))
+    model.train(was_training)
+    return correct / len(targets)
+
+
+def evaluate_all(
+    model: nn.Module,
+    test_sets: Sequence[tuple[Tensor, Tensor]],
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Accuracy on every task's test set, seen or not: ``[R[i][j] for j]``."""
+    return [
+        task_accuracy(model, inputs, targets, index, batch_size, device, on_batch)
+        for index, (inputs, targets) in enumerate(test_sets)
+    ]

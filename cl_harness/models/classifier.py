@@ -1,0 +1,89 @@
+"""A Hugging Face encoder with the heads a continual-learning scenario needs, in Avalanche's tensor-in, logits-out form.
+
+Inputs are packed token tensors ``(batch, 3, length)`` holding input ids, attention mask and
+token type ids, so that Avalanche can move them with ``.to(device)`` and its plugins can call
+``model(x)``. Each batch is trimmed to its longest sequence before the encoder runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from avalanche.models import MultiTaskModule
+from torch import Tensor, nn
+
+MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units stay finite
+
+
+def trim_batch(x: Tensor) -> Tensor:
+    """Cut the padding columns that every row of the batch shares. ``(batch, 3, length) -> (batch, 3, longest)``."""
+    longest = int(x[:, 1].sum(dim=1).max().item()) if x.shape[0] else 1
+    return x[:, :, : max(longest, 1)]
+
+
+class TextClassifier(MultiTaskModule):
+    """Encoder + scenario heads.
+
+    - ``class_incremental``: one head over every class of the stream; units of classes not yet
+      trained on are masked, so the head grows as classes are seen.
+    - ``domain_incremental``: one head over the shared label set, all units active.
+    - ``task_incremental``: one head per task, chosen by the task label (known at test time).
+    """
+
+    def __init__(self, encoder: nn.Module, head_sizes: list[int], scenario: str, pooling: str = "mean") -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.scenario = scenario
+        self.pooling = pooling
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleList(nn.Linear(hidden, size) for size in head_sizes)
+        self.width = max(head_sizes)
+        self.register_buffer("seen_units", torch.zeros(head_sizes[0], dtype=torch.bool))
+        self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+    def adaptation(self, experience) -> None:
+        """Activate the units of the classes in a training experience (class-incremental only)."""
+        if self.training and self.scenario == "class_incremental":
+            classes = torch.as_tensor(sorted(experience.dataset.targets.uniques), dtype=torch.long)
+            self.seen_units[classes.to(self.seen_units.device)] = True
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``."""
+        x = trim_batch(x)
+        ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
+        kwargs = {"token_type_ids": types} if self._takes_token_types else {}
+        hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, length, hidden)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, length, 1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
+        """Logits ``(batch, width)``; masked or absent units hold ``MASKED_LOGIT``."""
+        features = self.encode(x)
+        if self.scenario != "task_incremental":
+            logits = self.heads[0](features)
+            if self.scenario == "class_incremental":
+                logits = logits.masked_fill(~self.seen_units, MASKED_LOGIT)
+            return logits
+        if task_labels is None:
+            raise ValueError("a task-incremental model needs the task label of every example")
+        if isinstance(task_labels, int):
+            task_labels = torch.full((x.shape[0],), task_labels, device=x.device)
+        logits = features.new_full((x.shape[0], self.width), MASKED_LOGIT)
+        for task in torch.unique(task_labels).tolist():
+            rows = task_labels == task
+            head = self.heads[task]
+            logits[rows, : head.out_features] = head(features[rows])
+        return logits
+
+    def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
+        return self.forward(x, task_label)
+
+    def has_active_units(self) -> bool:
+        """False only for a class-incremental model that has not been trained on any class yet."""
+        return self.scenario != "class_incremental" or bool(self.seen_units.any())
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

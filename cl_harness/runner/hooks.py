@@ -1,0 +1,60 @@
+"""Framework plugins every run gets: a progress bar and a guard against non-finite losses."""
+
+from __future__ import annotations
+
+import math
+
+from avalanche.core import SupervisedPlugin
+from tqdm.auto import tqdm
+
+from cl_harness.errors import TrainingError
+
+
+class ProgressBar(SupervisedPlugin):
+    """A tqdm bar per task over all its training minibatches, showing the running loss."""
+
+    def __init__(self, describe: str, enabled: bool = True) -> None:
+        super().__init__()
+        self.describe = describe
+        self.enabled = enabled
+        self.bar = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        if not self.enabled:
+            return
+        total = strategy.train_epochs * len(strategy.dataloader)
+        task = strategy.experience.current_experience + 1
+        self.bar = tqdm(total=total, desc=f"{self.describe} train task {task}", unit="batch", leave=False)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{float(strategy.loss):.3f}", refresh=False)
+
+    def after_training_exp(self, strategy, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class FiniteLossGuard(SupervisedPlugin):
+    """Stop the run with a clear message when the loss becomes NaN or infinite."""
+
+    def __init__(self, strategy_label: str, task_names: list[str]) -> None:
+        super().__init__()
+        self.strategy_label = strategy_label
+        self.task_names = task_names
+        self.steps = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.steps = 0
+
+    def before_backward(self, strategy, **kwargs):
+        self.steps += 1
+        loss = float(strategy.loss.detach())
+        if not math.isfinite(loss):
+            task = self.task_names[strategy.experience.current_experience]
+            raise TrainingError(
+                f"non-finite loss ({loss}) in strategy {self.strategy_label!r}, task {task!r}, "
+                f"step {self.steps} of epoch {strategy.clock.train_exp_epochs + 1}"
+            )

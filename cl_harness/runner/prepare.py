@@ -1,0 +1,86 @@
+"""Everything checked and built before the first run trains: data, label space, tokens, strategies."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from cl_harness.config.loader import LoadedExperiment
+from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
+from cl_harness.data.tasks import TaskData, load_stream_tasks
+from cl_harness.models.backbone import load_tokenizer
+from cl_harness.strategies import default_registry
+from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
+
+
+@dataclass
+class CheckedExperiment:
+    """A configuration whose data, strategies and tokenizer have all been validated."""
+
+    loaded: LoadedExperiment
+    tasks: list[TaskData]
+    space: LabelSpace
+    strategies: list[StrategySpec]
+    tokenizer: object
+
+    @property
+    def scenario(self) -> str:
+        return self.loaded.stream.config.scenario
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def resolved_config(self) -> dict:
+        data = self.loaded.resolved()
+        data["strategies"] = [s.as_dict() for s in self.strategies]
+        return data
+
+
+@dataclass
+class PreparedExperiment:
+    """A checked experiment with every task tokenised once, shared by all its runs."""
+
+    checked: CheckedExperiment
+    encoded: list[EncodedTask]
+
+
+def cap_test_per_class(task: TaskData, cap: int | None, seed: int = 0) -> TaskData:
+    """Keep at most ``cap`` test examples per class (``training.eval_per_class``), chosen with a fixed seed."""
+    if cap is None:
+        return task
+    rng = random.Random(seed)
+    order = list(range(len(task.test_labels)))
+    rng.shuffle(order)
+    kept, counts = [], {}
+    for i in order:
+        label = task.test_labels[i]
+        if counts.get(label, 0) < cap:
+            counts[label] = counts.get(label, 0) + 1
+            kept.append(i)
+    kept.sort()
+    return TaskData(
+        task.name,
+        task.label_names,
+        task.train_texts,
+        task.train_labels,
+        [task.test_texts[i] for i in kept],
+        [task.test_labels[i] for i in kept],
+    )
+
+
+def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
+    """Validate strategies, data and backbone without training or writing anything."""
+    registry = registry or default_registry()
+    config = loaded.config
+    scenario = loaded.stream.config.scenario
+    strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
+    tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
+    tokenizer = load_tokenizer(config.backbone)
+    return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer)
+
+
+def prepare_experiment(checked: CheckedExperiment) -> PreparedExperiment:
+    """Tokenise every task once."""
+    encoded = encode_tasks(checked.tasks, checked.space, checked.tokenizer, checked.loaded.config.training.max_length)
+    return PreparedExperiment(checked, encoded)

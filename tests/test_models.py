@@ -1,0 +1,101 @@
+"""The scenario heads and the packed-tensor wrapper around a Hugging Face encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cl_harness.config.experiment import BackboneConfig
+from cl_harness.errors import ConfigError
+from cl_harness.models.backbone import check_tokenizer_matches, load_encoder, load_tokenizer
+from cl_harness.models.classifier import MASKED_LOGIT, TextClassifier, trim_batch
+
+
+class FakeExperience:
+    def __init__(self, classes):
+        class Targets:
+            uniques = set(classes)
+
+        class Dataset:
+            targets = Targets()
+
+        self.dataset = Dataset()
+
+
+def packed(lengths: list[int], width: int = 12) -> torch.Tensor:
+    x = torch.zeros((len(lengths), 3, width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        x[row, 0, :n] = torch.randint(5, 20, (n,))
+        x[row, 1, :n] = 1
+    return x  # (batch, 3, width)
+
+
+def test_trim_batch_cuts_shared_padding_only():
+    x = packed([3, 7, 5])
+    trimmed = trim_batch(x)
+    assert trimmed.shape == (3, 3, 7)
+    assert torch.equal(trimmed, x[:, :, :7])
+
+
+@pytest.fixture
+def encoder(tiny_bert):
+    return load_encoder(BackboneConfig(name=str(tiny_bert)))
+
+
+def test_padding_does_not_change_the_pooled_features(encoder):
+    model = TextClassifier(encoder, [4], "domain_incremental").eval()
+    short = packed([4, 6], width=6)
+    long = torch.cat([short, torch.zeros((2, 3, 10), dtype=torch.long)], dim=2)  # extra padding columns
+    with torch.no_grad():
+        assert torch.allclose(model(short), model(long), atol=1e-5)
+
+
+def test_class_incremental_head_activates_classes_as_they_are_seen(encoder):
+    model = TextClassifier(encoder, [6], "class_incremental")
+    x = packed([5, 5])
+    assert not model.has_active_units()
+    assert torch.all(model(x) == MASKED_LOGIT)
+    model.train()
+    model.adaptation(FakeExperience([0, 1]))
+    logits = model(x)
+    assert torch.all(logits[:, 2:] == MASKED_LOGIT) and torch.all(logits[:, :2] != MASKED_LOGIT)
+    model.adaptation(FakeExperience([2, 3]))
+    assert model.seen_units.tolist() == [True, True, True, True, False, False]
+    model.eval()
+    model.adaptation(FakeExperience([4, 5]))  # evaluation never activates units
+    assert model.seen_units.sum() == 4
+
+
+def test_task_incremental_rows_use_their_task_head(encoder):
+    model = TextClassifier(encoder, [2, 3], "task_incremental").eval()
+    x = packed([4, 4, 6])
+    with torch.no_grad():
+        logits = model(x, torch.tensor([0, 1, 0]))
+        assert logits.shape == (3, 3)
+        assert logits[0, 2] == MASKED_LOGIT and logits[2, 2] == MASKED_LOGIT and logits[1, 2] != MASKED_LOGIT
+        features = model.encode(x)
+        assert torch.allclose(logits[1], model.heads[1](features[1]), atol=1e-5)
+        assert torch.allclose(logits[0, :2], model.heads[0](features[0]), atol=1e-5)
+    with pytest.raises(ValueError, match="task label"):
+        model(x)
+
+
+def test_bundled_minilm_resolves_and_matches_its_tokenizer():
+    config = BackboneConfig()
+    tokenizer, encoder = load_tokenizer(config), load_encoder(config)
+    check_tokenizer_matches(tokenizer, encoder, config.name)
+    assert sum(p.numel() for p in encoder.parameters()) == 22_713_216
+
+
+def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ConfigError, match="cannot load backbone") as info:
+        load_encoder(BackboneConfig(name=str(tmp_path)))
+    assert info.value.key == "backbone.name"
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_bert):
+    encoder = load_encoder(BackboneConfig(name=str(tiny_bert)))
+    minilm_tokenizer = load_tokenizer(BackboneConfig())
+    with pytest.raises(ConfigError, match="tokenizer"):
+        check_tokenizer_matches(minilm_tokenizer, encoder, "tiny")

@@ -67,3 +67,64 @@ def demo_words() -> list[str]:
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny BERT (2 layers, hidden 32) whose vocabulary covers the demo sentences."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), demo_words())
+
+
+def write_demo_stream(directory: Path, scenario: str = "class_incremental", per_class: int = 20, tasks: int = 2) -> Path:
+    """A small generated stream: ``tasks`` tasks of two demo topics each."""
+    import yaml
+
+    from cl_harness.data.demo import DEMO_LABELS
+
+    stream = {
+        "name": "tiny-demo",
+        "scenario": scenario,
+        "tasks": [
+            {
+                "name": f"t{i + 1}",
+                "source": {"type": "demo", "seed": i, "train_examples_per_class": per_class, "test_examples_per_class": 10},
+                "classes": DEMO_LABELS[:2] if scenario == "domain_incremental" else DEMO_LABELS[2 * i : 2 * i + 2],
+            }
+            for i in range(tasks)
+        ],
+    }
+    path = directory / "stream.yaml"
+    path.write_text(yaml.safe_dump(stream, sort_keys=False))
+    return path
+
+
+def write_experiment(directory: Path, backbone: Path | str, strategies: list, **training) -> Path:
+    """An experiment YAML over ``stream.yaml`` in the same directory, with fast tiny-model settings."""
+    import yaml
+
+    settings = {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "lr": 1e-3, "max_length": 24, **training}
+    experiment = {
+        "name": "tiny",
+        "stream": "stream.yaml",
+        "backbone": {"name": str(backbone), "pooling": "mean"},
+        "training": settings,
+        "strategies": strategies,
+        "seeds": [0],
+    }
+    path = directory / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_bert):
+    """``tiny_run(strategy_entry, scenario=..., **training)`` trains one strategy on a tiny demo stream.
+
+    Returns ``(result, strategy)``: the RunResult (accuracy matrix, metrics) and the Avalanche
+    template after training, so tests can inspect plugins. Nothing is written to MLflow.
+    """
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.run import train_and_evaluate
+
+    def run(entry, scenario: str = "class_incremental", per_class: int = 20, tasks: int = 2, **training):
+        write_demo_stream(tmp_path, scenario, per_class, tasks)
+        path = write_experiment(tmp_path, tiny_bert, [entry], **training)
+        prepared = prepare_experiment(check_experiment(load_experiment(path)))
+        return train_and_evaluate(prepared, prepared.checked.strategies[0], seed=0, show_progress=False, keep_strategy=True)
+
+    return run

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cl_harness.data.benchmark import make_benchmark
 from cl_harness.errors import TrainingError
 from cl_harness.evaluation.evaluator import evaluate_all
-from cl_harness.evaluation.metrics import seen_average, summary
+from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import check_tokenizer_matches, load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar
@@ -71,7 +71,9 @@ def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, devi
     """Avalanche's training template with the strategy's plugins and the framework's own."""
     checked = prepared.checked
     training = checked.loaded.config.training
-    context = BuildContext(checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device)
+    context = BuildContext(
+        checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model
+    )
     plugins = [plugin for p in spec.plugins for plugin in p.build(context)]
     plugins += [FiniteLossGuard(spec.label, checked.task_names), ProgressBar(spec.label, show_progress)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
@@ -92,17 +94,36 @@ def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, devi
 
 
 def experiences_to_train(benchmark, mode: str) -> list[tuple[int, object]]:
-    """(step, experience) pairs the base loop trains on, by the strategy's training-data mode."""
-    stream = list(benchmark.train_stream)
-    if mode == "joint":
-        from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
-        from avalanche.benchmarks.utils import _concat_taskaware_classification_datasets
+    """(step, experience) pairs the base loop trains on, by the strategy's training-data mode.
 
-        merged = _concat_taskaware_classification_datasets([e.dataset for e in stream])
-        experience = DatasetExperience(dataset=merged, current_experience=len(stream) - 1)
-        experience.task_labels = sorted(merged.targets_task_labels.uniques)
-        return [(len(stream), experience)]
-    return [(index + 1, exp) for index, exp in enumerate(stream)]
+    ``current``: task i at step i. ``cumulative``: tasks 1..i merged at step i. ``joint``: all
+    tasks merged, trained once, at step T.
+    """
+    stream = list(benchmark.train_stream)
+    if mode == "current":
+        return [(index + 1, exp) for index, exp in enumerate(stream)]
+    if mode == "cumulative":
+        return [(index + 1, merge_experiences(stream[: index + 1])) for index in range(len(stream))]
+    return [(len(stream), merge_experiences(stream))]
+
+
+def merge_experiences(experiences: list) -> object:
+    """One experience holding the data of several, numbered as the last of them."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+    from avalanche.benchmarks.utils import _concat_taskaware_classification_datasets
+
+    merged = _concat_taskaware_classification_datasets([e.dataset for e in experiences])
+    experience = DatasetExperience(dataset=merged, current_experience=experiences[-1].current_experience)
+    experience.origin_stream = experiences[-1].origin_stream
+    experience.task_labels = sorted(merged.targets_task_labels.uniques)
+    return experience
+
+
+def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) -> dict[str, float]:
+    """The summary metrics; a joint run has one row, so only its final ``acc`` is defined."""
+    if mode == "joint":
+        return {"acc": acc(np.array(matrix))}
+    return summary(np.array(matrix), np.array(initial))
 
 
 class Evaluation:
@@ -126,8 +147,12 @@ def train_and_evaluate(
     seed: int,
     logger: RunLogger | None = None,
     show_progress: bool = True,
-) -> RunResult:
-    """One run: the untrained baseline, then train each task and evaluate all tasks after it."""
+    keep_strategy: bool = False,
+):
+    """One run: the untrained baseline, then train each task and evaluate all tasks after it.
+
+    Returns the RunResult, or ``(result, strategy)`` with ``keep_strategy`` (for inspecting plugins).
+    """
     checked = prepared.checked
     config = checked.loaded.config
     device = resolve_device(config.training.device)
@@ -158,8 +183,8 @@ def train_and_evaluate(
         result.status = "FINISHED"
     result.wall_time_s = time.perf_counter() - started
     if result.matrix:
-        result.metrics = summary(np.array(result.matrix), np.array(initial))
-    return result
+        result.metrics = final_metrics(result.matrix, initial, spec.train_data)
+    return (result, strategy) if keep_strategy else result
 
 
 def log_results(logger: RunLogger, result: RunResult) -> None:

@@ -1,0 +1,307 @@
+"""Read the raw rows of one split of a task's source: a hub dataset, local files, a saved dataset or the demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cl_harness.config.stream import SourceConfig
+from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
+from cl_harness.errors import ConfigError
+
+Split = Literal["train", "test"]
+
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+FILES_HINT = "to use local files instead: source: {type: files, train_file: train.jsonl, test_file: test.jsonl}"
+
+
+@dataclass
+class RawSplit:
+    """The rows of one split as columns, the ClassLabel names of its columns, and where they came from."""
+
+    columns: Mapping[str, Sequence[Any]]
+    num_rows: int
+    origin: str
+    class_labels: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def field_names(self) -> list[str]:
+        """The column names, in file order."""
+        return list(self.columns)
+
+
+class _DatasetColumns(Mapping):
+    """Columns of a ``datasets.Dataset``, converted to lists only when asked for."""
+
+    def __init__(self, dataset: Any) -> None:
+        self._dataset = dataset
+
+    def __getitem__(self, name: str) -> list:
+        if name not in self._dataset.column_names:
+            raise KeyError(name)
+        return list(self._dataset[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._dataset.column_names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dataset.column_names)
+
+    def __len__(self) -> int:
+        return len(self._dataset.column_names)
+
+
+@dataclass
+class SourceReader:
+    """Reads the splits of one task's source; errors point at ``path`` (the source's key path) in the stream file."""
+
+    config: SourceConfig
+    base_dir: Path
+    source: Source
+    path: KeyPath
+    _saved: Any = field(default=None, init=False, repr=False)
+
+    def fail(self, key: str | None, message: str, hint: str | None = None) -> ConfigError:
+        """A ConfigError at the source key ``key`` (or the source itself)."""
+        return self.source.error(self.path + ((key,) if key else ()), message, hint=hint)
+
+    def resolve(self, name: str) -> Path:
+        """A path from the stream file, relative to the stream's directory."""
+        path = Path(name).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def read(self, split: Split) -> RawSplit | None:
+        """The rows of ``split``, or None when the source does not have it."""
+        readers = {"hub": self._read_hub, "files": self._read_files, "saved": self._read_saved, "demo": self._read_demo}
+        return readers[self.config.type](split)
+
+    def _read_demo(self, split: Split) -> RawSplit:
+        """Generated demo rows of every demo topic."""
+        per_class = self.config.train_examples_per_class if split == "train" else self.config.test_examples_per_class
+        rows = generate_demo_rows(list(DEMO_LABELS), per_class, self.config.seed, split)
+        origin = f"demo source (seed {self.config.seed}), {split} split"
+        return rows_to_split(rows, origin, {"label": list(DEMO_LABELS)})
+
+    def _read_files(self, split: Split) -> RawSplit | None:
+        """Rows of the split's file, or None when none is given."""
+        key = f"{split}_file"
+        name = getattr(self.config, key)
+        if not name:
+            return None
+        path = self.resolve(name)
+        try:
+            return read_file(path)
+        except _FileProblem as problem:
+            raise self.fail(key, str(problem), hint=problem.hint) from None
+
+    def _read_saved(self, split: Split) -> RawSplit | None:
+        """Rows of a split of the saved dataset (a plain Dataset is the train split)."""
+        split_name = getattr(self.config, f"{split}_split")
+        if split_name is None:
+            return None
+        import datasets
+
+        data = self._load_saved()
+        where = f"saved dataset {self.resolve(self.config.path)}"
+        if not isinstance(data, datasets.DatasetDict):  # a plain Dataset is the train split
+            return dataset_to_split(data, where) if split == "train" else None
+        if split_name not in data:
+            raise self.fail(
+                f"{split}_split",
+                f"{where} has no split {split_name!r}; it has: {', '.join(data)}",
+                hint=f"set {split}_split to one of those, or to null to carve it from the other split",
+            )
+        return dataset_to_split(data[split_name], f"{where}, split {split_name!r}")
+
+    def _load_saved(self) -> Any:
+        """The saved Dataset or DatasetDict, loaded once."""
+        if self._saved is None:
+            self._saved = self._load_from_disk()
+        return self._saved
+
+    def _load_from_disk(self) -> Any:
+        """``datasets.load_from_disk`` of the source's path."""
+        import datasets
+
+        path = self.resolve(self.config.path)
+        if not path.is_dir():
+            raise self.fail("path", f"saved dataset directory not found: {path}")
+        try:
+            return datasets.load_from_disk(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure means it is not a readable saved dataset
+            raise self.fail(
+                "path",
+                f"{path} is not a dataset directory written by save_to_disk ({_short(exc)})",
+                hint="save one with datasets.Dataset.save_to_disk(dir), or use source type files",
+            ) from None
+
+    def _read_hub(self, split: Split) -> RawSplit | None:
+        """Rows of a hub dataset split, via datasets.load_dataset."""
+        import datasets
+
+        split_name = getattr(self.config, f"{split}_split")
+        if split_name is None:
+            return None
+        name, config = self.config.name, self.config.config
+        what = f"hub dataset {name!r}" + (f" (config {config!r})" if config else "") + f", split {split_name!r}"
+        try:
+            data = datasets.load_dataset(name, config, split=split_name, revision=self.config.revision)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown id, unknown split: all are config problems
+            reason = _short(exc)
+            hint = FILES_HINT
+            if "split" in reason.lower() and "unknown" in reason.lower():
+                hint = f"set {split}_split to an existing split, or to null to carve it from the other; " + FILES_HINT
+            raise self.fail("name", f"could not load {what}: {reason}", hint=hint) from None
+        return dataset_to_split(data, what)
+
+
+class _FileProblem(Exception):
+    """A data file that cannot be read; turned into a ConfigError at the file's key."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception message, shortened."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def rows_to_split(rows: Sequence[Mapping[str, Any]], origin: str, class_labels: dict | None = None) -> RawSplit:
+    """Columns from a list of row objects; a row that lacks a key has None there."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            names.setdefault(key, None)
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    return RawSplit(columns, len(rows), origin, dict(class_labels or {}))
+
+
+def dataset_to_split(data: Any, origin: str) -> RawSplit:
+    """A ``datasets.Dataset`` as a RawSplit, with the names of its ClassLabel columns."""
+    import datasets
+
+    labels = {
+        name: list(feature.names)
+        for name, feature in data.features.items()
+        if isinstance(feature, datasets.ClassLabel)
+    }
+    return RawSplit(_DatasetColumns(data), len(data), origin, labels)
+
+
+def read_file(path: Path) -> RawSplit:
+    """Rows of a json, jsonl, csv or parquet file, chosen by suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise _FileProblem(
+            f"unsupported file type {path.suffix or '(no suffix)'!r}: {path}",
+            hint=f"use one of {', '.join(FILE_SUFFIXES)}",
+        )
+    if not path.exists():
+        raise _FileProblem(f"file not found: {path}", hint="relative paths resolve against the stream file's directory")
+    if not path.is_file():
+        raise _FileProblem(f"not a file: {path}")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _read_text(path)
+    if suffix == ".csv":
+        return _read_csv(path, text)
+    if suffix == ".json" and text.lstrip()[:1] == "[":
+        return rows_to_split(_parse_json_array(path, text), str(path))
+    return rows_to_split(_parse_json_lines(path, text), str(path))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a byte-order mark is skipped)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _FileProblem(f"cannot read {path}: {_short(exc)}") from None
+
+
+def _check_row(path: Path, row: Any, where: str) -> dict:
+    """``row`` if it is a JSON object, else a problem naming ``where``."""
+    if not isinstance(row, dict):
+        raise _FileProblem(f"{path}: {where} is not an object but {type(row).__name__}: {_short(repr(row), 80)}")
+    return row
+
+
+def _parse_json_array(path: Path, text: str) -> list[dict]:
+    """Rows of a file holding one JSON array of objects."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _FileProblem(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise _FileProblem(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+    return [_check_row(path, row, f"item {index}") for index, row in enumerate(data)]
+
+
+def _parse_json_lines(path: Path, text: str) -> list[dict]:
+    """Rows of a JSON-lines file: one object per non-blank line."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _FileProblem(f"{path}: invalid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
+        rows.append(_check_row(path, row, f"line {number}"))
+    return rows
+
+
+def _read_csv(path: Path, text: str) -> RawSplit:
+    """Rows of a CSV file with a header; integer-looking columns become ints."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise _FileProblem(f"{path}: empty CSV file (a header line is needed)")
+        records = []
+        for record in reader:
+            if record and len(record) != len(header):
+                raise _FileProblem(
+                    f"{path}: line {reader.line_num} has {len(record)} fields, the header has {len(header)}"
+                )
+            if record:
+                records.append(record)
+    except csv.Error as exc:
+        raise _FileProblem(f"{path}: invalid CSV at line {reader.line_num}: {exc}") from None
+    columns = {name: _maybe_ints([r[i] for r in records]) for i, name in enumerate(header)}
+    return RawSplit(columns, len(records), str(path))
+
+
+def _maybe_ints(values: list[str]) -> list:
+    """The values as ints when every one is a plain integer literal (``3``, not ``03``), else unchanged."""
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        return values
+    return numbers if values and all(str(n) == v for n, v in zip(numbers, values)) else values
+
+
+def _read_parquet(path: Path) -> RawSplit:
+    """Rows of a parquet file."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise _FileProblem(f"cannot read parquet file {path}: {_short(exc)}") from None
+    return RawSplit(table.to_pydict(), table.num_rows, str(path))
+
+
+def read_source(config: SourceConfig, base_dir: Path, source: Source, path: KeyPath) -> dict[str, RawSplit | None]:
+    """The train and test splits of a source (None for a split it does not have)."""
+    reader = SourceReader(config, base_dir, source, path)
+    return {"train": reader.read("train"), "test": reader.read("test")}

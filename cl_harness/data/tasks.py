@@ -1,0 +1,280 @@
+"""Cut the tasks of a stream: read each task's source, map labels, subset classes, carve and sample splits."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cl_harness.config.loader import LoadedStream
+from cl_harness.config.schema import did_you_mean
+from cl_harness.config.stream import TaskConfig
+from cl_harness.data.sources import RawSplit, read_source
+from cl_harness.errors import ConfigError
+
+_EMPTY_HINT = "check classes, drop_unknown_labels, *_per_class and the source's splits"
+
+
+@dataclass
+class TaskData:
+    """One task's examples: texts and label ids into ``label_names``."""
+
+    name: str
+    label_names: list[str]
+    train_texts: list
+    train_labels: list[int]
+    test_texts: list
+    test_labels: list[int]
+
+
+@dataclass
+class _Examples:
+    """Texts and label ids of one split while it is being cut."""
+
+    texts: list
+    labels: list[int]
+
+    def take(self, indices: Sequence[int]) -> "_Examples":
+        """The examples at ``indices``, in that order."""
+        return _Examples([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass
+class _TaskCutter:
+    """Cuts task ``index`` of ``stream``; every error points at the task's keys in the stream file."""
+
+    stream: LoadedStream
+    index: int
+
+    @property
+    def task(self) -> TaskConfig:
+        """The task's config."""
+        return self.stream.config.tasks[self.index]
+
+    def fail(self, keys: tuple, message: str, hint: str | None = None) -> ConfigError:
+        """A ConfigError at ``tasks[index].<keys>``."""
+        return self.stream.source.error(("tasks", self.index) + tuple(keys), message, hint=hint)
+
+    def cut(self) -> TaskData:
+        """Read, label, subset, carve and sample the task."""
+        task = self.task
+        raw = read_source(task.source, self.stream.base_dir, self.stream.source, ("tasks", self.index, "source"))
+        if raw["train"] is None and raw["test"] is None:
+            raise self.fail(("source",), "the source has neither a train nor a test split")
+        for name, split in raw.items():
+            if split is not None and split.num_rows == 0:
+                raise self.fail(("source",), f"the {name} split ({split.origin}) has no rows")
+        declared, inferred = self.label_names(raw)
+        splits = {
+            name: self.examples(split, declared, inferred, name) for name, split in raw.items() if split is not None
+        }
+        names, splits = self.subset_classes(declared, splits)
+        train, test = self.carve(splits, names)
+        train = self.sample(train, names, task.train_per_class, "train")
+        test = self.sample(test, names, task.test_per_class, "test")
+        self.check_result(names, train, test)
+        return TaskData(task.name, names, train.texts, train.labels, test.texts, test.labels)
+
+    # -- label names -------------------------------------------------------------------------------
+
+    def label_names(self, raw: dict[str, RawSplit | None]) -> tuple[list[str], bool]:
+        """The label names (list, JSON file, ClassLabel or inferred from the data) and whether they were inferred."""
+        declared, field = self.task.label_names, self.task.label_field
+        if isinstance(declared, list):
+            names = declared
+        elif isinstance(declared, str):
+            names = self.label_names_file(declared)
+        else:
+            names = next((s.class_labels[field] for s in raw.values() if s and field in s.class_labels), None)
+        if names is None:
+            values = [
+                v for name, s in raw.items() if s is not None for v in self.column(s, field, ("label_field",), name)
+            ]
+            return inferred_names(values), True
+        if len(set(names)) != len(names):
+            raise self.fail(("label_names",), f"lists a label twice: {names}")
+        return list(names), False
+
+    def label_names_file(self, name: str) -> list[str]:
+        """The label names held by a JSON file (relative to the stream's directory)."""
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else self.stream.base_dir / path
+        if not path.is_file():
+            raise self.fail(("label_names",), f"label names file not found: {path}", hint="give a list, or a JSON file")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.fail(("label_names",), f"cannot read label names file {path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise self.fail(("label_names",), f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        if not isinstance(data, list) or not data or not all(isinstance(v, (str, int)) for v in data):
+            raise self.fail(("label_names",), f"{path} must hold a JSON array of label names (strings)")
+        return [str(v) for v in data]
+
+    # -- one split ---------------------------------------------------------------------------------
+
+    def examples(self, split: RawSplit, names: list[str], inferred: bool, split_name: str) -> _Examples:
+        """Texts and label ids of one split (rows with an unknown label: an error, or dropped)."""
+        texts = self.texts(split, split_name)
+        raw_labels = self.column(split, self.task.label_field, ("label_field",), split_name)
+        lookup = {name: i for i, name in enumerate(names)}
+        ids = [label_id(value, names, lookup, by_name_only=inferred) for value in raw_labels]
+        unknown = [i for i, label in enumerate(ids) if label is None]
+        if unknown and not self.task.drop_unknown_labels:
+            raise self.unknown_labels_error(split, split_name, [raw_labels[i] for i in unknown], names)
+        keep = [i for i, label in enumerate(ids) if label is not None]
+        return _Examples([texts[i] for i in keep], [ids[i] for i in keep])
+
+    def texts(self, split: RawSplit, split_name: str) -> list:
+        """The split's texts: strings, or (str, str) tuples for two text fields."""
+        fields = self.task.text_fields
+        columns = [
+            self.text_column(split, name, ("text_field",) if len(fields) == 1 else ("text_field", i), split_name)
+            for i, name in enumerate(fields)
+        ]
+        return columns[0] if len(columns) == 1 else list(zip(*columns))
+
+    def text_column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list[str]:
+        """One text column as strings; a missing value is an error naming the row."""
+        values = self.column(split, name, keys, split_name)
+        for row, value in enumerate(values):
+            if value is None:
+                raise self.fail(keys, f"row {row} of the {split_name} split ({split.origin}) has no value for {name!r}")
+        return [v if isinstance(v, str) else str(v) for v in values]
+
+    def column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list:
+        """A column of the split; a missing field is an error listing the fields that exist."""
+        if name not in split.columns:
+            fields = split.field_names
+            hint = did_you_mean(name, fields) or "set text_field / label_field to one of the existing fields"
+            raise self.fail(
+                keys,
+                f"field {name!r} not found in the {split_name} split ({split.origin}); "
+                f"its fields are: {', '.join(fields) or '(none)'}",
+                hint=hint,
+            )
+        return list(split.columns[name])
+
+    def unknown_labels_error(self, split: RawSplit, split_name: str, unknown: list, names: list[str]) -> ConfigError:
+        """The error for rows whose label is not declared."""
+        keys = ("label_names",) if self.task.label_names is not None else ("label_field",)
+        examples = ", ".join(dict.fromkeys(repr(v) for v in unknown[:1000]))
+        return self.fail(
+            keys,
+            f"{len(unknown)} rows of the {split_name} split ({split.origin}) have a label outside the declared "
+            f"labels, e.g. {examples[:120]}; allowed: {', '.join(names)}",
+            hint="set drop_unknown_labels: true to drop those rows",
+        )
+
+    # -- class subset, carving, sampling -----------------------------------------------------------
+
+    def subset_classes(self, names: list[str], splits: dict[str, _Examples]) -> tuple[list[str], dict]:
+        """Keep only ``classes`` (ids renumbered in that order); without it, all labels."""
+        classes = self.task.classes
+        if classes is None:
+            return names, splits
+        for j, name in enumerate(classes):
+            if name not in names:
+                raise self.fail(
+                    ("classes", j),
+                    f"{name!r} is not a label of this task; labels: {', '.join(names)}",
+                    hint=did_you_mean(name, names),
+                )
+        new_id = {names.index(name): i for i, name in enumerate(classes)}
+        out = {}
+        for split_name, ex in splits.items():
+            keep = [i for i, label in enumerate(ex.labels) if label in new_id]
+            out[split_name] = _Examples([ex.texts[i] for i in keep], [new_id[ex.labels[i]] for i in keep])
+        return list(classes), out
+
+    def carve(self, splits: dict[str, _Examples], names: list[str]) -> tuple[_Examples, _Examples]:
+        """Both splits; a missing one is carved, stratified and seeded, from the other."""
+        if "train" in splits and "test" in splits:
+            return splits["train"], splits["test"]
+        (have,) = splits.values()
+        fraction = self.task.test_fraction
+        train_idx: list[int] = []
+        test_idx: list[int] = []
+        for label, indices in self.by_class(have.labels, len(names)).items():
+            rng = random.Random(f"{self.task.split_seed}:carve:{names[label]}")
+            shuffled = indices[:]
+            rng.shuffle(shuffled)
+            n_test = _carved_count(len(indices), fraction)
+            test_idx += shuffled[:n_test]
+            train_idx += shuffled[n_test:]
+        return have.take(sorted(train_idx)), have.take(sorted(test_idx))
+
+    @staticmethod
+    def by_class(labels: list[int], num_classes: int) -> dict[int, list[int]]:
+        """Row indices per label id, for the ids that occur."""
+        groups: dict[int, list[int]] = {label: [] for label in range(num_classes)}
+        for i, label in enumerate(labels):
+            groups[label].append(i)
+        return {label: idx for label, idx in groups.items() if idx}
+
+    def sample(self, ex: _Examples, names: list[str], per_class: int | None, split_name: str) -> _Examples:
+        """At most ``per_class`` examples of each class, chosen with the task's split seed; order kept."""
+        if per_class is None:
+            return ex
+        keep: list[int] = []
+        for label, indices in self.by_class(ex.labels, len(names)).items():
+            if len(indices) > per_class:
+                rng = random.Random(f"{self.task.split_seed}:{split_name}:{names[label]}")
+                indices = rng.sample(indices, per_class)
+            keep += indices
+        return ex.take(sorted(keep))
+
+    def check_result(self, names: list[str], train: _Examples, test: _Examples) -> None:
+        """The cut task must have train and test examples, and two classes in a class-incremental stream."""
+        for split_name, ex in (("train", train), ("test", test)):
+            if not ex.labels:
+                raise self.fail((), f"the {split_name} split is empty after filtering", hint=_EMPTY_HINT)
+        present = len(set(train.labels))
+        if self.stream.config.scenario == "class_incremental" and present < 2:
+            raise self.fail(
+                ("classes",) if self.task.classes is not None else (),
+                f"a class_incremental task needs at least 2 classes; its train split has {present} "
+                f"({', '.join(sorted({names[i] for i in train.labels}))})",
+                hint="give the task two or more classes",
+            )
+
+
+def _carved_count(size: int, fraction: float) -> int:
+    """How many of ``size`` examples of a class go to the carved test split (one at least, all but one at most)."""
+    if size < 2:
+        return 0
+    return min(max(round(size * fraction), 1), size - 1)
+
+
+def inferred_names(raw_labels: list) -> list[str]:
+    """Label names from the data alone: the sorted unique values, as strings."""
+    try:
+        values = {v for v in raw_labels if v is not None}
+    except TypeError:  # unhashable values such as lists
+        values = {str(v) for v in raw_labels if v is not None}
+    try:
+        ordered = sorted(values)
+    except TypeError:
+        ordered = sorted(values, key=str)
+    return list(dict.fromkeys(str(v) for v in ordered))
+
+
+def label_id(value: Any, names: list[str], lookup: dict[str, int], by_name_only: bool = False) -> int | None:
+    """The id of a raw label: a name, or an int index into the names; None when unknown."""
+    if isinstance(value, int) and not isinstance(value, bool) and not by_name_only:
+        return value if 0 <= value < len(names) else None
+    if value is None:
+        return None
+    return lookup.get(value if isinstance(value, str) else str(value))
+
+
+def load_task(stream: LoadedStream, index: int) -> TaskData:
+    """Read and cut task ``index`` of the stream."""
+    return _TaskCutter(stream, index).cut()
+
+
+def load_stream_tasks(stream: LoadedStream) -> list[TaskData]:
+    """Read and cut every task of the stream, in order."""
+    return [load_task(stream, index) for index in range(len(stream.config.tasks))]

@@ -1,0 +1,75 @@
+"""The cl-harness command end to end: validate, run into a real MLflow store, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import write_demo_stream, write_experiment
+
+from cl_harness.cli import main
+
+
+@pytest.fixture
+def experiment(tmp_path, tiny_bert):
+    write_demo_stream(tmp_path, "class_incremental", per_class=16, tasks=3)
+    return write_experiment(tmp_path, tiny_bert, ["naive"], epochs=2)
+
+
+def test_validate_prints_the_tasks_and_exits_zero(experiment, capsys):
+    assert main(["validate", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "t1" in out and "t3" in out and "class_incremental" in out
+
+
+def test_validate_reports_a_bad_key_with_exit_code_2_and_no_traceback(experiment, capsys):
+    text = experiment.read_text().replace("epochs: 2", "epochs: 2\n  learning_rat: 0.1")
+    experiment.write_text(text)
+    assert main(["validate", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert "training.learning_rat: unknown key" in err and str(experiment) in err and "Traceback" not in err
+
+
+def test_run_logs_every_step_metrics_and_artifacts_to_mlflow(experiment, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "naive/seed0: FINISHED" in out and "after t3" in out and "acc=" in out
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "naive/seed0"
+    assert {"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"} <= set(run.data.metrics)
+    for key in ("acc/t1", "acc/t2", "acc/t3", "acc/seen_avg"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == [0, 1, 2, 3], key  # step 0 is the untrained baseline, each step exactly once
+    assert run.data.params["training.epochs"] == "2" and run.data.tags["strategy"] == "naive"
+    assert run.data.tags["scenario"] == "class_incremental" and "versions.torch" in run.data.tags
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"accuracy_matrix.json", "accuracy_matrix.png", "config.yaml"} <= artifacts
+    matrix = json.loads(open(client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(tmp_path))).read())
+    assert matrix["tasks"] == ["t1", "t2", "t3"] and len(matrix["matrix"]) == 3 and len(matrix["initial"]) == 3
+    assert all(0.0 <= v <= 1.0 for row in matrix["matrix"] for v in row)
+    # the accuracy on the task just trained is what the step metric recorded
+    history = client.get_metric_history(run.info.run_id, "acc/t2")
+    assert {m.step: m.value for m in history}[2] == pytest.approx(matrix["matrix"][1][1])
+
+
+def test_a_refused_config_writes_nothing_to_the_store(experiment, tmp_path):
+    store = tmp_path / "refused"
+    text = experiment.read_text().replace("- naive", "- naiv")
+    experiment.write_text(text)
+    assert main(["run", str(experiment), "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 2
+    assert not store.exists()
+
+
+def test_strategies_lists_each_registered_name(capsys):
+    from cl_harness.strategies import default_registry
+
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    for name in default_registry().names():
+        assert f"\n{name}: " in "\n" + out

@@ -93,6 +93,12 @@ def cmd_strategies(args) -> int:
             print(f"    scenarios: {', '.join(info.scenarios)}")
         for name, type_name, default, help_text in describe(info.config_cls):
             print(f"    {name} ({type_name}, default {default!r})" + (f": {help_text}" if help_text else ""))
+    if args.all:
+        from cl_harness.strategies.unsupported import UNSUPPORTED
+
+        print("\nunsupported Avalanche strategies (cannot work with a transformer text classifier):")
+        for name, reason in UNSUPPORTED.items():
+            print(f"  {name}: {reason}")
     return EXIT_OK
 
 

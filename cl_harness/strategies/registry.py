@@ -32,6 +32,7 @@ class BuildContext:
     batch_size: int
     eval_batch_size: int
     device: Any = "cpu"
+    model: Any = None  # the run's TextClassifier, for plugins that need it at construction
 
 
 @dataclass(frozen=True)

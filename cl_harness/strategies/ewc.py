@@ -1,0 +1,88 @@
+"""EWC: a quadratic penalty keeps parameters near their old values, weighted by Fisher importance.
+
+Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks" (PNAS);
+online mode: Schwarz et al. 2018, "Progress & Compress: A scalable framework for continual learning" (ICML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+import torch
+from avalanche.training.plugins import EWCPlugin
+from torch import Tensor, nn
+
+from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.strategies.registry import BuildContext, StrategyInfo
+
+
+@dataclass
+class EWCConfig:
+    """Elastic Weight Consolidation, separate (one penalty per past task) or online (one running penalty)."""
+
+    ewc_lambda: float = field(
+        default=1000.0, metadata={"help": "weight of the penalty lambda * sum_k F_k (theta_k - theta*_k)^2", "ge": 0.0}
+    )
+    mode: Literal["separate", "online"] = field(
+        default="separate",
+        metadata={"help": "separate: one anchor and Fisher per past task; online: one, F <- decay * F + F_new"},
+    )
+    decay: float = field(
+        default=1.0,
+        metadata={"help": "online mode only: gamma, how much of the old Fisher is kept at each task", "ge": 0.0, "le": 1.0},
+    )
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if self.mode == "separate" and self.decay != 1.0:
+            raise source.error(path + ("decay",), "applies only to mode: online")
+
+
+def _tensor(value) -> Tensor:
+    """A stored anchor or importance as a tensor (Avalanche keeps them as ``ParamData``)."""
+    return value if isinstance(value, Tensor) else value.data
+
+
+def ewc_penalty(model: nn.Module, anchors: Mapping[str, object], importances: Mapping[str, object]) -> Tensor:
+    """``sum_k F_k (theta_k - theta*_k)^2`` over the model's parameters that have an anchor; a scalar tensor.
+
+    ``anchors`` and ``importances`` map parameter names to tensors (or ``ParamData``) of the parameter's shape.
+    Parameters without an anchor (added after it was taken) do not count.
+    """
+    penalty = torch.zeros((), device=next(model.parameters()).device)
+    for name, param in model.named_parameters():
+        if name not in anchors:
+            continue
+        anchor, importance = _tensor(anchors[name]), _tensor(importances[name])  # each: param.shape
+        penalty = penalty + (importance * (param - anchor).pow(2)).sum()
+    return penalty
+
+
+class EWC(EWCPlugin):
+    """Avalanche's EWCPlugin (importances, anchors, online update) with the penalty computed by ``ewc_penalty``.
+
+    Importances are Avalanche's: the squared gradient of each training mini-batch's mean loss, averaged
+    over the mini-batches, computed with the model in eval mode after each task.
+    """
+
+    def before_backward(self, strategy, **kwargs):
+        finished = strategy.clock.train_exp_counter  # tasks already trained on
+        if finished == 0:
+            return
+        tasks = range(finished) if self.mode == "separate" else [finished - 1]
+        penalty = sum(ewc_penalty(strategy.model, self.saved_params[t], self.importances[t]) for t in tasks)
+        strategy.loss += self.ewc_lambda * penalty
+
+
+def build(config: EWCConfig, context: BuildContext) -> list:
+    decay = config.decay if config.mode == "online" else None
+    return [EWC(ewc_lambda=config.ewc_lambda, mode=config.mode, decay_factor=decay)]
+
+
+INFO = StrategyInfo(
+    name="ewc",
+    config_cls=EWCConfig,
+    build=build,
+    summary="penalise moving parameters that were important (diagonal Fisher) for earlier tasks",
+    paper="Kirkpatrick et al. 2017 (PNAS); online: Schwarz et al. 2018 (ICML)",
+)

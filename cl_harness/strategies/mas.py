@@ -1,0 +1,42 @@
+"""MAS: importance is how sensitive the model's output is to each parameter, measured without labels.
+
+Aljundi, Babiloni, Elhoseiny, Rohrbach & Tuytelaars 2018, "Memory Aware Synapses: Learning what (not) to forget" (ECCV).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avalanche.training.plugins import MASPlugin
+
+from cl_harness.strategies.registry import BuildContext, StrategyInfo
+
+
+@dataclass
+class MASConfig:
+    """Memory Aware Synapses: loss + lambda * sum_k Omega_k (theta_k - theta*_k)^2."""
+
+    lambda_reg: float = field(default=1.0, metadata={"help": "lambda, the weight of the penalty", "ge": 0.0})
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Omega <- alpha * Omega_old + (1 - alpha) * Omega_new after each task", "ge": 0.0, "le": 1.0},
+    )
+
+
+def build(config: MASConfig, context: BuildContext) -> list:
+    """Avalanche's MASPlugin, used as is.
+
+    After each task it averages ``|d ||f(x)||^2 / d theta|`` over the task's training mini-batches
+    (``f(x)``: the logits). Logits of masked units are constants (``MASKED_LOGIT``), so they add nothing
+    to the gradient: only the units the model has trained on shape the importances.
+    """
+    return [MASPlugin(lambda_reg=config.lambda_reg, alpha=config.alpha)]
+
+
+INFO = StrategyInfo(
+    name="mas",
+    config_cls=MASConfig,
+    build=build,
+    summary="penalise moving parameters the output is most sensitive to (unsupervised importance)",
+    paper="Aljundi et al. 2018 (ECCV)",
+)

@@ -1,0 +1,102 @@
+"""Synaptic Intelligence: importance is each parameter's share of the loss decrease along the training path.
+
+Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence" (ICML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from avalanche.training.plugins import SupervisedPlugin
+from torch import Tensor, nn
+
+from cl_harness.strategies.ewc import ewc_penalty
+from cl_harness.strategies.registry import BuildContext, StrategyInfo
+
+
+@dataclass
+class SIConfig:
+    """Synaptic Intelligence: the surrogate loss L + c * sum_k Omega_k (theta_k - theta*_k)^2."""
+
+    si_lambda: float = field(default=1.0, metadata={"help": "c, the weight of the surrogate penalty", "ge": 0.0})
+    eps: float = field(
+        default=1.0e-3, metadata={"help": "xi, damping in Omega = omega / (Delta^2 + xi)", "gt": 0.0}
+    )
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+
+
+class SynapticIntelligence(SupervisedPlugin):
+    """Path-integral importances, kept on the model's device.
+
+    Written for the harness instead of wrapping Avalanche's SynapticIntelligencePlugin, which on a CPU
+    device snapshots parameters with ``param.detach().cpu()`` (a view of the live tensor, not a copy),
+    so every parameter change it measures is zero and so are its importances; it also clips importances
+    to at most 1e-3 and lets them go negative, which Zenke et al. do not.
+
+    - ``omega``: per task, ``-sum_steps g * Delta_theta``, with ``g`` the gradient of the loss without this
+      plugin's own penalty (as in the paper's code), summed over the optimizer steps.
+    - ``importances`` (Omega): sum over finished tasks of ``max(omega, 0) / (Delta_task^2 + xi)``; kept
+      non-negative so that the penalty stays a convex pull towards the anchor.
+    """
+
+    def __init__(self, si_lambda: float = 1.0, eps: float = 1.0e-3) -> None:
+        super().__init__()
+        self.si_lambda = si_lambda
+        self.eps = eps
+        self.importances: dict[str, Tensor] = {}  # Omega, each of its parameter's shape
+        self.anchors: dict[str, Tensor] = {}  # theta* at the end of the last task
+        self.omega: dict[str, Tensor] = {}  # path integral of the current task
+        self.task_start: dict[str, Tensor] = {}  # theta at the start of the current task
+        self.weights_before_step: dict[str, Tensor] = {}  # theta just before the current optimizer step
+
+    def before_training_exp(self, strategy, **kwargs):
+        params = trainable(strategy.model)
+        self.task_start = {name: param.detach().clone() for name, param in params}
+        self.omega = {name: torch.zeros_like(param) for name, param in params}
+
+    def before_backward(self, strategy, **kwargs):
+        if self.importances:
+            strategy.loss += self.si_lambda * ewc_penalty(strategy.model, self.anchors, self.importances)
+
+    def before_update(self, strategy, **kwargs):
+        self.weights_before_step = {n: p.detach().clone() for n, p in trainable(strategy.model) if p.grad is not None}
+
+    @torch.no_grad()
+    def after_update(self, strategy, **kwargs):
+        for name, param in trainable(strategy.model):
+            if name not in self.weights_before_step or name not in self.omega:
+                continue
+            old = self.weights_before_step[name]
+            grad = param.grad
+            if name in self.importances:  # remove the gradient of this plugin's own penalty
+                grad = grad - 2.0 * self.si_lambda * self.importances[name] * (old - self.anchors[name])
+            self.omega[name] -= grad * (param - old)
+        self.weights_before_step = {}
+
+    @torch.no_grad()
+    def after_training_exp(self, strategy, **kwargs):
+        for name, param in trainable(strategy.model):
+            if name not in self.omega:
+                continue
+            moved = param - self.task_start[name]
+            gained = self.omega[name].clamp(min=0.0) / (moved.pow(2) + self.eps)
+            self.importances[name] = self.importances.get(name, torch.zeros_like(param)) + gained
+            self.anchors[name] = param.detach().clone()
+        self.omega, self.task_start = {}, {}
+
+
+def build(config: SIConfig, context: BuildContext) -> list:
+    return [SynapticIntelligence(si_lambda=config.si_lambda, eps=config.eps)]
+
+
+INFO = StrategyInfo(
+    name="si",
+    config_cls=SIConfig,
+    build=build,
+    summary="penalise moving parameters whose updates reduced the loss of earlier tasks (online path integral)",
+    paper="Zenke, Poole & Ganguli 2017 (ICML)",
+)

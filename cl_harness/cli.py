@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
     _add_config_args(validate)
@@ -63,7 +64,7 @@ def cmd_validate(args) -> int:
     for task in checked.tasks:
         print(f"    {task.name:<16} {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
     print(f"  backbone {config.backbone.name}")
-    print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}")
+    print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")
     return EXIT_OK
 
 
@@ -71,9 +72,14 @@ def cmd_run(args) -> int:
     from cl_harness.config.loader import load_experiment
     from cl_harness.report.terminal import run_summary
     from cl_harness.runner.prepare import check_experiment, prepare_experiment
-    from cl_harness.runner.run import run_experiment
+    from cl_harness.runner.experiment import run_experiment
 
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    if args.dry_run:
+        print(f"{len(checked.runs)} planned runs of experiment {checked.loaded.config.name!r}:")
+        for planned in checked.runs:
+            print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
+        return EXIT_OK
     prepared = prepare_experiment(checked)
     show = not args.no_progress
     results = run_experiment(prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True))

@@ -125,6 +125,6 @@ def tiny_run(tmp_path, tiny_bert):
         write_demo_stream(tmp_path, scenario, per_class, tasks)
         path = write_experiment(tmp_path, tiny_bert, [entry], **training)
         prepared = prepare_experiment(check_experiment(load_experiment(path)))
-        return train_and_evaluate(prepared, prepared.checked.strategies[0], seed=0, show_progress=False, keep_strategy=True)
+        return train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
 
     return run

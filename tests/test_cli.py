@@ -36,11 +36,15 @@ def test_run_logs_every_step_metrics_and_artifacts_to_mlflow(experiment, tmp_pat
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "naive/seed0: FINISHED" in out and "after t3" in out and "acc=" in out
+    assert "naive/seed0/order0: FINISHED" in out and "after t3" in out and "acc=" in out
 
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "naive/seed0"
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["cl_harness.role"] == "parent"]
+    (run,) = [r for r in runs if r.data.tags["cl_harness.role"] == "child"]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "naive/seed0/order0"
+    assert run.data.metrics["trainable_params"] > 0 and run.data.metrics["train_examples_per_s"] > 0
     assert {"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"} <= set(run.data.metrics)
     for key in ("acc/t1", "acc/t2", "acc/t3", "acc/seen_avg"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
@@ -64,6 +68,20 @@ def test_a_refused_config_writes_nothing_to_the_store(experiment, tmp_path):
     experiment.write_text(text)
     assert main(["run", str(experiment), "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 2
     assert not store.exists()
+
+
+def test_dry_run_prints_the_grid_without_training(experiment, capsys):
+    text = experiment.read_text().replace("seeds:\n- 0", "seeds: [0, 1]\npermutations: 2")
+    experiment.write_text(text.replace("- naive", "- naive\n- ewc"))
+    assert main(["run", str(experiment), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 planned runs" in out and "ewc/seed1/order1" in out and "order: t1 -> t2 -> t3" in out
+
+
+def test_an_order_that_does_not_name_the_stream_tasks_is_refused(experiment, capsys):
+    experiment.write_text(experiment.read_text() + "orders: [[t1, t2, t4]]\n")
+    assert main(["run", str(experiment), "--dry-run"]) == 2
+    assert "orders[0]: an order must name every task" in capsys.readouterr().err
 
 
 def test_strategies_lists_each_registered_name(capsys):

@@ -60,6 +60,9 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategies: list[Any] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy specs"})
     seeds: list[int] = field(default_factory=lambda: [0])
+    orders: list[list[str]] | None = field(default=None, metadata={"help": "task orders to run, each naming every task"})
+    permutations: int | None = field(default=None, metadata={"ge": 1, "help": "run the stream order plus N-1 random orders"})
+    order_seed: int = field(default=0, metadata={"help": "seed that draws the random orders"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     description: str = ""
 
@@ -70,3 +73,5 @@ class ExperimentConfig:
             raise source.error(path + ("seeds",), "list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise source.error(path + ("seeds",), "lists a seed twice")
+        if self.orders is not None and self.permutations is not None:
+            raise source.error(path + ("permutations",), "give either `orders` or `permutations`, not both")

@@ -33,26 +33,26 @@ def task_accuracy(
         return 0.0  # a class-incremental head that has seen no class predicts nothing
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for index in length_sorted_batches(inputs, batch_size):
         x = inputs[index].to(device, non_blocking=True)  # (batch, 3, length)
         logits = model(x, task_index)  # (batch, width)
-        correct += int((logits.argmax(dim=1).cpu() == targets[index]).sum())
+        correct += (logits.argmax(dim=1) == targets[index].to(device, non_blocking=True)).sum()
         if on_batch is not None:
             on_batch(len(index))
     model.train(was_training)
-    return correct / len(targets)
+    return int(correct) / len(targets)
 
 
 def evaluate_all(
     model: nn.Module,
-    test_sets: Sequence[tuple[Tensor, Tensor]],
+    test_sets: Sequence[tuple[Tensor, Tensor, int]],
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Accuracy on every task's test set, seen or not: ``[R[i][j] for j]``."""
+    """Accuracy on every ``(inputs, targets, task label)`` test set, seen or not: ``[R[i][j] for j]``."""
     return [
-        task_accuracy(model, inputs, targets, index, batch_size, device, on_batch)
-        for index, (inputs, targets) in enumerate(test_sets)
+        task_accuracy(model, inputs, targets, task_label, batch_size, device, on_batch)
+        for inputs, targets, task_label in test_sets
     ]

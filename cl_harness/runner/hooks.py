@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from avalanche.core import SupervisedPlugin
 from tqdm.auto import tqdm
@@ -29,7 +30,7 @@ class ProgressBar(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{float(strategy.loss):.3f}", refresh=False)
+            self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
 
     def after_training_exp(self, strategy, **kwargs):
         if self.bar is not None:
@@ -58,3 +59,28 @@ class FiniteLossGuard(SupervisedPlugin):
                 f"non-finite loss ({loss}) in strategy {self.strategy_label!r}, task {task!r}, "
                 f"step {self.steps} of epoch {strategy.clock.train_exp_epochs + 1}"
             )
+
+
+class TrainingMeter(SupervisedPlugin):
+    """Counts training examples (replayed ones included) and time spent training each task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.examples = 0
+        self.seconds = 0.0
+        self.task_seconds = 0.0
+        self._started = 0.0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self._started = time.perf_counter()
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.examples += int(strategy.mb_x.shape[0])
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.task_seconds = time.perf_counter() - self._started
+        self.seconds += self.task_seconds
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds else 0.0

@@ -9,6 +9,7 @@ from cl_harness.config.loader import LoadedExperiment
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
 from cl_harness.data.tasks import TaskData, load_stream_tasks
 from cl_harness.models.backbone import load_tokenizer
+from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
 
@@ -22,6 +23,7 @@ class CheckedExperiment:
     space: LabelSpace
     strategies: list[StrategySpec]
     tokenizer: object
+    runs: list[PlannedRun]
 
     @property
     def scenario(self) -> str:
@@ -75,9 +77,11 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     config = loaded.config
     scenario = loaded.stream.config.scenario
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
+    orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
+    runs = plan_runs(strategies, config.seeds, orders)
     tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
-    return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer)
+    return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 
 
 def prepare_experiment(checked: CheckedExperiment) -> PreparedExperiment:

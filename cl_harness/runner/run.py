@@ -1,13 +1,13 @@
-"""Run an experiment: each (strategy, seed) trains task after task, scored on every task after every step."""
+"""One run: a strategy trains task after task in a given order, scored on every task after every step."""
 
 from __future__ import annotations
 
 import random
-import tempfile
+import resource
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,27 +15,28 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from tqdm.auto import tqdm
 
-from cl_harness.data.benchmark import make_benchmark
+from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
 from cl_harness.evaluation.evaluator import evaluate_all
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import check_tokenizer_matches, load_encoder
 from cl_harness.models.classifier import TextClassifier
-from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar
+from cl_harness.runner.grid import PlannedRun
+from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar, TrainingMeter
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
-from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
-from cl_harness.tracking.mlflow_logger import RunLogger, default_tags, metric_key
+from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
 
 
 @dataclass
 class RunResult:
-    """The outcome of one (strategy, seed) run."""
+    """The outcome of one run of the grid."""
 
     strategy: str
     seed: int
-    tasks: list[str]
+    tasks: list[str]  # in this run's training order
     initial: list[float]
+    order_index: int = 0
     matrix: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "RUNNING"
@@ -45,7 +46,7 @@ class RunResult:
 
     @property
     def run_name(self) -> str:
-        return f"{self.strategy}/seed{self.seed}"
+        return f"{self.strategy}/seed{self.seed}/order{self.order_index}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +61,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, float]:
     """``acc/<task>`` for every task and ``acc/seen_avg``, for one evaluation step."""
     metrics = {metric_key(f"acc/{name}"): value for name, value in zip(tasks, row)}
@@ -67,7 +76,7 @@ def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, flo
     return metrics
 
 
-def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, show_progress: bool):
+def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, extra_plugins, show_progress):
     """Avalanche's training template with the strategy's plugins and the framework's own."""
     checked = prepared.checked
     training = checked.loaded.config.training
@@ -75,7 +84,7 @@ def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, devi
         checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model
     )
     plugins = [plugin for p in spec.plugins for plugin in p.build(context)]
-    plugins += [FiniteLossGuard(spec.label, checked.task_names), ProgressBar(spec.label, show_progress)]
+    plugins += [FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
@@ -127,14 +136,14 @@ def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) ->
 
 
 class Evaluation:
-    """Scores the model on every task's test set, with a progress bar over examples."""
+    """Scores the model on every task's test set, in training order, with a progress bar over examples."""
 
-    def __init__(self, prepared: PreparedExperiment, device: torch.device, show_progress: bool) -> None:
-        self.test_sets = [(t.test_inputs, t.test_targets) for t in prepared.encoded]
-        self.batch_size = prepared.checked.loaded.config.training.eval_batch_size
+    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool) -> None:
+        self.test_sets = [(t.test_inputs, t.test_targets, t.index) for t in tasks]
+        self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress
-        self.total = sum(len(targets) for _, targets in self.test_sets)
+        self.total = sum(len(targets) for _, targets, _ in self.test_sets)
 
     def __call__(self, model, step: int) -> list[float]:
         with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
@@ -143,40 +152,42 @@ class Evaluation:
 
 def train_and_evaluate(
     prepared: PreparedExperiment,
-    spec: StrategySpec,
-    seed: int,
+    planned: PlannedRun,
     logger: RunLogger | None = None,
     show_progress: bool = True,
     keep_strategy: bool = False,
 ):
-    """One run: the untrained baseline, then train each task and evaluate all tasks after it.
+    """The untrained baseline, then train each task in the run's order and evaluate all tasks after it.
 
     Returns the RunResult, or ``(result, strategy)`` with ``keep_strategy`` (for inspecting plugins).
     """
     checked = prepared.checked
     config = checked.loaded.config
+    spec = planned.strategy
     device = resolve_device(config.training.device)
-    seed_everything(seed)
+    ordered = [prepared.encoded[i] for i in planned.order]
+    tasks = [t.name for t in ordered]
+
+    seed_everything(planned.seed)
     encoder = load_encoder(config.backbone)
     check_tokenizer_matches(checked.tokenizer, encoder, config.backbone.name)
     model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
-    strategy = build_strategy(prepared, spec, model, device, show_progress)
-    evaluate = Evaluation(prepared, device, show_progress)
-    tasks = checked.task_names
+    meter = TrainingMeter()
+    strategy = build_strategy(prepared, spec, model, device, tasks, [meter], show_progress)
+    evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress)
 
     started = time.perf_counter()
     initial = evaluate(model, 0)
-    result = RunResult(spec.label, seed, tasks, initial, run_id=logger.run_id if logger else None)
+    result = RunResult(spec.label, planned.seed, tasks, initial, planned.order_index, run_id=logger.run_id if logger else None)
     if logger:
         logger.log_step(0, step_metrics(tasks, initial, 0))
-    benchmark = make_benchmark(prepared.encoded)
     try:
-        for step, experience in experiences_to_train(benchmark, spec.train_data):
+        for step, experience in experiences_to_train(make_benchmark(ordered), spec.train_data):
             strategy.train(experience, num_workers=0)
             row = evaluate(model, step)
             result.matrix.append(row)
             if logger:
-                logger.log_step(step, step_metrics(tasks, row, step))
+                logger.log_step(step, {**step_metrics(tasks, row, step), "train_time_s": meter.task_seconds})
     except TrainingError as exc:  # the partial matrix is kept and logged
         result.status, result.error = "FAILED", str(exc)
     else:
@@ -184,72 +195,10 @@ def train_and_evaluate(
     result.wall_time_s = time.perf_counter() - started
     if result.matrix:
         result.metrics = final_metrics(result.matrix, initial, spec.train_data)
-    return (result, strategy) if keep_strategy else result
-
-
-def log_results(logger: RunLogger, result: RunResult) -> None:
-    """Final metrics and the accuracy-matrix artifacts (also for a partial matrix)."""
-    if result.metrics:
-        logger.log_final({**result.metrics, "wall_time_s": result.wall_time_s})
-    logger.log_dict(accuracy_matrix_dict(result.tasks, result.initial, result.matrix), "accuracy_matrix.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "accuracy_matrix.png"
-        plot_accuracy_matrix(result.tasks, result.initial, result.matrix, png, title=result.run_name)
-        logger.log_artifact(png)
-
-
-def run_one(prepared: PreparedExperiment, spec: StrategySpec, seed: int, client, experiment_id: str, show_progress: bool) -> RunResult:
-    """One tracked run: a failure in training marks it FAILED, with the partial matrix logged."""
-    checked = prepared.checked
-    tags = {
-        **default_tags(None),
-        "strategy": spec.label,
-        "seed": str(seed),
-        "stream": checked.loaded.stream.config.name,
-        "scenario": checked.scenario,
-        "backbone": checked.loaded.config.backbone.name,
-    }
-    logger = RunLogger(client, experiment_id, f"{spec.label}/seed{seed}", tags=tags)
-    config = checked.resolved_config()
-    config["run"] = {"strategy": spec.as_dict(), "seed": seed}
-    logger.log_config(config)
-    try:
-        result = train_and_evaluate(prepared, spec, seed, logger, show_progress)
-    except KeyboardInterrupt:
-        logger.end("KILLED")
-        raise
-    except BaseException:
-        logger.end("FAILED")
-        raise
-    log_results(logger, result)
-    if result.error:
-        logger.set_tags({"error": result.error[:4000]})
-    logger.end(result.status)
-    return result
-
-
-def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None, show_progress: bool = True, on_result=None) -> list[RunResult]:
-    """Every (strategy, seed) of the experiment, one MLflow run each, in one MLflow experiment."""
-    from mlflow import MlflowClient
-
-    from cl_harness.tracking.mlflow_logger import (
-        check_tracking_reachable,
-        default_artifact_location,
-        get_or_create_experiment,
-        resolve_tracking_uri,
+    result.metrics.update(
+        wall_time_s=result.wall_time_s,
+        train_examples_per_s=meter.examples_per_second,
+        peak_memory_mb=peak_memory_mb(device),
+        trainable_params=float(model.trainable_parameters()),
     )
-
-    config = prepared.checked.loaded.config
-    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
-    check_tracking_reachable(uri)
-    name = config.tracking.experiment or config.name
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = get_or_create_experiment(client, name, default_artifact_location(uri, name))
-    results = []
-    for spec in prepared.checked.strategies:
-        for seed in config.seeds:
-            result = run_one(prepared, spec, seed, client, experiment_id, show_progress)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    return results
+    return (result, strategy) if keep_strategy else result

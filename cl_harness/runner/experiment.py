@@ -1,0 +1,104 @@
+"""Run a whole experiment grid into MLflow: one parent run per invocation, one child run per planned run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from cl_harness.runner.grid import PlannedRun
+from cl_harness.runner.prepare import PreparedExperiment
+from cl_harness.runner.run import RunResult, train_and_evaluate
+from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
+from cl_harness.tracking.mlflow_logger import (
+    RunLogger,
+    check_tracking_reachable,
+    default_artifact_location,
+    default_tags,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+)
+
+PARENT, CHILD = "parent", "child"
+
+
+def log_results(logger: RunLogger, result: RunResult) -> None:
+    """Final metrics and the accuracy-matrix artifacts (also for a partial matrix)."""
+    if result.metrics:
+        logger.log_final(result.metrics)
+    logger.log_dict(accuracy_matrix_dict(result.tasks, result.initial, result.matrix), "accuracy_matrix.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "accuracy_matrix.png"
+        plot_accuracy_matrix(result.tasks, result.initial, result.matrix, png, title=result.run_name)
+        logger.log_artifact(png)
+
+
+def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str]:
+    checked = prepared.checked
+    return {
+        "cl_harness.role": CHILD,
+        "strategy": planned.strategy.label,
+        "seed": str(planned.seed),
+        "order": str(planned.order_index),
+        "task_order": ",".join(checked.task_names[i] for i in planned.order),
+        "stream": checked.loaded.stream.config.name,
+        "scenario": checked.scenario,
+        "backbone": checked.loaded.config.backbone.name,
+    }
+
+
+def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool) -> RunResult:
+    """One tracked run; a failure in training marks it FAILED with the partial matrix logged, the grid goes on."""
+    logger = RunLogger(client, experiment_id, planned.name, tags={**tags, **run_tags(prepared, planned)}, parent_run_id=parent_id)
+    config = prepared.checked.resolved_config()
+    config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
+    logger.log_config(config)
+    try:
+        result = train_and_evaluate(prepared, planned, logger, show_progress)
+    except KeyboardInterrupt:
+        logger.end("KILLED")
+        raise
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    log_results(logger, result)
+    if result.error:
+        logger.set_tags({"error": result.error[:4000]})
+    logger.end(result.status)
+    return result
+
+
+def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None, show_progress: bool = True, on_result=None) -> list[RunResult]:
+    """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent."""
+    from mlflow import MlflowClient
+
+    checked = prepared.checked
+    config = checked.loaded.config
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
+    check_tracking_reachable(uri)
+    name = config.tracking.experiment or config.name
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_or_create_experiment(client, name, default_artifact_location(uri, name))
+    tags = default_tags(None)
+    parent = RunLogger(client, experiment_id, config.name, tags={**tags, "cl_harness.role": PARENT, "stream": checked.loaded.stream.config.name, "scenario": checked.scenario})
+    parent.log_config(checked.resolved_config())
+    results: list[RunResult] = []
+    try:
+        for planned in checked.runs:
+            result = run_child(prepared, planned, client, experiment_id, parent.run_id, tags, show_progress)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    finish_parent(client, parent, name, results)
+    return results
+
+
+def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]) -> None:
+    """Attach the comparison report to the parent run and close it."""
+    parent.log_final({"runs_finished": float(sum(r.status == "FINISHED" for r in results)), "runs_total": float(len(results))})
+    parent.end("FINISHED" if all(r.status == "FINISHED" for r in results) else "FAILED")

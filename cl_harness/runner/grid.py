@@ -1,0 +1,68 @@
+"""Expand an experiment into its runs: every (strategy, seed, task order) combination."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+from cl_harness.config.experiment import ExperimentConfig
+from cl_harness.config.yaml_io import Source
+from cl_harness.strategies.registry import StrategySpec
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid."""
+
+    strategy: StrategySpec
+    seed: int
+    order_index: int
+    order: tuple[int, ...]  # positions of the stream's tasks, in training order
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy.label}/seed{self.seed}/order{self.order_index}"
+
+
+def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Source) -> list[tuple[int, ...]]:
+    """Task orders as index tuples; order 0 is the stream's own unless ``orders`` says otherwise."""
+    count = len(task_names)
+    if config.orders is not None:
+        orders = []
+        for index, order in enumerate(config.orders):
+            if sorted(order) != sorted(task_names) or len(order) != count:
+                raise source.error(
+                    ("orders", index),
+                    f"an order must name every task of the stream exactly once; got {order}",
+                    hint=f"the stream's tasks are {task_names}",
+                )
+            orders.append(tuple(task_names.index(name) for name in order))
+        if len(set(orders)) != len(orders):
+            raise source.error(("orders",), "lists the same order twice")
+        return orders
+    wanted = config.permutations or 1
+    if wanted > _factorial(count):
+        raise source.error(("permutations",), f"{count} tasks have only {_factorial(count)} orders, asked for {wanted}")
+    orders = [tuple(range(count))]
+    rng = random.Random(config.order_seed)
+    while len(orders) < wanted:
+        candidate = tuple(rng.sample(range(count), count))
+        if candidate not in orders:
+            orders.append(candidate)
+    return orders
+
+
+def _factorial(n: int) -> int:
+    result = 1
+    for k in range(2, n + 1):
+        result *= k
+    return result
+
+
+def plan_runs(strategies: list[StrategySpec], seeds: list[int], orders: list[tuple[int, ...]]) -> list[PlannedRun]:
+    """The grid, strategy-major: all seeds and orders of one strategy before the next."""
+    return [
+        PlannedRun(spec, seed, order_index, order)
+        for spec, seed, (order_index, order) in itertools.product(strategies, seeds, enumerate(orders))
+    ]

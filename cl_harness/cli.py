@@ -1,4 +1,4 @@
-"""The ``cl-harness`` command: run | validate | strategies | ui."""
+"""The ``cl-harness`` command: run | validate | strategies | compare | ui."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -46,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = sub.add_parser("strategies", help="list the registered strategies and their parameters")
     strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
+
+    compare = sub.add_parser("compare", help="comparison table and report.html for an experiment, read from MLflow")
+    compare.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
+    compare.add_argument("--parent", help="parent run id (default: the most recent invocation)")
+    compare.add_argument("--out", help="folder for report.html, CSV and plots (default: reports/<experiment>/<parent id>)")
+    compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
     ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db)")
@@ -108,6 +115,26 @@ def cmd_strategies(args) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from cl_harness.report.compare import load_comparison, markdown
+    from cl_harness.report.html import write_report
+    from cl_harness.tracking.mlflow_logger import check_tracking_reachable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_reachable(uri)
+    comparison = load_comparison(MlflowClient(tracking_uri=uri), args.experiment, args.parent)
+    print(markdown(comparison.table()))
+    for problem in comparison.problems():
+        print(f"not finished: {problem.name} ({problem.status})" + (f": {problem.error}" if problem.error else ""))
+    out = Path(args.out) if args.out else Path("reports") / comparison.experiment_name / comparison.parent_run_id[:8]
+    print(f"\nreport: {write_report(comparison, out)}")
+    return EXIT_OK
+
+
 def cmd_ui(args) -> int:
     from cl_harness.tracking.mlflow_logger import resolve_tracking_uri
 
@@ -118,7 +145,7 @@ def cmd_ui(args) -> int:
     return subprocess.call(command)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

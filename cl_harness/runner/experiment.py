@@ -100,5 +100,11 @@ def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None
 
 def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]) -> None:
     """Attach the comparison report to the parent run and close it."""
+    from cl_harness.report.compare import load_comparison
+    from cl_harness.report.html import log_report
+
     parent.log_final({"runs_finished": float(sum(r.status == "FINISHED" for r in results)), "runs_total": float(len(results))})
+    comparison = load_comparison(client, experiment_name, parent.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        log_report(client, parent.run_id, comparison, tmp)
     parent.end("FINISHED" if all(r.status == "FINISHED" for r in results) else "FAILED")

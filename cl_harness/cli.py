@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue an interrupted grid (the default when its run folder exists)")
+    resume.add_argument("--restart", action="store_true", help="start the grid over; the old run folder is renamed, not deleted")
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
     _add_config_args(validate)
@@ -89,7 +94,9 @@ def cmd_run(args) -> int:
         return EXIT_OK
     prepared = prepare_experiment(checked)
     show = not args.no_progress
-    results = run_experiment(prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True))
+    results = run_experiment(
+        prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart
+    )
     failed = [r for r in results if r.status != "FINISHED"]
     uri = args.tracking_uri or checked.loaded.config.tracking.uri
     print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri or 'sqlite:///mlruns/mlflow.db'}). Browse: cl-harness ui")
@@ -148,9 +155,15 @@ def cmd_ui(args) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends the run like Ctrl-C: checkpoint kept, run KILLED
     from cl_harness.errors import ConfigError
 
     try:
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: the last finished task's checkpoint is kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

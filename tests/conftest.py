@@ -104,6 +104,7 @@ def write_experiment(directory: Path, backbone: Path | str, strategies: list, **
         "training": settings,
         "strategies": strategies,
         "seeds": [0],
+        "checkpoint_dir": str(directory / "runs"),
     }
     path = directory / "experiment.yaml"
     path.write_text(yaml.safe_dump(experiment, sort_keys=False))

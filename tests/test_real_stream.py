@@ -18,6 +18,7 @@ def test_replay_beats_naive_on_a_real_class_incremental_stream(benchmark_dir, tm
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = [
         "--set", "training.max_length=64",
+        "--set", f"checkpoint_dir={tmp_path / 'runs'}",
         "--data-root", str(benchmark_dir),
         "--tracking-uri", uri,
         "--no-progress",

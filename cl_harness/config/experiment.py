@@ -64,6 +64,7 @@ class ExperimentConfig:
     permutations: int | None = field(default=None, metadata={"ge": 1, "help": "run the stream order plus N-1 random orders"})
     order_seed: int = field(default=0, metadata={"help": "seed that draws the random orders"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint_dir: str = field(default="runs", metadata={"help": "run folders with checkpoints, relative to the cwd"})
     description: str = ""
 
     def check(self, source: Source, path: KeyPath) -> None:

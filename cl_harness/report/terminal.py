@@ -29,7 +29,7 @@ def metrics_line(metrics: dict[str, float]) -> str:
 def run_summary(result) -> str:
     """The block printed after each run."""
     head = f"== {result.run_name}: {result.status}" + (f" in {result.wall_time_s:.0f}s" if result.wall_time_s else "")
-    parts = [head]
+    parts = [head + (f" ({result.note})" if result.note else "")]
     if result.initial:
         parts.append(matrix_table(result.tasks, result.initial, result.matrix))
     if result.metrics:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import tempfile
+import time
 from pathlib import Path
 
+from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult, train_and_evaluate
@@ -46,14 +51,44 @@ def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str
     }
 
 
-def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool) -> RunResult:
-    """One tracked run; a failure in training marks it FAILED with the partial matrix logged, the grid goes on."""
-    logger = RunLogger(client, experiment_id, planned.name, tags={**tags, **run_tags(prepared, planned)}, parent_run_id=parent_id)
+def grid_folder(prepared: PreparedExperiment) -> Path:
+    """``<checkpoint_dir>/<experiment>/<hash of the resolved config>``: the same command finds the same folder."""
     config = prepared.checked.resolved_config()
-    config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
-    logger.log_config(config)
+    config.pop("tracking", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = Path(prepared.checked.loaded.config.checkpoint_dir)
+    return root / safe_name(prepared.checked.loaded.config.name) / digest
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def run_folder(grid: Path, planned: PlannedRun) -> Path:
+    return grid / safe_name(planned.name.replace("/", "-"))
+
+
+def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
+    """One tracked run, resumed if its folder holds an unfinished one; a training failure marks it FAILED, the grid goes on."""
+    state = load_state(folder)
+    if state and state.status == "FINISHED":
+        note = f"already finished in {folder}: skipped (--restart runs the grid again)"
+        return RunResult(
+            planned.strategy.label, planned.seed, state.tasks, state.initial, planned.order_index,
+            state.matrix, state.metrics, "FINISHED", run_id=state.run_id, note=note,
+        )
+    if state and state.run_id and run_exists(client, state.run_id):
+        logger = RunLogger.reopen(client, state.run_id)
+    else:
+        logger = RunLogger(client, experiment_id, planned.name, tags={**tags, **run_tags(prepared, planned)}, parent_run_id=parent_id)
+        config = prepared.checked.resolved_config()
+        config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
+        logger.log_config(config)
+        state = state or RunState()
+        state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
+        save_state(folder, state)
     try:
-        result = train_and_evaluate(prepared, planned, logger, show_progress)
+        result = train_and_evaluate(prepared, planned, logger, show_progress, folder=folder)
     except KeyboardInterrupt:
         logger.end("KILLED")
         raise
@@ -67,7 +102,9 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
     return result
 
 
-def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None, show_progress: bool = True, on_result=None) -> list[RunResult]:
+def run_experiment(
+    prepared: PreparedExperiment, tracking_uri: str | None = None, show_progress: bool = True, on_result=None, restart: bool = False
+) -> list[RunResult]:
     """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent."""
     from mlflow import MlflowClient
 
@@ -79,12 +116,14 @@ def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(client, name, default_artifact_location(uri, name))
     tags = default_tags(None)
-    parent = RunLogger(client, experiment_id, config.name, tags={**tags, "cl_harness.role": PARENT, "stream": checked.loaded.stream.config.name, "scenario": checked.scenario})
-    parent.log_config(checked.resolved_config())
+    grid = grid_folder(prepared)
+    if restart and grid.exists():  # keep the old folder, out of the way
+        grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
+    parent = open_parent(client, experiment_id, prepared, grid, tags)
     results: list[RunResult] = []
     try:
         for planned in checked.runs:
-            result = run_child(prepared, planned, client, experiment_id, parent.run_id, tags, show_progress)
+            result = run_child(prepared, planned, client, experiment_id, parent.run_id, tags, show_progress, run_folder(grid, planned))
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -96,6 +135,35 @@ def run_experiment(prepared: PreparedExperiment, tracking_uri: str | None = None
         raise
     finish_parent(client, parent, name, results)
     return results
+
+
+def run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: Path, tags: dict) -> RunLogger:
+    """The grid's parent run: reopened when this folder's grid was started before in this store, else new."""
+    checked = prepared.checked
+    marker = grid / "grid.json"
+    if marker.is_file():
+        parent_id = json.loads(marker.read_text()).get("parent_run_id")
+        if parent_id and run_exists(client, parent_id) and client.get_run(parent_id).info.experiment_id == experiment_id:
+            return RunLogger.reopen(client, parent_id)
+    parent = RunLogger(
+        client,
+        experiment_id,
+        checked.loaded.config.name,
+        tags={**tags, "cl_harness.role": PARENT, "stream": checked.loaded.stream.config.name, "scenario": checked.scenario},
+    )
+    parent.log_config(checked.resolved_config())
+    payload = json.dumps({"parent_run_id": parent.run_id, "runs": [p.name for p in checked.runs]}, indent=1).encode()
+    atomic_write_bytes(marker, lambda f: f.write(payload))
+    return parent
 
 
 def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]) -> None:

@@ -84,3 +84,16 @@ class TrainingMeter(SupervisedPlugin):
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.seconds if self.seconds else 0.0
+
+
+class RestoreOptimizerState(SupervisedPlugin):
+    """Load a checkpoint's optimizer state once, after Avalanche's first ``make_optimizer`` (which resets it)."""
+
+    def __init__(self, state: dict) -> None:
+        super().__init__()
+        self.state = state
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.state is not None:
+            strategy.optimizer.load_state_dict(self.state)
+            self.state = None

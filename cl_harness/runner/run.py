@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +22,9 @@ from cl_harness.evaluation.evaluator import evaluate_all
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import check_tokenizer_matches, load_encoder
 from cl_harness.models.classifier import TextClassifier
+from cl_harness.runner.checkpoint import RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
-from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar, TrainingMeter
+from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
@@ -43,6 +45,7 @@ class RunResult:
     error: str | None = None
     run_id: str | None = None
     wall_time_s: float = 0.0
+    note: str | None = None  # e.g. "resumed after task 2" or "already finished: skipped"
 
     @property
     def run_name(self) -> str:
@@ -76,15 +79,20 @@ def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, flo
     return metrics
 
 
-def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, extra_plugins, show_progress):
-    """Avalanche's training template with the strategy's plugins and the framework's own."""
+def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
+    """The strategy's own plugins (what a checkpoint saves)."""
     checked = prepared.checked
     training = checked.loaded.config.training
     context = BuildContext(
         checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model
     )
-    plugins = [plugin for p in spec.plugins for plugin in p.build(context)]
-    plugins += [FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
+    return [plugin for p in spec.plugins for plugin in p.build(context)]
+
+
+def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, strategy_plugins, extra_plugins, show_progress):
+    """Avalanche's training template with the strategy's plugins and the framework's own."""
+    training = prepared.checked.loaded.config.training
+    plugins = [*strategy_plugins, FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
@@ -156,9 +164,12 @@ def train_and_evaluate(
     logger: RunLogger | None = None,
     show_progress: bool = True,
     keep_strategy: bool = False,
+    folder: Path | None = None,
 ):
     """The untrained baseline, then train each task in the run's order and evaluate all tasks after it.
 
+    With a run ``folder``, a checkpoint is written after every task and a run found there unfinished
+    continues after its last finished task, logging only the steps MLflow does not hold yet.
     Returns the RunResult, or ``(result, strategy)`` with ``keep_strategy`` (for inspecting plugins).
     """
     checked = prepared.checked
@@ -167,38 +178,71 @@ def train_and_evaluate(
     device = resolve_device(config.training.device)
     ordered = [prepared.encoded[i] for i in planned.order]
     tasks = [t.name for t in ordered]
+    state = (load_state(folder) if folder else None) or RunState(run_id=logger.run_id if logger else None, tasks=tasks)
+    state.tasks = tasks
+    checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
 
     seed_everything(planned.seed)
     encoder = load_encoder(config.backbone)
     check_tokenizer_matches(checked.tokenizer, encoder, config.backbone.name)
     model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
+    strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()
-    strategy = build_strategy(prepared, spec, model, device, tasks, [meter], show_progress)
+    framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
+    strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress)
+    logged = logger.logged_steps("acc/seen_avg") if logger and state.steps_done else set()
+
+    def log_step(step: int, row: list[float], extra: dict) -> None:
+        if logger and step not in logged:
+            logger.log_step(step, {**step_metrics(tasks, row, step), **extra})
 
     started = time.perf_counter()
-    initial = evaluate(model, 0)
-    result = RunResult(spec.label, planned.seed, tasks, initial, planned.order_index, run_id=logger.run_id if logger else None)
-    if logger:
-        logger.log_step(0, step_metrics(tasks, initial, 0))
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        strategy.clock.__dict__.update(checkpoint["clock"])
+        restore_rng_states(checkpoint["rng"])
+        state.matrix = state.matrix[: checkpoint["step"]]
+        state.steps_done = checkpoint["step"]
+        resumed_note = f"resumed after task {state.steps_done} from {folder}"
+    else:
+        resumed_note = None
+        state.initial, state.matrix, state.steps_done = evaluate(model, 0), [], 0
+        if folder:
+            save_state(folder, state)
+    log_step(0, state.initial, {})
+    for step, row in enumerate(state.matrix, start=1):  # steps a crash may have left unlogged
+        log_step(step, row, {})
+
+    result = RunResult(
+        spec.label, planned.seed, tasks, state.initial, planned.order_index, state.matrix, run_id=state.run_id, note=resumed_note
+    )
     try:
         for step, experience in experiences_to_train(make_benchmark(ordered), spec.train_data):
+            if step <= state.steps_done:
+                continue
             strategy.train(experience, num_workers=0)
             row = evaluate(model, step)
             result.matrix.append(row)
-            if logger:
-                logger.log_step(step, {**step_metrics(tasks, row, step), "train_time_s": meter.task_seconds})
+            if folder:
+                save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock)
+                state.steps_done = step
+                save_state(folder, state)
+            log_step(step, row, {"train_time_s": meter.task_seconds})
     except TrainingError as exc:  # the partial matrix is kept and logged
         result.status, result.error = "FAILED", str(exc)
     else:
         result.status = "FINISHED"
     result.wall_time_s = time.perf_counter() - started
     if result.matrix:
-        result.metrics = final_metrics(result.matrix, initial, spec.train_data)
+        result.metrics = final_metrics(result.matrix, result.initial, spec.train_data)
     result.metrics.update(
         wall_time_s=result.wall_time_s,
         train_examples_per_s=meter.examples_per_second,
         peak_memory_mb=peak_memory_mb(device),
         trainable_params=float(model.trainable_parameters()),
     )
+    if folder:
+        state.status, state.metrics, state.error = result.status, result.metrics, result.error
+        save_state(folder, state)
     return (result, strategy) if keep_strategy else result

@@ -60,6 +60,9 @@ class HarnessAGEMPlugin(AGEMPlugin):
             random.shuffle(indices)
             dataset = dataset.subset(indices[: self.patterns_per_experience])
         self.buffers.append(dataset)
+        self._rebuild_loader(num_workers)
+
+    def _rebuild_loader(self, num_workers: int = 0) -> None:
         self.buffer_dataloader = GroupBalancedInfiniteDataLoader(
             self.buffers,
             batch_size=max(1, self.sample_size // len(self.buffers)),  # per past task
@@ -68,6 +71,19 @@ class HarnessAGEMPlugin(AGEMPlugin):
             persistent_workers=num_workers > 0,
         )
         self.buffer_dliter = iter(self.buffer_dataloader)
+
+    def __getstate__(self) -> dict:
+        """Checkpoint the memory, not the loader built over it (iterators cannot be pickled)."""
+        state = dict(self.__dict__)
+        state.pop("buffer_dataloader", None)
+        state["buffer_dliter"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.buffer_dliter = iter([])
+        if self.buffers:
+            self._rebuild_loader()
 
 
 def build(config: AGEMConfig, context: BuildContext) -> list:

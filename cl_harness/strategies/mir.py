@@ -41,12 +41,23 @@ class HarnessMIRPlugin(MIRPlugin):
 
     def after_training_exp(self, strategy, **kwargs):
         self.storage_policy.post_adapt(strategy, strategy.experience)
+        self._rebuild_loader()
+
+    def _rebuild_loader(self) -> None:
         memory = self.storage_policy.buffer
         if len(memory) > self.batch_size_mem:
             collate = getattr(memory, "collate_fn", None)
             self.replay_loader = cycle(DataLoader(memory, batch_size=self.subsample, shuffle=True, collate_fn=collate))
         else:
             self.replay_loader = None
+
+    def __getstate__(self) -> dict:
+        """Checkpoint the memory, not the loader cycling over it (iterators cannot be pickled)."""
+        return {**self.__dict__, "replay_loader": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._rebuild_loader()
 
 
 def build(config: MIRConfig, context: BuildContext) -> list:

@@ -202,6 +202,20 @@ class RunLogger:
         self._run_id: str = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         self._ended = False
 
+    @classmethod
+    def reopen(cls, client: MlflowClient, run_id: str) -> "RunLogger":
+        """Continue logging into an existing run (a resumed one), marking it RUNNING again."""
+        logger = cls.__new__(cls)
+        logger._client = client
+        logger._run_id = run_id
+        logger._ended = False
+        client.update_run(run_id, status="RUNNING")
+        return logger
+
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric ``key`` is already recorded."""
+        return {m.step for m in self._client.get_metric_history(self._run_id, key)}
+
     @property
     def run_id(self) -> str:
         """The MLflow run id."""

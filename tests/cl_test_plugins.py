@@ -1,0 +1,34 @@
+"""Test-only Avalanche plugins, named in experiment YAML by dotted path (``cl_test_plugins:Name``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from avalanche.core import SupervisedPlugin
+
+
+class PauseBeforeTask(SupervisedPlugin):
+    """Before every task after the first, wait while ``flag_file`` exists (at most ``seconds``), so a test can interrupt there."""
+
+    def __init__(self, flag_file: str, seconds: float = 60.0) -> None:
+        super().__init__()
+        self.flag_file = flag_file
+        self.seconds = seconds
+
+    def before_training_exp(self, strategy, **kwargs):
+        deadline = time.monotonic() + self.seconds
+        while strategy.clock.train_exp_counter >= 1 and Path(self.flag_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class NanLossAtTask(SupervisedPlugin):
+    """Turn the loss into NaN from the given task on (0-based), to test the non-finite-loss guard."""
+
+    def __init__(self, task: int = 1) -> None:
+        super().__init__()
+        self.task = task
+
+    def before_backward(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter >= self.task:
+            strategy.loss = strategy.loss * float("nan")

@@ -10,7 +10,7 @@ import sys
 import threading
 import warnings
 
-EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _quiet_libraries() -> None:
@@ -173,6 +173,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Exception as exc:
+        import errno
+
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        if args.debug or args.command != "run":
+            raise
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            print(f"error: no space left on the device ({exc.filename or ''}); finished tasks' checkpoints are intact. "
+                  "Free space and run the same command again to resume.", file=sys.stderr)
+            return EXIT_TRACKING
+        if not isinstance(exc, (MlflowException, RequestException)):
+            raise
+        print(
+            f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]}).\n"
+            "  Every finished task is checkpointed in the run folders (checkpoint_dir, default runs/); once the store is "
+            "reachable, run the same command again: it resumes and logs the missing steps.",
+            file=sys.stderr,
+        )
+        return EXIT_TRACKING
     except KeyboardInterrupt:
         print("interrupted: the last finished task's checkpoint is kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,7 +7,7 @@ import torch
 
 from cl_harness.config.experiment import BackboneConfig
 from cl_harness.errors import ConfigError
-from cl_harness.models.backbone import check_tokenizer_matches, load_encoder, load_tokenizer
+from cl_harness.models.backbone import check_tokenizer_matches, load_encoder, load_model_config, load_tokenizer
 from cl_harness.models.classifier import MASKED_LOGIT, TextClassifier, trim_batch
 
 
@@ -83,7 +83,7 @@ def test_task_incremental_rows_use_their_task_head(encoder):
 def test_bundled_minilm_resolves_and_matches_its_tokenizer():
     config = BackboneConfig()
     tokenizer, encoder = load_tokenizer(config), load_encoder(config)
-    check_tokenizer_matches(tokenizer, encoder, config.name)
+    check_tokenizer_matches(tokenizer, load_model_config(config), config.name)
     assert sum(p.numel() for p in encoder.parameters()) == 22_713_216
 
 
@@ -95,7 +95,7 @@ def test_a_directory_that_is_not_a_model_is_refused(tmp_path):
 
 
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_bert):
-    encoder = load_encoder(BackboneConfig(name=str(tiny_bert)))
+    tiny_config = load_model_config(BackboneConfig(name=str(tiny_bert)))
     minilm_tokenizer = load_tokenizer(BackboneConfig())
     with pytest.raises(ConfigError, match="tokenizer"):
-        check_tokenizer_matches(minilm_tokenizer, encoder, "tiny")
+        check_tokenizer_matches(minilm_tokenizer, tiny_config, "tiny")

@@ -75,6 +75,9 @@ def load_experiment(
     if isinstance(data.get("backbone"), str):  # shorthand: `backbone: path-or-id`
         data["backbone"] = {"name": data["backbone"]}
     config = parse(ExperimentConfig, data, source)
+    beside = Path(path).resolve().parent / Path(config.backbone.name).expanduser()
+    if not Path(config.backbone.name).is_absolute() and beside.exists():  # a model folder next to the experiment
+        config.backbone.name = str(beside)
     stream_path = Path(config.stream).expanduser()
     if not stream_path.is_absolute():
         stream_path = Path(path).resolve().parent / stream_path

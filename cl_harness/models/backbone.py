@@ -53,6 +53,19 @@ def load_tokenizer(config: BackboneConfig):
         raise _not_a_model(config.name, f"no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]})", local) from None
 
 
+def load_model_config(config: BackboneConfig):
+    """The backbone's ``config.json`` (cheap: no weights), to validate it before any run starts."""
+    from transformers import AutoConfig
+
+    path, local = resolve_backbone(config.name)
+    if local and not Path(path).is_dir():
+        raise _not_a_model(config.name, "no such directory", local)
+    try:
+        return AutoConfig.from_pretrained(path, revision=config.revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _not_a_model(config.name, f"{type(exc).__name__}: {str(exc)[:200]}", local) from None
+
+
 def load_encoder(config: BackboneConfig):
     """The pretrained encoder (``AutoModel``), without any task head."""
     from transformers import AutoConfig, AutoModel
@@ -67,9 +80,11 @@ def load_encoder(config: BackboneConfig):
         raise _not_a_model(config.name, f"{type(exc).__name__}: {str(exc)[:200]}", local) from None
 
 
-def check_tokenizer_matches(tokenizer, encoder, name: str) -> None:
-    """Refuse a tokenizer whose ids do not fit the encoder's embedding table."""
-    vocab = encoder.get_input_embeddings().num_embeddings
+def check_tokenizer_matches(tokenizer, model_config, name: str) -> None:
+    """Refuse a tokenizer whose ids do not fit the encoder's embedding table (``config.vocab_size``)."""
+    vocab = getattr(model_config, "vocab_size", None)
+    if vocab is None:
+        return
     if len(tokenizer) > vocab:
         raise ConfigError(
             f"tokenizer of {name!r} has {len(tokenizer)} tokens but the model embeds only {vocab}",

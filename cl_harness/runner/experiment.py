@@ -90,10 +90,10 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
     try:
         result = train_and_evaluate(prepared, planned, logger, show_progress, folder=folder)
     except KeyboardInterrupt:
-        logger.end("KILLED")
+        end_quietly(logger, "KILLED")
         raise
     except BaseException:
-        logger.end("FAILED")
+        end_quietly(logger, "FAILED")
         raise
     log_results(logger, result)
     if result.error:
@@ -128,13 +128,21 @@ def run_experiment(
             if on_result is not None:
                 on_result(result)
     except KeyboardInterrupt:
-        parent.end("KILLED")
+        end_quietly(parent, "KILLED")
         raise
     except BaseException:
-        parent.end("FAILED")
+        end_quietly(parent, "FAILED")
         raise
     finish_parent(client, parent, name, results)
     return results
+
+
+def end_quietly(logger: RunLogger, status: str) -> None:
+    """Mark a run ended while another error is on its way up; a tracking outage must not hide that error."""
+    try:
+        logger.end(status)
+    except Exception:  # noqa: BLE001 - the store may be the thing that failed
+        pass
 
 
 def run_exists(client, run_id: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from cl_harness.config.loader import LoadedExperiment
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
 from cl_harness.data.tasks import TaskData, load_stream_tasks
-from cl_harness.models.backbone import load_tokenizer
+from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
@@ -81,6 +81,7 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     runs = plan_runs(strategies, config.seeds, orders)
     tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
+    check_tokenizer_matches(tokenizer, load_model_config(config.backbone), config.backbone.name)
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 
 

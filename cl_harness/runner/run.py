@@ -20,7 +20,7 @@ from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
 from cl_harness.evaluation.evaluator import evaluate_all
 from cl_harness.evaluation.metrics import acc, seen_average, summary
-from cl_harness.models.backbone import check_tokenizer_matches, load_encoder
+from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.runner.checkpoint import RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
@@ -184,7 +184,6 @@ def train_and_evaluate(
 
     seed_everything(planned.seed)
     encoder = load_encoder(config.backbone)
-    check_tokenizer_matches(checked.tokenizer, encoder, config.backbone.name)
     model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()

@@ -215,3 +215,55 @@ def test_the_comparison_reads_back_over_http(grid_run, tmp_path):
     assert sorted(table["strategy"]) == ["naive", "replay"] and list(table["n_finished"]) == [2, 2]
     assert all(r.has_matrix and r.tasks == list(TASKS) for r in comparison.runs)
     assert "| naive | 2/2 |" in markdown(table)
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """An ``mlflow server`` on ``root``'s store and ``port``, healthy, in its own session."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = root / f"server-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(server_command(root, port), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process, log, STARTUP_TIMEOUT_S)
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def test_a_server_lost_mid_run_loses_nothing_and_the_rerun_syncs(tmp_path, tiny_bert):
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    flag = tmp_path / "pause"
+    flag.touch()
+    write_demo_stream(tmp_path, "class_incremental", per_class=12, tasks=2)
+    pause = {"name": "naive", "plugins": ["naive", {"cl_test_plugins:PauseBeforeTask": {"flag_file": str(flag)}}]}
+    experiment = write_experiment(tmp_path, tiny_bert, [pause])
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": tests_dir, "HF_HUB_OFFLINE": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    command = [sys.executable, "-m", "cl_harness", "run", str(experiment), "--tracking-uri", url, "--no-progress"]
+
+    server = start_server(root, port)
+    try:
+        run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "runs").rglob("checkpoint.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop(server)  # the server goes away after task 1, while the run waits before task 2
+        flag.unlink()
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 3, err
+        assert "run the same command again" in err and "Traceback" not in err
+        server = start_server(root, port)  # back, on the same store
+        rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr
+        experiment_id = get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="tiny")["experiment"]["experiment_id"]
+        (child,) = search_runs(url, experiment_id, "tags.`cl_harness.role` = 'child'")
+        assert child["info"]["status"] == "FINISHED"
+        for key in ("acc/seen_avg", "acc/t1", "acc/t2"):
+            history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=child["info"]["run_id"], metric_key=key)["metrics"]
+            assert sorted(m["step"] for m in history) == [0, 1, 2], key
+    finally:
+        stop(server)

@@ -40,44 +40,36 @@ def _not_a_model(name: str, reason: str, local: bool) -> ConfigError:
     return ConfigError(f"cannot load backbone {name!r}: {reason}", key="backbone.name", hint=hint)
 
 
-def load_tokenizer(config: BackboneConfig):
-    """The backbone's tokenizer."""
-    from transformers import AutoTokenizer
-
+def _from_pretrained(config: BackboneConfig, loader, what: str):
+    """``loader.from_pretrained`` on the resolved backbone, with every failure turned into a ConfigError."""
     path, local = resolve_backbone(config.name)
     if local and not Path(path).is_dir():
         raise _not_a_model(config.name, "no such directory", local)
     try:
-        return AutoTokenizer.from_pretrained(path, revision=config.revision)
+        return loader.from_pretrained(path, revision=config.revision)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
-        raise _not_a_model(config.name, f"no usable tokenizer ({type(exc).__name__}: {str(exc)[:200]})", local) from None
+        raise _not_a_model(config.name, f"no usable {what} ({type(exc).__name__}: {str(exc)[:200]})", local) from None
+
+
+def load_tokenizer(config: BackboneConfig):
+    """The backbone's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(config, AutoTokenizer, "tokenizer")
 
 
 def load_model_config(config: BackboneConfig):
     """The backbone's ``config.json`` (cheap: no weights), to validate it before any run starts."""
     from transformers import AutoConfig
 
-    path, local = resolve_backbone(config.name)
-    if local and not Path(path).is_dir():
-        raise _not_a_model(config.name, "no such directory", local)
-    try:
-        return AutoConfig.from_pretrained(path, revision=config.revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _not_a_model(config.name, f"{type(exc).__name__}: {str(exc)[:200]}", local) from None
+    return _from_pretrained(config, AutoConfig, "model config")
 
 
 def load_encoder(config: BackboneConfig):
     """The pretrained encoder (``AutoModel``), without any task head."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    path, local = resolve_backbone(config.name)
-    if local and not Path(path).is_dir():
-        raise _not_a_model(config.name, "no such directory", local)
-    try:
-        AutoConfig.from_pretrained(path, revision=config.revision)
-        return AutoModel.from_pretrained(path, revision=config.revision)
-    except Exception as exc:  # noqa: BLE001
-        raise _not_a_model(config.name, f"{type(exc).__name__}: {str(exc)[:200]}", local) from None
+    return _from_pretrained(config, AutoModel, "model")
 
 
 def check_tokenizer_matches(tokenizer, model_config, name: str) -> None:

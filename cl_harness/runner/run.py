@@ -64,10 +64,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak-memory count: CUDA's allocator peak, or Linux's peak RSS (``/proc/self/clear_refs``)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the process-wide peak is reported
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated on CUDA; else the process's peak resident memory."""
+    """Peak GPU memory allocated on CUDA; else the peak resident memory since ``reset_peak_memory``."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
@@ -183,6 +200,7 @@ def train_and_evaluate(
     checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
 
     seed_everything(planned.seed)
+    reset_peak_memory(device)
     encoder = load_encoder(config.backbone)
     model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)

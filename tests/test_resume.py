@@ -93,6 +93,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, tm
     assert "resumed after task 1" in out
     client, run = child_run(uri, "resume")
     assert run.info.status == "FINISHED"
+    assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # a finished run keeps its results, not its weights
     for key in ("acc/seen_avg", "acc/t1", "acc/t2", "acc/t3"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
 

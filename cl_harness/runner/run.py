@@ -22,7 +22,7 @@ from cl_harness.evaluation.evaluator import evaluate_all
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
-from cl_harness.runner.checkpoint import RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
+from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.prepare import PreparedExperiment
@@ -262,4 +262,6 @@ def train_and_evaluate(
     if folder:
         state.status, state.metrics, state.error = result.status, result.metrics, result.error
         save_state(folder, state)
+        if result.status == "FINISHED":  # its results live in state.json and MLflow; the weights are not needed again
+            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
     return (result, strategy) if keep_strategy else result

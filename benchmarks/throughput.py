@@ -5,7 +5,8 @@
 Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   training examples/s of (a) a hand-written PyTorch loop padding every batch to max_length,
   (b) the same loop padding each batch to its longest text, (c) Avalanche's Naive on padded
-  tensors, (d) the harness's naive strategy (its model trims each batch);
+  tensors, (d) the harness's naive strategy (its model trims each batch), (e) the same with
+  ``training.length_bucketing``;
   evaluation examples/s of a padded inference loop against the harness's evaluator.
 Absolute numbers on a shared machine are noise; read the ratios.
 """
@@ -33,6 +34,7 @@ from cl_harness.data.encoding import encode_texts  # noqa: E402
 from cl_harness.evaluation.evaluator import evaluate_all  # noqa: E402
 from cl_harness.models.backbone import load_encoder, load_tokenizer  # noqa: E402
 from cl_harness.models.classifier import TextClassifier  # noqa: E402
+from cl_harness.runner.hooks import LengthBucketing  # noqa: E402
 
 
 class PaddedClassifier(nn.Module):
@@ -74,7 +76,7 @@ def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, bat
         optimizer.step()
 
 
-def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int) -> None:
+def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, plugins: list | None = None) -> None:
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.templates import SupervisedTemplate
 
@@ -84,7 +86,7 @@ def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     (experience,) = list(make_benchmark([task]).train_stream)
     strategy = SupervisedTemplate(
         model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=5e-5), criterion=nn.CrossEntropyLoss(),
-        train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]),
+        train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=plugins,
     )
     strategy.train(experience, num_workers=0)
 
@@ -128,6 +130,9 @@ def main() -> None:
         "(b) plain loop, dynamic padding": timed(lambda m=fresh_padded(): plain_loop(m, train_x, train_y, args.batch_size, True)),
         "(c) Avalanche Naive, padded": timed(lambda m=fresh_padded(): avalanche_naive(m, train_x, train_y, args.batch_size)),
         "(d) cl-harness naive": timed(lambda m=fresh_harness(): avalanche_naive(m, train_x, train_y, args.batch_size)),
+        "(e) cl-harness naive, bucketing": timed(
+            lambda m=fresh_harness(): avalanche_naive(m, train_x, train_y, args.batch_size, [LengthBucketing()])
+        ),
     }
     print(f"\ntraining ({args.examples} examples, batch {args.batch_size}):")
     base = args.examples / seconds["(c) Avalanche Naive, padded"]

@@ -32,3 +32,18 @@ class NanLossAtTask(SupervisedPlugin):
     def before_backward(self, strategy, **kwargs):
         if strategy.clock.train_exp_counter >= self.task:
             strategy.loss = strategy.loss * float("nan")
+
+
+class LoaderSpy(SupervisedPlugin):
+    """Record the training loader's type and each minibatch's token lengths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loader_types: list[str] = []
+        self.batch_lengths: list[list[int]] = []
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.loader_types.append(type(strategy.dataloader).__name__)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.batch_lengths.append(strategy.mb_x[:, 1].sum(dim=1).tolist())

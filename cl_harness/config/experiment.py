@@ -35,6 +35,7 @@ class TrainingConfig:
     weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
     max_length: int = field(default=128, metadata={"ge": 4, "le": 8192})
     eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
+    length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
 
     def check(self, source: Source, path: KeyPath) -> None:

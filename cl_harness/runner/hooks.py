@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import time
 
+import torch
 from avalanche.core import SupervisedPlugin
+from torch import Tensor
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cl_harness.errors import TrainingError
@@ -97,3 +100,35 @@ class RestoreOptimizerState(SupervisedPlugin):
         if self.state is not None:
             strategy.optimizer.load_state_dict(self.state)
             self.state = None
+
+
+def length_bucketed_batches(lengths: Tensor, batch_size: int, chunk_batches: int = 50) -> list[list[int]]:
+    """Random batches of similar length: shuffle, sort chunks of ``chunk_batches`` batches by length, shuffle batches.
+
+    Each batch then pads only to lengths close to its own, while the order of batches (and which
+    examples meet in a chunk) stays random from epoch to epoch.
+    """
+    order = torch.randperm(len(lengths))
+    batches: list[list[int]] = []
+    chunk = batch_size * chunk_batches
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[torch.argsort(lengths[part], descending=True, stable=True)]
+        batches.extend(part[i : i + batch_size].tolist() for i in range(0, len(part), batch_size))
+    shuffled = torch.randperm(len(batches)).tolist()
+    return [batches[i] for i in shuffled]
+
+
+class LengthBucketing(SupervisedPlugin):
+    """Train on length-bucketed batches (``training.length_bucketing``), where the default loader would be used.
+
+    A strategy that brings its own loader (replay's mixed batches, GDumb's memory) keeps it.
+    """
+
+    def before_training_exp(self, strategy, **kwargs):
+        if type(strategy.dataloader).__name__ != "TaskBalancedDataLoader":
+            return
+        dataset = strategy.adapted_dataset
+        lengths = torch.stack([dataset[i][0][1].sum() for i in range(len(dataset))])  # (n,)
+        batches = length_bucketed_batches(lengths, strategy.train_mb_size)
+        strategy.dataloader = DataLoader(dataset, batch_sampler=batches, collate_fn=getattr(dataset, "collate_fn", None))

@@ -24,7 +24,7 @@ from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
-from cl_harness.runner.hooks import FiniteLossGuard, ProgressBar, RestoreOptimizerState, TrainingMeter
+from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
@@ -206,6 +206,8 @@ def train_and_evaluate(
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()
     framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
+    if config.training.length_bucketing:
+        framework.append(LengthBucketing())
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress)
     logged = logger.logged_steps("acc/seen_avg") if logger and state.steps_done else set()

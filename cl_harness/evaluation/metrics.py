@@ -100,13 +100,8 @@ def forgetting(R: ArrayLike) -> float:
 
 
 def forgetting_last(R: ArrayLike) -> float:
-    """Forgetting vs. just-trained accuracy: 1/(T-1) * sum_{j<T} (R[j][j] - R[T][j]) (Avalanche; equals -BWT)."""
-    m = as_matrix(R)
-    k = m.shape[0]
-    if k == 1:
-        return 0.0
-    j = np.arange(k - 1)
-    return float((m[j, j] - m[-1, j]).mean())
+    """Forgetting vs. just-trained accuracy: 1/(T-1) * sum_{j<T} (R[j][j] - R[T][j]) (Avalanche), which is -BWT."""
+    return 0.0 - bwt(R)
 
 
 def learning_acc(R: ArrayLike) -> float:

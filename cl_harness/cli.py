@@ -73,8 +73,9 @@ def cmd_validate(args) -> int:
     config = checked.loaded.config
     print(f"experiment {config.name!r}: OK")
     print(f"  stream   {checked.loaded.stream.config.name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
+    width = max(len(task.name) for task in checked.tasks)
     for task in checked.tasks:
-        print(f"    {task.name:<16} {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
+        print(f"    {task.name:<{width}}  {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
     print(f"  backbone {config.backbone.name}")
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")
     return EXIT_OK

@@ -218,13 +218,7 @@ class _TaskCutter:
         """At most ``per_class`` examples of each class, chosen with the task's split seed; order kept."""
         if per_class is None:
             return ex
-        keep: list[int] = []
-        for label, indices in self.by_class(ex.labels, len(names)).items():
-            if len(indices) > per_class:
-                rng = random.Random(f"{self.task.split_seed}:{split_name}:{names[label]}")
-                indices = rng.sample(indices, per_class)
-            keep += indices
-        return ex.take(sorted(keep))
+        return ex.take(sample_per_class(ex.labels, names, per_class, f"{self.task.split_seed}:{split_name}"))
 
     def check_result(self, names: list[str], train: _Examples, test: _Examples) -> None:
         """The cut task must have train and test examples, and two classes in a class-incremental stream."""
@@ -239,6 +233,16 @@ class _TaskCutter:
                 f"({', '.join(sorted({names[i] for i in train.labels}))})",
                 hint="give the task two or more classes",
             )
+
+
+def sample_per_class(labels: list[int], names: list[str], per_class: int, seed: str) -> list[int]:
+    """Sorted row indices keeping at most ``per_class`` rows of each label, drawn per class from ``seed``."""
+    keep: list[int] = []
+    for label, indices in _TaskCutter.by_class(labels, len(names)).items():
+        if len(indices) > per_class:
+            indices = random.Random(f"{seed}:{names[label]}").sample(indices, per_class)
+        keep += indices
+    return sorted(keep)
 
 
 def _carved_count(size: int, fraction: float) -> int:

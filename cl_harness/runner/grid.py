@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import dataclass
 
@@ -42,8 +43,8 @@ def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Sour
             raise source.error(("orders",), "lists the same order twice")
         return orders
     wanted = config.permutations or 1
-    if wanted > _factorial(count):
-        raise source.error(("permutations",), f"{count} tasks have only {_factorial(count)} orders, asked for {wanted}")
+    if wanted > math.factorial(count):
+        raise source.error(("permutations",), f"{count} tasks have only {math.factorial(count)} orders, asked for {wanted}")
     orders = [tuple(range(count))]
     rng = random.Random(config.order_seed)
     while len(orders) < wanted:
@@ -51,13 +52,6 @@ def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Sour
         if candidate not in orders:
             orders.append(candidate)
     return orders
-
-
-def _factorial(n: int) -> int:
-    result = 1
-    for k in range(2, n + 1):
-        result *= k
-    return result
 
 
 def plan_runs(strategies: list[StrategySpec], seeds: list[int], orders: list[tuple[int, ...]]) -> list[PlannedRun]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
+import dataclasses
 from dataclasses import dataclass
 
 from cl_harness.config.loader import LoadedExperiment
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
-from cl_harness.data.tasks import TaskData, load_stream_tasks
+from cl_harness.data.tasks import TaskData, load_stream_tasks, sample_per_class
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
@@ -47,27 +47,13 @@ class PreparedExperiment:
     encoded: list[EncodedTask]
 
 
-def cap_test_per_class(task: TaskData, cap: int | None, seed: int = 0) -> TaskData:
+def cap_test_per_class(task: TaskData, cap: int | None) -> TaskData:
     """Keep at most ``cap`` test examples per class (``training.eval_per_class``), chosen with a fixed seed."""
     if cap is None:
         return task
-    rng = random.Random(seed)
-    order = list(range(len(task.test_labels)))
-    rng.shuffle(order)
-    kept, counts = [], {}
-    for i in order:
-        label = task.test_labels[i]
-        if counts.get(label, 0) < cap:
-            counts[label] = counts.get(label, 0) + 1
-            kept.append(i)
-    kept.sort()
-    return TaskData(
-        task.name,
-        task.label_names,
-        task.train_texts,
-        task.train_labels,
-        [task.test_texts[i] for i in kept],
-        [task.test_labels[i] for i in kept],
+    kept = sample_per_class(task.test_labels, task.label_names, cap, "eval_per_class")
+    return dataclasses.replace(
+        task, test_texts=[task.test_texts[i] for i in kept], test_labels=[task.test_labels[i] for i in kept]
     )
 
 

@@ -195,7 +195,7 @@ def train_and_evaluate(
     device = resolve_device(config.training.device)
     ordered = [prepared.encoded[i] for i in planned.order]
     tasks = [t.name for t in ordered]
-    state = (load_state(folder) if folder else None) or RunState(run_id=logger.run_id if logger else None, tasks=tasks)
+    state = (load_state(folder) if folder else None) or RunState(run_id=logger.run_id if logger else None)
     state.tasks = tasks
     checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
 

@@ -99,8 +99,10 @@ def cmd_run(args) -> int:
         prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart
     )
     failed = [r for r in results if r.status != "FINISHED"]
-    uri = args.tracking_uri or checked.loaded.config.tracking.uri
-    print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri or 'sqlite:///mlruns/mlflow.db'}). Browse: cl-harness ui")
+    from cl_harness.tracking.mlflow_logger import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)  # as run_experiment resolved it
+    print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri}). Browse: cl-harness ui")
     return EXIT_FAILED_RUNS if failed else EXIT_OK
 
 

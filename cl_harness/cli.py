@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -66,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    from cl_harness.config.loader import load_experiment
+    from cl_harness.config.loader import is_stream_file, load_experiment
     from cl_harness.runner.prepare import check_experiment
 
+    if is_stream_file(args.experiment):
+        return validate_stream(args)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
     config = checked.loaded.config
     print(f"experiment {config.name!r}: OK")
@@ -78,6 +81,33 @@ def cmd_validate(args) -> int:
         print(f"    {task.name:<{width}}  {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
     print(f"  backbone {config.backbone.name}")
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")
+    return EXIT_OK
+
+
+def validate_stream(args) -> int:
+    """``validate STREAM.yaml``: the schema, then every task read and cut; offline, hub tasks are named, not failed."""
+    from cl_harness.runner.prepare import check_stream
+
+    if args.overrides:
+        print("note: --set applies to experiment files; ignored for a stream", file=sys.stderr)
+    checked = check_stream(args.experiment, args.data_root)
+    config = checked.loaded.config
+    missing = sum(data is None for data in checked.tasks)
+    status = "OK" if not missing else f"schema OK; {missing} hub task(s) not read"
+    print(f"stream {config.name!r} ({config.scenario}), {len(config.tasks)} tasks: {status}")
+    width = max(len(task.name) for task in config.tasks)
+    for task, data in zip(config.tasks, checked.tasks):
+        if data is None:
+            print(f"  {task.name:<{width}}  hub dataset {task.source.name!r}: not read (hub unreachable)")
+        else:
+            print(f"  {task.name:<{width}}  {len(data.label_names)} classes  train {len(data.train_labels):>6}  test {len(data.test_labels):>6}")
+    if checked.unreachable is None:
+        print(f"  output units: {sum(checked.space.head_sizes)} in {len(checked.space.head_sizes)} head(s)")
+    else:
+        print(f"\nnote: {checked.unreachable}")
+        twin = Path(args.experiment).resolve().parent.parent / "local" / Path(args.experiment).name
+        if twin.is_file():
+            print(f"  offline twin of this stream: {twin} (cl-harness validate {twin} --data-root DIR)")
     return EXIT_OK
 
 

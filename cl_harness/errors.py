@@ -33,5 +33,9 @@ class ConfigError(Exception):
         return f"{where}{key}{self.message}{hint}"
 
 
+class HubUnreachableError(ConfigError):
+    """A stream task that reads the Hugging Face hub while the hub cannot be reached (offline or no network)."""
+
+
 class TrainingError(Exception):
     """A run that failed while training (for example a non-finite loss); other runs may go on."""

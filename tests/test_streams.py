@@ -17,6 +17,9 @@ STREAMS = REPO / "streams"
 ALL_STREAMS = sorted(STREAMS.rglob("*.yaml"))
 HUB_STREAMS = sorted((STREAMS / "hub").glob("*.yaml"))
 LOCAL_STREAMS = sorted((STREAMS / "local").glob("*.yaml"))
+# Local streams without a hub twin are variants that substitute a task which has no local data.
+SUBSTITUTED = [p for p in LOCAL_STREAMS if not (STREAMS / "hub" / p.name).exists()]
+LOCAL_TWINS = [p for p in LOCAL_STREAMS if p not in SUBSTITUTED]
 # Its 15 tasks cover every hub dataset the streams use: each one is checked offline.
 REPRESENTATIVE_HUB = STREAMS / "hub" / "long_order4.yaml"
 # A 3-task local twin (class-incremental over 24 classes, one split carved) for the end-to-end run.
@@ -49,7 +52,9 @@ def test_the_stream_folders_hold_the_benchmarks():
     expected |= {f"long_order{k}.yaml" for k in (4, 5, 6)}
     expected |= {"agnews_2x2.yaml", "dbpedia_7x2.yaml", "reviews_domain.yaml"}
     assert expected <= names
-    assert names == {p.name for p in LOCAL_STREAMS}, "every hub stream has a local twin of the same file name"
+    assert names == {p.name for p in LOCAL_TWINS}, "every hub stream has a local twin of the same file name"
+    for path in SUBSTITUTED:
+        assert "substitution" in path.read_text().lower(), f"{path.name}: say which task is substituted, and why"
 
 
 @pytest.mark.parametrize("path", ALL_STREAMS, ids=_ids(ALL_STREAMS))
@@ -62,7 +67,7 @@ def test_every_stream_file_loads(path):
         assert {t.source.type for t in stream.config.tasks} == {kind}
 
 
-@pytest.mark.parametrize("path", LOCAL_STREAMS, ids=_ids(LOCAL_STREAMS))
+@pytest.mark.parametrize("path", LOCAL_TWINS, ids=_ids(LOCAL_TWINS))
 def test_each_local_twin_follows_its_hub_stream(path):
     """Same scenario, the hub order minus the tasks without local data, and those named in the description."""
     local = load_stream(path, _variables()).config
@@ -85,6 +90,27 @@ def test_each_local_twin_cuts_every_task(path, benchmark_dir, tmp_path):
         assert len(set(task.train_labels)) >= 2 and len(set(task.test_labels)) >= 2, task.name
         for labels in (task.train_labels, task.test_labels):
             assert max(labels.count(c) for c in set(labels)) <= 4, task.name
+
+
+@pytest.mark.parametrize("path", LOCAL_STREAMS, ids=_ids(LOCAL_STREAMS))
+def test_validate_passes_every_local_stream(path, benchmark_dir, capsys):
+    from cl_harness.cli import main
+
+    assert main(["validate", str(path), "--data-root", str(benchmark_dir)]) == 0
+    out = capsys.readouterr().out
+    assert ": OK" in out.splitlines()[0]
+    assert "output units:" in out and "not read" not in out
+
+
+@pytest.mark.parametrize("path", HUB_STREAMS, ids=_ids(HUB_STREAMS))
+def test_validate_a_hub_stream_offline_says_the_hub_is_unreachable_and_names_the_twin(path, capsys):
+    from cl_harness.cli import main
+
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "schema OK" in out.splitlines()[0]
+    assert "the Hugging Face hub is unreachable" in out
+    assert f"offline twin of this stream: {STREAMS / 'local' / path.name}" in out
 
 
 def _assert_offline_hub_error(error: ConfigError) -> None:

@@ -58,6 +58,12 @@ def load_stream(path: str | Path, variables: Mapping[str, str] | None = None) ->
     return LoadedStream(parse(StreamConfig, data, source), source, Path(path).resolve())
 
 
+def is_stream_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a stream (top-level ``tasks``, no ``stream`` key) rather than an experiment."""
+    data, _ = load_yaml(path, "config")
+    return isinstance(data, dict) and "tasks" in data and "stream" not in data
+
+
 def load_experiment(
     path: str | Path,
     overrides: list[str] | tuple[str, ...] = (),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,18 @@ from typing import Any, Literal
 from cl_harness.config.stream import SourceConfig
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
-from cl_harness.errors import ConfigError
+from cl_harness.errors import ConfigError, HubUnreachableError
 
 Split = Literal["train", "test"]
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 FILES_HINT = "to use local files instead: source: {type: files, train_file: train.jsonl, test_file: test.jsonl}"
+OFFLINE_HINT = (
+    "the local twins in streams/local/ read the same benchmarks from files (run them with --data-root DIR); "
+    "or point this task at local files instead: source: {type: files, train_file: train.jsonl, test_file: test.jsonl}"
+)
+_UNREACHABLE = re.compile(r"couldn't reach|offline|connection|timed out|name resolution|max retries", re.IGNORECASE)
 
 
 @dataclass
@@ -155,6 +161,9 @@ class SourceReader:
             data = datasets.load_dataset(name, config, split=split_name, revision=self.config.revision)
         except Exception as exc:  # noqa: BLE001 - offline, unknown id, unknown split: all are config problems
             reason = _short(exc)
+            if _UNREACHABLE.search(reason):
+                error = self.fail("name", f"the Hugging Face hub is unreachable: could not load {what}: {reason}", OFFLINE_HINT)
+                raise HubUnreachableError(error.message, file=error.file, line=error.line, key=error.key, hint=error.hint) from None
             hint = FILES_HINT
             if "split" in reason.lower() and "unknown" in reason.lower():
                 hint = f"set {split}_split to an existing split, or to null to carve it from the other; " + FILES_HINT

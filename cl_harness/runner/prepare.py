@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cl_harness.config.loader import LoadedExperiment
+from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
-from cl_harness.data.tasks import TaskData, load_stream_tasks, sample_per_class
+from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task, sample_per_class
+from cl_harness.errors import HubUnreachableError
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
@@ -45,6 +46,37 @@ class PreparedExperiment:
 
     checked: CheckedExperiment
     encoded: list[EncodedTask]
+
+
+@dataclass
+class CheckedStream:
+    """A stream file on its own: every task read and cut, except hub tasks while the hub is unreachable."""
+
+    loaded: LoadedStream
+    tasks: list[TaskData | None]  # None: a hub task that could not be read
+    unreachable: HubUnreachableError | None  # the first hub failure, with the way out
+
+    @property
+    def space(self) -> LabelSpace:
+        """Output units of the tasks that were read."""
+        return LabelSpace.build(self.loaded.config.scenario, [t for t in self.tasks if t is not None])
+
+
+def check_stream(path, data_root=None) -> CheckedStream:
+    """Validate a stream file and read its tasks; once the hub is found unreachable, its other tasks are not tried."""
+    loaded = load_stream(path, make_variables(data_root))
+    tasks: list[TaskData | None] = []
+    unreachable = None
+    for index, task in enumerate(loaded.config.tasks):
+        if unreachable is not None and task.source.type == "hub":
+            tasks.append(None)
+            continue
+        try:
+            tasks.append(load_task(loaded, index))
+        except HubUnreachableError as error:
+            unreachable = error
+            tasks.append(None)
+    return CheckedStream(loaded, tasks, unreachable)
 
 
 def cap_test_per_class(task: TaskData, cap: int | None) -> TaskData:

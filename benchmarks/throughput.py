@@ -1,13 +1,17 @@
 """Training and evaluation throughput of the harness against plain loops, as ratios measured in one process.
 
     python benchmarks/throughput.py --data-root ../shared/data/cl_benchmark [--examples 192] [--max-length 128]
+        [--skip-training] [--skip-memory]
 
 Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   training examples/s of (a) a hand-written PyTorch loop padding every batch to max_length,
   (b) the same loop padding each batch to its longest text, (c) Avalanche's Naive on padded
   tensors, (d) the harness's naive strategy (its model trims each batch), (e) the same with
   ``training.length_bucketing``;
-  evaluation examples/s of a padded inference loop against the harness's evaluator.
+  evaluation examples/s of a padded inference loop against the harness's evaluator;
+  replay (two AG News tasks, length bucketing off) of Avalanche's ReplayPlugin on padded tensors
+  against the harness's replay;
+  peak memory of a 5-task against a 2-task class-incremental replay run (DBpedia, 2 classes a task).
 Absolute numbers on a shared machine are noise; read the ratios.
 """
 
@@ -91,6 +95,73 @@ def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     strategy.train(experience, num_workers=0)
 
 
+def two_task_replay(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool) -> None:
+    """Two tasks (the two halves of the data) with replay; the second task's batches mix in the memory.
+
+    ``harness``: the harness's registered replay strategy; otherwise Avalanche's ReplayPlugin as is.
+    """
+    from avalanche.training.plugins import ReplayPlugin
+
+    from cl_harness.strategies import default_registry
+    from cl_harness.strategies.registry import BuildContext
+
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.templates import SupervisedTemplate
+
+    from cl_harness.data.benchmark import make_benchmark
+
+    half = len(labels) // 2
+    if harness:
+        info = default_registry().get("replay")
+        (plugin,) = info.build(info.config_cls(mem_size=half), BuildContext("domain_incremental", 2, batch, batch))
+    else:
+        plugin = ReplayPlugin(mem_size=half, batch_size=batch, batch_size_mem=batch)
+    tasks = [
+        EncodedTask(f"part{i}", i, inputs[part], labels[part], inputs[:1], labels[:1])
+        for i, part in enumerate((slice(0, half), slice(half, None)))
+    ]
+    strategy = SupervisedTemplate(
+        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=5e-5), criterion=nn.CrossEntropyLoss(),
+        train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=[plugin],
+    )
+    for experience in make_benchmark(tasks).train_stream:
+        strategy.train(experience, num_workers=0)
+
+
+def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class: int) -> dict[int, float]:
+    """Peak memory (MiB, reset before each run) of class-incremental replay runs over the first k DBpedia 2-class tasks."""
+    import tempfile
+
+    import yaml
+
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.run import train_and_evaluate
+
+    repo = Path(__file__).resolve().parents[1]
+    stream = yaml.safe_load((repo / "streams" / "local" / "dbpedia_7x2.yaml").read_text())
+    peaks: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared_runs = {}
+        for count in task_counts:  # prepare every stream first, so each run starts from the same process state
+            folder = Path(tmp) / f"tasks{count}"
+            folder.mkdir()
+            tasks = [{**task, "train_per_class": per_class, "test_per_class": per_class // 2} for task in stream["tasks"][:count]]
+            (folder / "stream.yaml").write_text(yaml.safe_dump({**stream, "tasks": tasks}))
+            experiment = {
+                "name": f"memory-{count}", "stream": "stream.yaml", "backbone": "bundled:all-MiniLM-L6-v2",
+                "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "lr": 5e-5, "max_length": 128},
+                "strategies": [{"replay": {"mem_size": 100, "policy": "class_balanced"}}], "seeds": [0],
+            }
+            (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+            loaded = load_experiment(folder / "experiment.yaml", data_root=data_root)
+            prepared_runs[count] = prepare_experiment(check_experiment(loaded), cache=None)
+        for count, prepared in prepared_runs.items():
+            result = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False)
+            peaks[count] = result.metrics["peak_memory_mb"]
+    return peaks
+
+
 @torch.inference_mode()
 def padded_eval(model: nn.Module, inputs: torch.Tensor, batch: int) -> None:
     model.eval()
@@ -98,15 +169,28 @@ def padded_eval(model: nn.Module, inputs: torch.Tensor, batch: int) -> None:
         model(inputs[start : start + batch]).argmax(1)
 
 
+def measure(variants: dict, rounds: int) -> dict[str, float]:
+    """Seconds per variant: round-robin, best of ``rounds`` (load on a shared machine hits all variants alike)."""
+    seconds: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (make, work) in variants.items():
+            model = make()
+            seconds[name] = min(seconds.get(name, float("inf")), timed(lambda: work(model)))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, type=Path)
     parser.add_argument("--examples", type=int, default=192)
-    parser.add_argument("--eval-examples", type=int, default=512)
+    parser.add_argument("--eval-examples", type=int, default=768)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--memory-per-class", type=int, default=40, help="training examples per class in the memory runs")
     parser.add_argument("--rounds", type=int, default=2, help="measure every variant this many times, keep the best")
+    parser.add_argument("--skip-training", action="store_true", help="skip the training and replay throughput")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 5-task vs 2-task memory runs")
     args = parser.parse_args()
 
     config = BackboneConfig()
@@ -125,38 +209,62 @@ def main() -> None:
     def fresh_harness() -> nn.Module:
         return TextClassifier(load_encoder(config), [4], "domain_incremental")
 
-    variants = {
-        "(a) plain loop, padded": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, False)),
-        "(b) plain loop, dynamic padding": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True)),
-        "(c) Avalanche Naive, padded": (fresh_padded, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
-        "(d) cl-harness naive": (fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
-        "(e) cl-harness naive, bucketing": (
-            fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, [LengthBucketing()])
-        ),
-    }
     plain_loop(fresh_padded(), train_x[:32], train_y[:32], args.batch_size, False)  # warm-up
-    seconds: dict[str, float] = {}
-    for _ in range(args.rounds):  # round-robin, best of rounds: load on a shared machine hits all variants alike
-        for name, (make, train) in variants.items():
-            model = make()
-            seconds[name] = min(seconds.get(name, float("inf")), timed(lambda: train(model)))
-    print(f"\ntraining ({args.examples} examples, batch {args.batch_size}):")
-    base = args.examples / seconds["(c) Avalanche Naive, padded"]
-    best = args.examples / seconds["(b) plain loop, dynamic padding"]
-    for name, s in seconds.items():
-        rate = args.examples / s
-        print(f"  {name:<34} {rate:6.1f} ex/s   x{rate / base:4.2f} vs (c)   x{rate / best:4.2f} vs (b)")
+    if not args.skip_training:
+        seconds = measure(
+            {
+                "(a) plain loop, padded": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, False)),
+                "(b) plain loop, dynamic padding": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True)),
+                "(c) Avalanche Naive, padded": (fresh_padded, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
+                "(d) cl-harness naive": (fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
+                "(e) cl-harness naive, bucketing": (
+                    fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, [LengthBucketing()])
+                ),
+            },
+            args.rounds,
+        )
+        print(f"\ntraining ({args.examples} examples, batch {args.batch_size}):")
+        base = args.examples / seconds["(c) Avalanche Naive, padded"]
+        best = args.examples / seconds["(b) plain loop, dynamic padding"]
+        for name, s in seconds.items():
+            rate = args.examples / s
+            print(f"  {name:<34} {rate:6.1f} ex/s   x{rate / base:4.2f} vs (c)   x{rate / best:4.2f} vs (b)")
+
+        replay = measure(
+            {
+                "Avalanche replay, padded": (fresh_padded, lambda m: two_task_replay(m, train_x, train_y, args.batch_size, False)),
+                "cl-harness replay, no bucketing": (fresh_harness, lambda m: two_task_replay(m, train_x, train_y, args.batch_size, True)),
+            },
+            args.rounds,
+        )
+        padded_s, harness_s = replay.values()
+        examples = args.examples + args.examples // 2  # the second task's batches carry as many memory examples again
+        print(f"\nreplay (2 tasks of {args.examples // 2} examples, memory {args.examples // 2}, batch {args.batch_size} + {args.batch_size}):")
+        print(f"  Avalanche replay, padded           {examples / padded_s:6.1f} ex/s")
+        print(f"  cl-harness replay, no bucketing    {examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
 
     eval_x, eval_y = inputs[: args.eval_examples], targets[: args.eval_examples]
     padded_model, harness_model = fresh_padded(), fresh_harness()
-    padded_s = min(timed(lambda: padded_eval(padded_model, eval_x, args.eval_batch_size)) for _ in range(args.rounds))
-    harness_s = min(
-        timed(lambda: evaluate_all(harness_model, [(eval_x, eval_y, 0)], args.eval_batch_size, torch.device("cpu")))
-        for _ in range(args.rounds)
+    evaluation = measure(
+        {
+            "padded": (lambda: padded_model, lambda m: padded_eval(m, eval_x, args.eval_batch_size)),
+            "harness": (
+                lambda: harness_model,
+                lambda m: evaluate_all(m, [(eval_x, eval_y, 0)], args.eval_batch_size, torch.device("cpu")),
+            ),
+        },
+        args.rounds,
     )
+    padded_s, harness_s = evaluation["padded"], evaluation["harness"]
     print(f"\nevaluation ({args.eval_examples} examples, batch {args.eval_batch_size}):")
     print(f"  padded inference loop              {args.eval_examples / padded_s:6.1f} ex/s")
     print(f"  cl-harness evaluator               {args.eval_examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
+
+    if not args.skip_memory:
+        peaks = replay_peak_memory(args.data_root, (2, 5), args.memory_per_class)
+        print(f"\npeak memory, class-incremental replay (DBpedia, 2 classes a task, {args.memory_per_class} per class, memory 100):")
+        for count, peak in peaks.items():
+            print(f"  {count} tasks                            {peak:7.0f} MiB   x{peak / peaks[2]:4.2f}")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

@@ -124,6 +124,8 @@ def cmd_run(args) -> int:
             print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
         return EXIT_OK
     prepared = prepare_experiment(checked)
+    if prepared.cache is not None and prepared.cache.hits:
+        print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
     results = run_experiment(
         prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # transformers and datasets read this at import
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The token cache goes to a folder of this test session, never to the user's ~/.cache.
+os.environ["CL_HARNESS_CACHE"] = tempfile.mkdtemp(prefix="cl-harness-test-cache-")
 
 import re  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -129,3 +132,10 @@ def tiny_run(tmp_path, tiny_bert):
         return train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
 
     return run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this session's token cache."""
+    import shutil
+
+    shutil.rmtree(os.environ["CL_HARNESS_CACHE"], ignore_errors=True)

@@ -37,8 +37,16 @@ class TrainingConfig:
     eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
     length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast of the encoder)"})
 
     def check(self, source: Source, path: KeyPath) -> None:
+        if self.precision == "fp16":
+            raise source.error(
+                path + ("precision",), "fp16 is not supported: fp16 training needs loss scaling, which Avalanche's loop has no hook for",
+                hint="use bf16 (autocast; CPUs and Ampere or newer GPUs) or fp32",
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise source.error(path + ("precision",), f"must be fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise source.error(path + ("device",), f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

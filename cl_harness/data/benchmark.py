@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData
+from cl_harness.data.token_cache import TokenCache
 
 
 @dataclass
@@ -80,15 +81,23 @@ class EncodedTask:
         )
 
 
-def encode_tasks(tasks: list[TaskData], space: LabelSpace, tokenizer, max_length: int) -> list[EncodedTask]:
-    """Tokenise every task's train and test texts once."""
+def encode_tasks(
+    tasks: list[TaskData], space: LabelSpace, tokenizer, max_length: int, cache: TokenCache | None = None
+) -> list[EncodedTask]:
+    """Tokenise every task's train and test texts once (or read them from ``cache``)."""
+
+    def encode(texts: list) -> Tensor:
+        if cache is None:
+            return encode_texts(tokenizer, texts, max_length)
+        return cache.encode(texts, max_length, lambda t, n: encode_texts(tokenizer, t, n))
+
     return [
         EncodedTask(
             name=task.name,
             index=index,
-            train_inputs=encode_texts(tokenizer, task.train_texts, max_length),
+            train_inputs=encode(task.train_texts),
             train_targets=space.targets(index, task.train_labels),
-            test_inputs=encode_texts(tokenizer, task.test_texts, max_length),
+            test_inputs=encode(task.test_texts),
             test_targets=space.targets(index, task.test_labels),
         )
         for index, task in enumerate(tasks)

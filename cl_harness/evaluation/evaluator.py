@@ -10,10 +10,23 @@ from torch import Tensor, nn
 from cl_harness.data.encoding import lengths
 
 
-def length_sorted_batches(inputs: Tensor, batch_size: int) -> list[Tensor]:
-    """Index batches of examples sorted by length, so each batch pads only to similar lengths."""
-    order = torch.argsort(lengths(inputs), descending=True)
-    return list(torch.split(order, batch_size))
+def length_sorted_batches(inputs: Tensor, batch_size: int, min_fill: float = 0.9) -> list[Tensor]:
+    """Index batches of examples sorted by length, each padding to at most ``1 / min_fill`` of its shortest text.
+
+    A batch closes at ``batch_size`` rows or at the first text shorter than ``min_fill`` times
+    its longest, so the padding computed is at most about 10% of the real tokens.
+    """
+    sizes = lengths(inputs)  # (n,)
+    order = torch.argsort(sizes, descending=True)
+    sorted_sizes = sizes[order].tolist()
+    batches, start = [], 0
+    while start < len(order):
+        end, floor = start + 1, min_fill * sorted_sizes[start]
+        while end < len(order) and end - start < batch_size and sorted_sizes[end] >= floor:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 @torch.inference_mode()

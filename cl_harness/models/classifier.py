@@ -31,8 +31,11 @@ class TextClassifier(MultiTaskModule):
     - ``task_incremental``: one head per task, chosen by the task label (known at test time).
     """
 
-    def __init__(self, encoder: nn.Module, head_sizes: list[int], scenario: str, pooling: str = "mean") -> None:
+    def __init__(
+        self, encoder: nn.Module, head_sizes: list[int], scenario: str, pooling: str = "mean", precision: str = "fp32"
+    ) -> None:
         super().__init__()
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
         self.encoder = encoder
         self.scenario = scenario
         self.pooling = pooling
@@ -61,7 +64,12 @@ class TextClassifier(MultiTaskModule):
 
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
         """Logits ``(batch, width)``; masked or absent units hold ``MASKED_LOGIT``."""
-        features = self.encode(x)
+        if self.autocast_dtype is None:
+            features = self.encode(x)
+        else:  # the encoder runs in reduced precision; heads and losses stay in float32
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                features = self.encode(x)
+            features = features.float()
         if self.scenario != "task_incremental":
             logits = self.heads[0](features)
             if self.scenario == "class_incremental":

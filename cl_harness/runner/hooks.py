@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -15,12 +14,16 @@ from cl_harness.errors import TrainingError
 
 
 class ProgressBar(SupervisedPlugin):
-    """A tqdm bar per task over all its training minibatches, showing the running loss."""
+    """A tqdm bar per task over all its training minibatches, showing the loss every ``loss_every`` batches.
 
-    def __init__(self, describe: str, enabled: bool = True) -> None:
+    Reading the loss waits for the device; doing it every batch would stall a GPU's queue.
+    """
+
+    def __init__(self, describe: str, enabled: bool = True, loss_every: int = 20) -> None:
         super().__init__()
         self.describe = describe
         self.enabled = enabled
+        self.loss_every = loss_every
         self.bar = None
 
     def before_training_exp(self, strategy, **kwargs):
@@ -33,7 +36,8 @@ class ProgressBar(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
+            if self.bar.n % self.loss_every == 1 or self.loss_every == 1:
+                self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
 
     def after_training_exp(self, strategy, **kwargs):
         if self.bar is not None:
@@ -42,25 +46,46 @@ class ProgressBar(SupervisedPlugin):
 
 
 class FiniteLossGuard(SupervisedPlugin):
-    """Stop the run with a clear message when the loss becomes NaN or infinite."""
+    """Stop the run with a clear message when the loss becomes NaN or infinite.
 
-    def __init__(self, strategy_label: str, task_names: list[str]) -> None:
+    Losses are checked every step on the CPU; on an accelerator they are kept on the device and
+    checked every ``check_every`` steps and at each epoch's end, so the loop never waits on them.
+    """
+
+    def __init__(self, strategy_label: str, task_names: list[str], check_every: int = 25) -> None:
         super().__init__()
         self.strategy_label = strategy_label
         self.task_names = task_names
+        self.check_every = check_every
         self.steps = 0
+        self.pending: list[Tensor] = []  # detached scalar losses not checked yet
 
     def before_training_exp(self, strategy, **kwargs):
         self.steps = 0
+        self.pending = []
 
     def before_backward(self, strategy, **kwargs):
         self.steps += 1
-        loss = float(strategy.loss.detach())
-        if not math.isfinite(loss):
+        self.pending.append(strategy.loss.detach())
+        if strategy.loss.device.type == "cpu" or len(self.pending) >= self.check_every:
+            self.check(strategy)
+
+    def after_training_epoch(self, strategy, **kwargs):
+        self.check(strategy)
+
+    def check(self, strategy) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack(self.pending).float()  # (pending,)
+        first_step = self.steps - len(self.pending) + 1
+        self.pending = []
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            index = int(bad[0])
             task = self.task_names[strategy.experience.current_experience]
             raise TrainingError(
-                f"non-finite loss ({loss}) in strategy {self.strategy_label!r}, task {task!r}, "
-                f"step {self.steps} of epoch {strategy.clock.train_exp_epochs + 1}"
+                f"non-finite loss ({float(losses[index])}) in strategy {self.strategy_label!r}, task {task!r}, "
+                f"step {first_step + index} of epoch {strategy.clock.train_exp_epochs + 1}"
             )
 
 

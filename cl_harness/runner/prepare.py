@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
 from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task, sample_per_class
+from cl_harness.data.token_cache import TokenCache
 from cl_harness.errors import HubUnreachableError
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
@@ -46,6 +47,7 @@ class PreparedExperiment:
 
     checked: CheckedExperiment
     encoded: list[EncodedTask]
+    cache: TokenCache | None = None  # its hits and misses tell whether tokenising was skipped
 
 
 @dataclass
@@ -103,7 +105,10 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 
 
-def prepare_experiment(checked: CheckedExperiment) -> PreparedExperiment:
-    """Tokenise every task once."""
-    encoded = encode_tasks(checked.tasks, checked.space, checked.tokenizer, checked.loaded.config.training.max_length)
-    return PreparedExperiment(checked, encoded)
+def prepare_experiment(checked: CheckedExperiment, cache: TokenCache | None | str = "environment") -> PreparedExperiment:
+    """Tokenise every task once, through the token cache (``$CL_HARNESS_CACHE`` unless ``cache`` is given)."""
+    if cache == "environment":
+        cache = TokenCache.from_environment(checked.tokenizer)
+    max_length = checked.loaded.config.training.max_length
+    encoded = encode_tasks(checked.tasks, checked.space, checked.tokenizer, max_length, cache)
+    return PreparedExperiment(checked, encoded, cache)

@@ -202,7 +202,9 @@ def train_and_evaluate(
     seed_everything(planned.seed)
     reset_peak_memory(device)
     encoder = load_encoder(config.backbone)
-    model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
+    model = TextClassifier(
+        encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling, config.training.precision
+    ).to(device)
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()
     framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]

@@ -138,6 +138,23 @@ def test_two_local_workers_give_the_sequential_results_in_one_parent(tmp_path, t
             assert row == pytest.approx(want, abs=1e-6), name
 
 
+@pytest.mark.slow
+def test_a_local_worker_that_always_dies_fails_its_run_after_the_retries(tmp_path, tiny_bert, capsys):
+    from mlflow import MlflowClient
+
+    from cl_harness.report.compare import load_comparison
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    doomed = {"name": "doomed", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 0}}]}
+    experiment = grid_experiment(tmp_path, tiny_bert, "doomed", [doomed], [0])
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress", "--workers", "2", "--max-retries", "0"]) == 1
+    assert "0 of 1 runs finished" in capsys.readouterr().out
+    (run,) = children(uri, "doomed").values()
+    assert run.info.status == "FAILED" and "died on all 1 attempts (exit code -9)" in run.data.tags["error"]
+    comparison = load_comparison(MlflowClient(tracking_uri=uri), "doomed")
+    assert [(r.name, r.status) for r in comparison.problems()] == [("doomed/seed0/order0", "FAILED")]
+
+
 # --- Ray: a real local cluster and a live mlflow server ---------------------------------------------
 
 

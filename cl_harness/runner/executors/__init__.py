@@ -64,6 +64,6 @@ def make_executor(options: ExecutionOptions, tracking_uri: str) -> Executor:
     from cl_harness.runner.executors.local import ProcessExecutor, SequentialExecutor
 
     if options.workers == 1:
-        return SequentialExecutor()
-    threads = int(options.cpus_per_run) if options.cpus_per_run else max(1, (os.cpu_count() or 1) // options.workers)
+        return SequentialExecutor(max(1, int(options.cpus_per_run)) if options.cpus_per_run else None)
+    threads = int(options.cpus_per_run) if options.cpus_per_run else (os.cpu_count() or 1) // options.workers
     return ProcessExecutor(options.workers, options.max_retries, max(1, threads))

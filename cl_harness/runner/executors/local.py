@@ -14,8 +14,15 @@ from cl_harness.runner.run import RunResult
 class SequentialExecutor:
     """``--executor local``: the runs one after another in this process (the default)."""
 
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads
+
     def run(self, context: GridContext, on_result: OnResult | None) -> list[RunResult]:
-        """Train every planned run here, in order."""
+        """Train every planned run here, in order (with ``threads`` torch threads when given)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         return run_sequentially(context, on_result)
 
 
@@ -91,7 +98,7 @@ class ProcessExecutor:
                         if deaths[index] <= self.max_retries:
                             pending.append(index)  # a new worker resumes it from its last checkpoint
                             continue
-                        payload = context.lost(planned, f"worker process died {deaths[index]} times (exit code {process.exitcode})")
+                        payload = context.lost(planned, f"the worker process died on all {deaths[index]} attempts (exit code {process.exitcode})")
                     elif kind == "error":
                         payload = context.lost(planned, payload)
                     elif kind == "interrupted":

@@ -68,3 +68,18 @@ class KillProcessAtTask(SupervisedPlugin):
             except FileExistsError:
                 return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAtTask(SupervisedPlugin):
+    """Raise an ordinary error before training task ``task`` (0-based), appending a line to ``count_file`` each time."""
+
+    def __init__(self, count_file: str, task: int = 1) -> None:
+        super().__init__()
+        self.count_file = count_file
+        self.task = task
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == self.task:
+            with open(self.count_file, "a") as file:
+                file.write("attempt\n")
+            raise RuntimeError("a bug in the strategy")

@@ -218,14 +218,20 @@ def test_a_ray_run_whose_worker_always_dies_fails_and_the_grid_finishes(ray_clus
 
     from cl_harness.report.compare import load_comparison
 
+    attempts = tmp_path / "broken-attempts"
     doomed = {"name": "doomed", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 1}}]}
-    experiment = grid_experiment(tmp_path, tiny_bert, "ray-doomed", [doomed, "naive"], [0])
+    broken = {"name": "broken", "plugins": ["naive", {"cl_test_plugins:RaiseAtTask": {"count_file": str(attempts)}}]}
+    experiment = grid_experiment(tmp_path, tiny_bert, "ray-doomed", [doomed, broken, "naive"], [0])
     assert main(["run", str(experiment), "--executor", "ray", "--tracking-uri", server, "--no-progress", "--max-retries", "1"]) == 1
-    assert "1 of 2 runs finished" in capsys.readouterr().out
+    assert "1 of 3 runs finished" in capsys.readouterr().out
     runs = children(server, "ray-doomed")
     assert runs["naive/seed0/order0"].info.status == "FINISHED"
     lost = runs["doomed/seed0/order0"]
     assert lost.info.status == "FAILED" and "died on all 2 attempts" in lost.data.tags["error"]
     assert steps_of(server, lost) == [0, 1]  # the retry resumed after task 1 and did not log it again
+    bug = runs["broken/seed0/order0"]
+    assert bug.info.status == "FAILED" and "RuntimeError: a bug in the strategy" in bug.data.tags["error"]
+    assert attempts.read_text().count("attempt") == 1  # an ordinary error is not retried
     comparison = load_comparison(MlflowClient(tracking_uri=server), "ray-doomed")
-    assert [(r.name, r.status) for r in comparison.problems()] == [("doomed/seed0/order0", "FAILED")]
+    problems = [(r.name, r.status) for r in comparison.problems()]
+    assert problems == [("broken/seed0/order0", "FAILED"), ("doomed/seed0/order0", "FAILED")]

@@ -81,14 +81,16 @@ class GridContext:
 
     def lost(self, planned: PlannedRun, error: str) -> RunResult:
         """A run whose worker gave up or died: its MLflow run, if one was created and is still open, is marked FAILED."""
+        name = planned.name.replace("'", "\\'")
         found = self.client.search_runs(
-            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.run_name = '{planned.name}'"
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.run_name = '{name}'"
         )
         run_id = found[0].info.run_id if found else None
-        if found and found[0].info.status == "RUNNING":
-            logger = RunLogger.reopen(self.client, run_id)
-            logger.set_tags({"error": error[:4000]})
-            logger.end("FAILED")
+        if found and found[0].info.status == "RUNNING":  # its worker died: nobody else will close it
+            self.client.set_tag(run_id, "error", error[:4000])
+            self.client.set_terminated(run_id, "FAILED")
+        elif found and "error" not in found[0].data.tags:  # ended FAILED by the worker's own error handling
+            self.client.set_tag(run_id, "error", error[:4000])
         tasks = [self.prepared.checked.task_names[i] for i in planned.order]
         return RunResult(planned.strategy.label, planned.seed, tasks, [], planned.order_index, status="FAILED", error=error, run_id=run_id)
 

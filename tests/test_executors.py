@@ -213,10 +213,12 @@ def test_a_ray_grid_survives_a_killed_worker_and_reports_all_four_runs(ray_clust
 
 
 @pytest.mark.slow
-def test_a_ray_run_whose_worker_always_dies_fails_and_the_grid_finishes(ray_cluster, server, tmp_path, tiny_bert, capsys):
+def test_a_ray_run_whose_worker_always_dies_fails_and_the_grid_finishes(ray_cluster, tmp_path, tiny_bert, capsys):
     from mlflow import MlflowClient
 
     from cl_harness.report.compare import load_comparison
+
+    server = f"sqlite:///{tmp_path}/mlflow.db"  # a cluster started on this machine can share the local store
 
     attempts = tmp_path / "broken-attempts"
     doomed = {"name": "doomed", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 1}}]}

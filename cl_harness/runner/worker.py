@@ -29,4 +29,5 @@ def run_planned(spec: RunSpec, index: int) -> RunResult:
         )
     planned = prepared.checked.runs[index]
     client = MlflowClient(tracking_uri=spec.tracking_uri)
-    return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, run_folder(grid, planned))
+    folder = run_folder(grid, planned)
+    return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, folder)

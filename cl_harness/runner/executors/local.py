@@ -98,7 +98,8 @@ class ProcessExecutor:
                         if deaths[index] <= self.max_retries:
                             pending.append(index)  # a new worker resumes it from its last checkpoint
                             continue
-                        payload = context.lost(planned, f"the worker process died on all {deaths[index]} attempts (exit code {process.exitcode})")
+                        reason = f"the worker process died on all {deaths[index]} attempts (exit code {process.exitcode})"
+                        payload = context.lost(planned, reason)
                     elif kind == "error":
                         payload = context.lost(planned, payload)
                     elif kind == "interrupted":

@@ -34,6 +34,20 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="directory that ${DATA_ROOT} in stream files points to")
 
 
+def _add_execution_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: runs in this process, or in --workers processes; ray: one Ray task per run (needs cl-harness[ray])")
+    group.add_argument("--workers", type=int, default=1, metavar="N", help="local executor: N runs at once in N processes (default 1)")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="Ray cluster to submit to, e.g. ray://head:10001 or auto (default: start a local one)")
+    group.add_argument("--max-retries", type=int, default=2, metavar="N",
+                       help="times a run whose worker process died is started again from its checkpoint (default 2)")
+    group.add_argument("--cpus-per-run", type=float, metavar="N",
+                       help="CPUs each run asks Ray for (default 1); also its torch threads (local default: CPUs / workers)")
+    group.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N", help="GPUs each run asks Ray for (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cl-harness", description="Continual-learning experiments on pretrained transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -47,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue an interrupted grid (the default when its run folder exists)")
     resume.add_argument("--restart", action="store_true", help="start the grid over; the old run folder is renamed, not deleted")
+    _add_execution_args(run)
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
     _add_config_args(validate)
@@ -114,10 +129,14 @@ def validate_stream(args) -> int:
 def cmd_run(args) -> int:
     from cl_harness.config.loader import load_experiment
     from cl_harness.report.terminal import run_summary
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.executors import ExecutionOptions, make_executor
     from cl_harness.runner.experiment import run_experiment
+    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.tracking.mlflow_logger import choose_tracking_uri, resolve_tracking_uri
 
+    options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    executor = make_executor(options, choose_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri))
     if args.dry_run:
         print(f"{len(checked.runs)} planned runs of experiment {checked.loaded.config.name!r}:")
         for planned in checked.runs:
@@ -127,13 +146,11 @@ def cmd_run(args) -> int:
     if prepared.cache is not None and prepared.cache.hits:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
+    uri = resolve_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)  # as run_experiment resolves it
     results = run_experiment(
-        prepared, args.tracking_uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart
+        prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor
     )
     failed = [r for r in results if r.status != "FINISHED"]
-    from cl_harness.tracking.mlflow_logger import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)  # as run_experiment resolved it
     print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri}). Browse: cl-harness ui")
     return EXIT_FAILED_RUNS if failed else EXIT_OK
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -47,3 +49,37 @@ class LoaderSpy(SupervisedPlugin):
 
     def after_training_iteration(self, strategy, **kwargs):
         self.batch_lengths.append(strategy.mb_x[:, 1].sum(dim=1).tolist())
+
+
+class KillProcessAtTask(SupervisedPlugin):
+    """SIGKILL this process before training task ``task`` (0-based): once per ``marker_file`` when given, else every time."""
+
+    def __init__(self, task: int = 1, marker_file: str | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.marker_file = marker_file
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter != self.task:
+            return
+        if self.marker_file is not None:
+            try:  # exactly one process wins the marker and dies; the retry finds it and trains on
+                os.close(os.open(self.marker_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAtTask(SupervisedPlugin):
+    """Raise an ordinary error before training task ``task`` (0-based), appending a line to ``count_file`` each time."""
+
+    def __init__(self, count_file: str, task: int = 1) -> None:
+        super().__init__()
+        self.count_file = count_file
+        self.task = task
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == self.task:
+            with open(self.count_file, "a") as file:
+                file.write("attempt\n")
+            raise RuntimeError("a bug in the strategy")

@@ -2,137 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import write_demo_stream, write_experiment
+from mlflow_helpers import HTTP, artifact_paths, free_port, get, search_runs, serve, start_server, stop, tags_of
 
 pytestmark = pytest.mark.slow
 
-STARTUP_TIMEOUT_S = 60.0
 TASKS = ("t1", "t2")
-# plain HTTP without proxies: the server listens on 127.0.0.1 only
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_command(root: Path, port: int) -> list[str]:
-    """``mlflow server`` on sqlite, with artifacts proxied over HTTP (``mlflow-artifacts:/``) into ``root``."""
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
-        "--default-artifact-root", "mlflow-artifacts:/",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Poll ``<url>/health`` until it answers 200; fail with the server log if it dies or takes too long."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with _HTTP.open(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"mlflow server not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Terminate the server's process group (it was started in its own session), killing it if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """The URL of a fresh ``mlflow server`` process, always terminated at teardown."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = root / "server.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner subprocess: starts in ~10 s, not ~20 s
-    with log.open("wb") as out:
-        process = subprocess.Popen(server_command(root, port), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   cwd=root, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, process, log, STARTUP_TIMEOUT_S)
-        yield url
-    finally:
-        stop(process)
-
-
-# --- plain REST calls -----------------------------------------------------------------------------
-
-
-def get(url: str, path: str, **params) -> dict:
-    """GET ``path`` with query ``params`` and return the JSON answer."""
-    with _HTTP.open(f"{url}{path}?{urllib.parse.urlencode(params)}", timeout=30) as response:
-        return json.loads(response.read())
-
-
-def post(url: str, path: str, body: dict) -> dict:
-    """POST a JSON ``body`` to ``path`` and return the JSON answer."""
-    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with _HTTP.open(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def tags_of(run: dict) -> dict[str, str]:
-    """A REST run's tags as a dict."""
-    return {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
-
-
-def search_runs(url: str, experiment_id: str, filter_string: str = "") -> list[dict]:
-    """Every run of the experiment matching ``filter_string`` (all pages)."""
-    runs, token = [], None
-    while True:
-        body = {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 100}
-        if token:
-            body["page_token"] = token
-        answer = post(url, "/api/2.0/mlflow/runs/search", body)
-        runs += answer.get("runs", [])
-        token = answer.get("next_page_token")
-        if not token:
-            return runs
-
-
-def artifact_paths(url: str, run_id: str) -> set[str]:
-    """The paths of the run's top-level artifacts."""
-    return {f["path"] for f in get(url, "/api/2.0/mlflow/artifacts/list", run_id=run_id).get("files", [])}
+    yield from serve(tmp_path_factory.mktemp("mlflow-server"))
 
 
 # --- the test -------------------------------------------------------------------------------------
@@ -200,7 +90,7 @@ def test_artifacts_are_listed_over_http(grid_run):
     assert {"config.yaml", "report.html", "comparison_table.json"} <= artifact_paths(grid_run["url"], parent_id)
     # the UI's artifact viewer downloads through /get-artifact
     query = urllib.parse.urlencode({"path": "report.html", "run_uuid": parent_id})
-    with _HTTP.open(f"{grid_run['url']}/get-artifact?{query}", timeout=30) as response:
+    with HTTP.open(f"{grid_run['url']}/get-artifact?{query}", timeout=30) as response:
         html = response.read().decode("utf-8")
     assert "data:image/png;base64," in html and parent_id in html and "replay" in html
 
@@ -215,20 +105,6 @@ def test_the_comparison_reads_back_over_http(grid_run, tmp_path):
     assert sorted(table["strategy"]) == ["naive", "replay"] and list(table["n_finished"]) == [2, 2]
     assert all(r.has_matrix and r.tasks == list(TASKS) for r in comparison.runs)
     assert "| naive | 2/2 |" in markdown(table)
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    """An ``mlflow server`` on ``root``'s store and ``port``, healthy, in its own session."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = root / f"server-{time.monotonic_ns()}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(server_command(root, port), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process, log, STARTUP_TIMEOUT_S)
-    except BaseException:
-        stop(process)
-        raise
-    return process
 
 
 def test_a_server_lost_mid_run_loses_nothing_and_the_rerun_syncs(tmp_path, tiny_bert):

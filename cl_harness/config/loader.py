@@ -35,6 +35,8 @@ class LoadedExperiment:
     path: Path
     stream: LoadedStream
     variables: Mapping[str, str] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the --set values, so a worker process can load the same experiment
+    data_root: str | None = None
 
     def resolved(self) -> dict:
         """The final configuration as plain data: what ``config.yaml`` records for every run."""
@@ -90,4 +92,5 @@ def load_experiment(
     if not stream_path.is_file():
         raise source.error(("stream",), f"stream file not found: {stream_path}")
     stream = load_stream(stream_path, variables)
-    return LoadedExperiment(config, source, Path(path).resolve(), stream, variables)
+    root = variables.get("DATA_ROOT") if data_root is not None else None
+    return LoadedExperiment(config, source, Path(path).resolve(), stream, variables, tuple(overrides), root)

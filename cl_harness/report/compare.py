@@ -34,7 +34,9 @@ ROLE_TAG = "cl_harness.role"
 PARENT_ROLE, CHILD_ROLE = "parent", "child"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 MATRIX_ARTIFACT = "accuracy_matrix.json"
+PLANNED_ARTIFACT = "planned_runs.json"
 FINISHED = "FINISHED"
+MISSING = "MISSING"
 MAX_LISTED = 20
 
 #: Metrics aggregated per strategy (mean and std), in table order.
@@ -157,7 +159,7 @@ class Comparison:
         return [r for r in self.runs if r.finished]
 
     def problems(self) -> list[ChildRun]:
-        """Children that did not finish (FAILED, KILLED, still RUNNING, ...)."""
+        """Children that did not finish (FAILED, KILLED, still RUNNING, ...) and planned runs with no child (MISSING)."""
         return [r for r in self.runs if not r.finished]
 
     def strategies(self) -> list[str]:
@@ -396,6 +398,27 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
     return child
 
 
+def _planned_names(client: MlflowClient, parent_run_id: str, scratch: Path) -> list[str]:
+    """The run names the parent planned (its ``planned_runs.json``); empty for parents logged before it existed."""
+    target = scratch / parent_run_id
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client.download_artifacts(parent_run_id, PLANNED_ARTIFACT, str(target))
+        return [str(name) for name in json.loads(Path(local).read_text(encoding="utf-8"))["runs"]]
+    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError):
+        return []
+
+
+def missing_run(name: str) -> ChildRun:
+    """A planned ``<strategy>/seed<k>/order<m>`` run that has no child run in the store."""
+    strategy, seed, order = (name.split("/") + ["", ""])[:3]
+    return ChildRun(
+        run_id="", name=name, status=MISSING, strategy=strategy,
+        seed=_int_tag({"s": seed.removeprefix("seed")}, "s"), order=_int_tag({"o": order.removeprefix("order")}, "o"),
+        error="planned, but no run was logged (its worker never started it)",
+    )
+
+
 def _run_sort_key(run: ChildRun) -> tuple:
     """Children ordered by strategy, seed, order, name."""
     return (run.strategy, run.seed if run.seed is not None else -1, run.order if run.order is not None else -1, run.name)
@@ -407,7 +430,10 @@ def load_comparison(client: MlflowClient, experiment_name: str, parent_run_id: s
     parent = find_parent(client, experiment, parent_run_id)
     children = find_children(client, experiment.experiment_id, parent.info.run_id)
     with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch:
-        runs = sorted((read_child(client, run, Path(scratch)) for run in children), key=_run_sort_key)
+        runs = [read_child(client, run, Path(scratch)) for run in children]
+        logged = {r.name for r in runs}
+        runs += [missing_run(name) for name in _planned_names(client, parent.info.run_id, Path(scratch)) if name not in logged]
+        runs.sort(key=_run_sort_key)
     return Comparison(
         experiment_name=experiment.name,
         experiment_id=experiment.experiment_id,

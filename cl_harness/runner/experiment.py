@@ -7,7 +7,10 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
 from cl_harness.runner.grid import PlannedRun
@@ -21,9 +24,100 @@ from cl_harness.tracking.mlflow_logger import (
     default_tags,
     get_or_create_experiment,
     resolve_tracking_uri,
+    sqlite_db_path,
 )
 
 PARENT, CHILD = "parent", "child"
+PLANNED_RUNS_ARTIFACT = "planned_runs.json"
+OnResult = Callable[[RunResult], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker process needs to run planned runs of a grid: how to load the experiment, where to log (picklable)."""
+
+    experiment: str  # the experiment YAML, absolute
+    overrides: tuple[str, ...]
+    data_root: str | None
+    tracking_uri: str  # absolute: workers may start in another folder
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+    grid: str  # the grid's run folder, absolute (the one shared-disk assumption)
+    run_names: tuple[str, ...]
+    show_progress: bool = False
+    threads: int | None = None  # torch threads per run; None keeps torch's default
+
+
+@dataclass
+class GridContext:
+    """One grid invocation in the parent process: the store, the parent run and the run folders."""
+
+    prepared: PreparedExperiment
+    client: object
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+    grid: Path
+    show_progress: bool = True
+    runs: list[PlannedRun] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runs = list(self.prepared.checked.runs)
+
+    def run_here(self, planned: PlannedRun) -> RunResult:
+        """Train and log one planned run in this process."""
+        return run_child(self.prepared, planned, self.client, self.experiment_id, self.parent_run_id, self.tags,
+                         self.show_progress, run_folder(self.grid, planned))
+
+    def spec(self, threads: int | None = None) -> RunSpec:
+        """The picklable description of this grid that workers load the experiment from again."""
+        loaded = self.prepared.checked.loaded
+        return RunSpec(
+            str(loaded.path), tuple(loaded.overrides), loaded.data_root, absolute_uri(self.tracking_uri), self.experiment_id,
+            self.parent_run_id, dict(self.tags), str(self.grid.resolve()), tuple(p.name for p in self.runs), False, threads,
+        )
+
+    def lost(self, planned: PlannedRun, error: str) -> RunResult:
+        """A run whose worker gave up or died: its MLflow run, if one was created and is still open, is marked FAILED."""
+        name = planned.name.replace("'", "\\'")
+        found = self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.run_name = '{name}'"
+        )
+        run_id = found[0].info.run_id if found else None
+        if found and found[0].info.status == "RUNNING":  # its worker died: nobody else will close it
+            self.client.set_tag(run_id, "error", error[:4000])
+            self.client.set_terminated(run_id, "FAILED")
+        elif found and "error" not in found[0].data.tags:  # ended FAILED by the worker's own error handling
+            self.client.set_tag(run_id, "error", error[:4000])
+        tasks = [self.prepared.checked.task_names[i] for i in planned.order]
+        return RunResult(planned.strategy.label, planned.seed, tasks, [], planned.order_index, status="FAILED", error=error, run_id=run_id)
+
+
+class Executor(Protocol):
+    """Runs every planned run of a grid and returns their results in planned order."""
+
+    def run(self, context: GridContext, on_result: OnResult | None) -> list[RunResult]: ...
+
+
+def run_sequentially(context: GridContext, on_result: OnResult | None) -> list[RunResult]:
+    """The local executor: one run after another in this process."""
+    results = []
+    for planned in context.runs:
+        result = context.run_here(planned)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def absolute_uri(uri: str) -> str:
+    """A local ``sqlite:///relative/path`` made absolute; other URIs unchanged."""
+    db = sqlite_db_path(uri)
+    if db is None or db.is_absolute():
+        return uri
+    return f"sqlite:///{db.resolve()}" + (uri[uri.index("?"):] if "?" in uri else "")
 
 
 def log_results(logger: RunLogger, result: RunResult) -> None:
@@ -103,9 +197,18 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
 
 
 def run_experiment(
-    prepared: PreparedExperiment, tracking_uri: str | None = None, show_progress: bool = True, on_result=None, restart: bool = False
+    prepared: PreparedExperiment,
+    tracking_uri: str | None = None,
+    show_progress: bool = True,
+    on_result: OnResult | None = None,
+    restart: bool = False,
+    executor: Executor | None = None,
 ) -> list[RunResult]:
-    """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent."""
+    """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent.
+
+    The experiment and the parent run are created here, before any worker starts; ``executor``
+    (default: one run after another in this process) runs the children.
+    """
     from mlflow import MlflowClient
 
     checked = prepared.checked
@@ -120,13 +223,9 @@ def run_experiment(
     if restart and grid.exists():  # keep the old folder, out of the way
         grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
     parent = open_parent(client, experiment_id, prepared, grid, tags)
-    results: list[RunResult] = []
+    context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
-        for planned in checked.runs:
-            result = run_child(prepared, planned, client, experiment_id, parent.run_id, tags, show_progress, run_folder(grid, planned))
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
     except KeyboardInterrupt:
         end_quietly(parent, "KILLED")
         raise
@@ -169,6 +268,7 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
         tags={**tags, "cl_harness.role": PARENT, "stream": checked.loaded.stream.config.name, "scenario": checked.scenario},
     )
     parent.log_config(checked.resolved_config())
+    parent.log_dict({"runs": [p.name for p in checked.runs]}, PLANNED_RUNS_ARTIFACT)  # the report names runs that never started
     payload = json.dumps({"parent_run_id": parent.run_id, "runs": [p.name for p in checked.runs]}, indent=1).encode()
     atomic_write_bytes(marker, lambda f: f.write(payload))
     return parent

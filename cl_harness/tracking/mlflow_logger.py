@@ -58,9 +58,14 @@ def sqlite_db_path(uri: str) -> Path | None:
     return Path(path)
 
 
+def choose_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI (nothing created)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI; creates a sqlite db's folder."""
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The tracking URI to use (``choose_tracking_uri``); creates a sqlite db's folder."""
+    chosen = choose_tracking_uri(uri)
     db = sqlite_db_path(chosen)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

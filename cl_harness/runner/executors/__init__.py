@@ -1,0 +1,69 @@
+"""Executors run the planned runs of a grid: in this process, in N local processes, or as tasks on a Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from cl_harness.errors import ConfigError
+from cl_harness.runner.experiment import Executor
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How to run a grid: the ``--executor``, ``--workers``, ``--ray-address``, retry and resource flags."""
+
+    executor: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    max_retries: int = 2
+    cpus_per_run: float | None = None
+    gpus_per_run: float = 0.0
+
+
+def check_options(options: ExecutionOptions, tracking_uri: str) -> None:
+    """Raise ConfigError naming the flag when the options cannot work together or with ``tracking_uri``."""
+    if options.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {options.executor!r}", key="--executor", hint=f"choose one of {', '.join(EXECUTORS)}")
+    if options.workers < 1:
+        raise ConfigError(f"must be at least 1, got {options.workers}", key="--workers")
+    if options.max_retries < 0:
+        raise ConfigError(f"must be 0 or more, got {options.max_retries}", key="--max-retries")
+    if options.cpus_per_run is not None and options.cpus_per_run <= 0:
+        raise ConfigError(f"must be more than 0, got {options.cpus_per_run}", key="--cpus-per-run")
+    if options.gpus_per_run < 0:
+        raise ConfigError(f"must be 0 or more, got {options.gpus_per_run}", key="--gpus-per-run")
+    if options.executor == "local":
+        if options.ray_address is not None:
+            raise ConfigError("applies to --executor ray only", key="--ray-address", hint="add --executor ray")
+        if options.gpus_per_run:
+            raise ConfigError("applies to --executor ray only; local workers share this machine's devices", key="--gpus-per-run")
+        return
+    if options.workers != 1:
+        raise ConfigError("applies to --executor local only; on Ray the cluster's free CPUs and GPUs decide how many runs train at once",
+                          key="--workers", hint="drop --workers, or set --cpus-per-run / --gpus-per-run")
+    if options.ray_address and urlparse(tracking_uri).scheme.lower() not in ("http", "https"):
+        raise ConfigError(
+            f"workers on the Ray cluster at {options.ray_address} cannot write to the local store {tracking_uri}",
+            key="--tracking-uri",
+            hint="start a shared server (`mlflow server --host 0.0.0.0 --port 5000 ...`) and pass --tracking-uri http://HOST:5000",
+        )
+
+
+def make_executor(options: ExecutionOptions, tracking_uri: str) -> Executor:
+    """The executor the options ask for, after checking them."""
+    check_options(options, tracking_uri)
+    if options.executor == "ray":
+        from cl_harness.runner.executors.ray_tasks import RayExecutor, require_ray
+
+        require_ray()
+        return RayExecutor(options.ray_address, options.max_retries, options.cpus_per_run or 1.0, options.gpus_per_run)
+    from cl_harness.runner.executors.local import ProcessExecutor, SequentialExecutor
+
+    if options.workers == 1:
+        return SequentialExecutor(max(1, int(options.cpus_per_run)) if options.cpus_per_run else None)
+    threads = int(options.cpus_per_run) if options.cpus_per_run else (os.cpu_count() or 1) // options.workers
+    return ProcessExecutor(options.workers, options.max_retries, max(1, threads))

@@ -1,0 +1,82 @@
+"""``--executor ray``: each planned run is a Ray task with its CPU/GPU request; a task whose worker dies is retried.
+
+The only module that imports ``ray`` (the optional ``cl-harness[ray]`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+
+from cl_harness.errors import ConfigError
+from cl_harness.runner.experiment import GridContext, OnResult
+from cl_harness.runner.run import RunResult
+
+RAY_EXTRA_HINT = 'install the extra: pip install "cl-harness[ray]"'
+
+
+def require_ray() -> None:
+    """Raise ConfigError when ray is not installed."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--executor ray needs the ray package, which is not installed ({exc})", key="--executor",
+                          hint=RAY_EXTRA_HINT + ", or use --executor local [--workers N]") from exc
+
+
+class RayExecutor:
+    """Submits every run to a Ray cluster (``address``), or to a local one started here when there is none."""
+
+    def __init__(self, address: str | None, max_retries: int, cpus: float, gpus: float) -> None:
+        self.address = address
+        self.max_retries = max_retries
+        self.cpus = cpus
+        self.gpus = gpus
+
+    def connect(self) -> bool:
+        """Join the cluster (or start a local one); True when this call did, so it shuts it down after."""
+        import ray
+
+        if ray.is_initialized():  # a driver that called ray.init itself
+            return False
+        if self.address:
+            ray.init(address=self.address, include_dashboard=False)
+        else:
+            ray.init(include_dashboard=False)
+        return True
+
+    def run(self, context: GridContext, on_result: OnResult | None) -> list[RunResult]:
+        """Submit all runs, report each as it ends; a run whose worker kept dying is marked FAILED."""
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+
+        from cl_harness.runner.worker import run_planned
+
+        started_here = self.connect()
+        spec = context.spec(max(1, math.ceil(self.cpus)))
+        task = ray.remote(run_planned).options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, retry_exceptions=False
+        )
+        waiting = {task.remote(spec, index): index for index in range(len(context.runs))}
+        results: dict[int, RunResult] = {}
+        try:
+            while waiting:
+                (ref,), _ = ray.wait(list(waiting), num_returns=1)
+                index = waiting.pop(ref)
+                planned = context.runs[index]
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:  # an ordinary error in the run: FAILED, not retried
+                    cause = exc.cause if exc.cause is not None else exc
+                    result = context.lost(planned, f"{type(cause).__name__}: {cause}")
+                except RayError as exc:  # the worker died on every attempt
+                    reason = f"the Ray worker died on all {self.max_retries + 1} attempts ({type(exc).__name__})"
+                    result = context.lost(planned, reason)
+                results[index] = result
+                if on_result is not None:
+                    on_result(result)
+        finally:
+            for ref in waiting:
+                ray.cancel(ref)  # KeyboardInterrupt in the task: the run ends KILLED, its checkpoint kept
+            if started_here:
+                ray.shutdown()
+        return [results[i] for i in range(len(context.runs))]

@@ -1,0 +1,33 @@
+"""One planned run in a worker process: load and tokenise the experiment there, then train and log the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cl_harness.errors import ConfigError
+from cl_harness.runner.experiment import RunSpec, grid_folder, run_child, run_folder
+from cl_harness.runner.run import RunResult
+
+
+def run_planned(spec: RunSpec, index: int) -> RunResult:
+    """Run ``spec.run_names[index]``, resuming from its run folder; the experiment is loaded again in this process."""
+    import torch
+    from mlflow import MlflowClient
+
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    prepared = prepare_experiment(check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root)))
+    grid = Path(spec.grid)
+    names = tuple(p.name for p in prepared.checked.runs)
+    if names != spec.run_names or grid_folder(prepared).name != grid.name:
+        raise ConfigError(
+            f"the worker loaded {spec.experiment} into a different grid than the parent process",
+            hint="workers need the same experiment files, data and environment variables (${VAR}) as the machine that submits",
+        )
+    planned = prepared.checked.runs[index]
+    client = MlflowClient(tracking_uri=spec.tracking_uri)
+    folder = run_folder(grid, planned)
+    return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, folder)

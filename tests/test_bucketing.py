@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cl_harness.runner.hooks import length_bucketed_batches
@@ -54,3 +55,39 @@ def test_naive_trains_on_bucketed_batches_and_replay_keeps_its_mixed_loader(tiny
     _, strategy = tiny_run({"name": "replay", "plugins": [{"replay": {"mem_size": 10}}, spy]}, length_bucketing=True, per_class=40)
     # task 1 has no memory yet, so it is bucketed; task 2 keeps replay's mixed batches
     assert spy_of(strategy).loader_types == ["DataLoader", "ReplayDataLoader"]
+
+
+def test_evaluation_batches_bound_their_padding_and_cover_every_example():
+    from cl_harness.evaluation.evaluator import length_sorted_batches
+
+    torch.manual_seed(0)
+    sizes = torch.randint(3, 60, (500,))
+    inputs = torch.zeros((500, 3, 64), dtype=torch.long)
+    for row, n in enumerate(sizes.tolist()):
+        inputs[row, 1, :n] = 1
+    batches = length_sorted_batches(inputs, batch_size=32)
+    assert sorted(torch.cat(batches).tolist()) == list(range(500))
+    assert all(len(b) <= 32 for b in batches)
+    for batch in batches:
+        longest, shortest = int(sizes[batch].max()), int(sizes[batch].min())
+        assert shortest >= 0.9 * longest, (longest, shortest)
+    padded = sum(len(b) * int(sizes[b].max()) for b in batches)
+    assert padded <= 1.12 * int(sizes.sum()), "at most about 10% of the computed tokens are padding"
+    assert len(batches) < 100, "batches still hold many rows"
+
+
+def test_the_loss_guard_names_the_first_non_finite_step_of_a_deferred_check():
+    from types import SimpleNamespace
+
+    from cl_harness.errors import TrainingError
+    from cl_harness.runner.hooks import FiniteLossGuard
+
+    guard = FiniteLossGuard("naive", ["t1", "t2"], check_every=25)
+    strategy = SimpleNamespace(experience=SimpleNamespace(current_experience=1), clock=SimpleNamespace(train_exp_epochs=0))
+    guard.steps = 7
+    guard.pending = [torch.tensor(v) for v in (0.5, 0.4, 0.3, float("inf"), float("nan"))]  # steps 3..7
+    with pytest.raises(TrainingError, match=r"non-finite loss \(inf\).*task 't2', step 6 of epoch 1"):
+        guard.check(strategy)
+    assert guard.pending == []
+    guard.pending = [torch.tensor(0.1)]
+    guard.check(strategy)  # finite: nothing raised

@@ -99,3 +99,20 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_bert):
     minilm_tokenizer = load_tokenizer(BackboneConfig())
     with pytest.raises(ConfigError, match="tokenizer"):
         check_tokenizer_matches(minilm_tokenizer, tiny_config, "tiny")
+
+
+def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(encoder):
+    full = TextClassifier(encoder, [4], "domain_incremental").eval()
+    half = TextClassifier(encoder, [4], "domain_incremental", precision="bf16").eval()
+    half.heads = full.heads  # the same weights throughout: only the precision differs
+    seen = []
+    linear = next(m for m in encoder.modules() if isinstance(m, torch.nn.Linear))  # layer norms stay float32 under autocast
+    handle = linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    try:
+        x = packed([5, 9])
+        reference, logits = full(x), half(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert torch.allclose(logits, reference, atol=0.1), "bf16 rounds, it does not change the model"

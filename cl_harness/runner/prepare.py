@@ -57,12 +57,26 @@ def cap_test_per_class(task: TaskData, cap: int | None) -> TaskData:
     )
 
 
+def check_peft_composition(method: str, strategies: list[StrategySpec], loaded: LoadedExperiment) -> None:
+    """Refuse a PEFT backbone under a strategy that inserts its own LoRA adapters (seq_lora, inc_lora, o_lora)."""
+    if method == "none":
+        return
+    for index, spec in enumerate(strategies):
+        if spec.adapts_model:
+            raise loaded.source.error(
+                ("strategies", index),
+                f"strategy {spec.label!r} inserts its own LoRA adapters; it needs backbone.peft.method: none (got {method})",
+                hint="remove backbone.peft, or use naive/replay/... with the PEFT backbone",
+            )
+
+
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
     """Validate strategies, data and backbone without training or writing anything."""
     registry = registry or default_registry()
     config = loaded.config
     scenario = loaded.stream.config.scenario
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
+    check_peft_composition(config.backbone.peft.method, strategies, loaded)
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders)
     tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]

@@ -22,6 +22,7 @@ from cl_harness.evaluation.evaluator import evaluate_all
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
+from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
@@ -89,6 +90,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def current_memory_mb(device: torch.device) -> float:
+    """GPU memory allocated now on CUDA; else the resident memory now (0 where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    return 0.0
+
+
 def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, float]:
     """``acc/<task>`` for every task and ``acc/seen_avg``, for one evaluation step."""
     metrics = {metric_key(f"acc/{name}"): value for name, value in zip(tasks, row)}
@@ -96,13 +110,27 @@ def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, flo
     return metrics
 
 
-def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
-    """The strategy's own plugins (what a checkpoint saves)."""
+def build_context(prepared: PreparedExperiment, model, device) -> BuildContext:
     checked = prepared.checked
     training = checked.loaded.config.training
-    context = BuildContext(
-        checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model
-    )
+    return BuildContext(checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model)
+
+
+def build_model(prepared: PreparedExperiment, spec: StrategySpec, device) -> TextClassifier:
+    """Encoder + heads, with the backbone's PEFT method or the strategy's own adapters applied (same for a resumed run)."""
+    checked = prepared.checked
+    config = checked.loaded.config
+    model = TextClassifier(load_encoder(config.backbone), checked.space.head_sizes, checked.scenario, config.backbone.pooling)
+    apply_peft(model, config.backbone.peft)
+    context = build_context(prepared, model, device)
+    for plugin in spec.plugins:
+        plugin.prepare_model(model, context)
+    return model.to(device)
+
+
+def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
+    """The strategy's own plugins (what a checkpoint saves)."""
+    context = build_context(prepared, model, device)
     return [plugin for p in spec.plugins for plugin in p.build(context)]
 
 
@@ -201,8 +229,8 @@ def train_and_evaluate(
 
     seed_everything(planned.seed)
     reset_peak_memory(device)
-    encoder = load_encoder(config.backbone)
-    model = TextClassifier(encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling).to(device)
+    model = build_model(prepared, spec, device)
+    model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()
     framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
@@ -217,6 +245,7 @@ def train_and_evaluate(
             logger.log_step(step, {**step_metrics(tasks, row, step), **extra})
 
     started = time.perf_counter()
+    tasks_trained = 0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         strategy.clock.__dict__.update(checkpoint["clock"])
@@ -241,13 +270,14 @@ def train_and_evaluate(
             if step <= state.steps_done:
                 continue
             strategy.train(experience, num_workers=0)
+            tasks_trained += 1
             row = evaluate(model, step)
             result.matrix.append(row)
             if folder:
                 save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock)
                 state.steps_done = step
                 save_state(folder, state)
-            log_step(step, row, {"train_time_s": meter.task_seconds})
+            log_step(step, row, {"train_time_s": meter.task_seconds, "trainable_params": float(model.trainable_parameters())})
     except TrainingError as exc:  # the partial matrix is kept and logged
         result.status, result.error = "FAILED", str(exc)
     else:
@@ -259,7 +289,10 @@ def train_and_evaluate(
         wall_time_s=result.wall_time_s,
         train_examples_per_s=meter.examples_per_second,
         peak_memory_mb=peak_memory_mb(device),
+        extra_memory_mb=max(peak_memory_mb(device) - model_memory_mb, 0.0),
+        train_time_per_task_s=meter.seconds / tasks_trained if tasks_trained else 0.0,
         trainable_params=float(model.trainable_parameters()),
+        total_params=float(sum(p.numel() for p in model.parameters())),
     )
     if folder:
         state.status, state.metrics, state.error = result.status, result.metrics, result.error

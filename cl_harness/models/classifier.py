@@ -45,6 +45,7 @@ class TextClassifier(MultiTaskModule):
         self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
         self.virtual_tokens = 0  # soft-prompt positions the encoder prepends (prompt tuning)
         self.route_by_task = False  # task-incremental: each example passes through its task's LoRA adapter only
+        self.mlm_head: nn.Module | None = None  # set when the stream holds masked-LM tasks
 
     def adaptation(self, experience) -> None:
         """Activate the units of the classes in a training experience (class-incremental only)."""
@@ -52,13 +53,18 @@ class TextClassifier(MultiTaskModule):
             classes = torch.as_tensor(sorted(experience.dataset.targets.uniques), dtype=torch.long)
             self.seen_units[classes.to(self.seen_units.device)] = True
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``."""
-        x = trim_batch(x)
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """Token features of a packed batch. ``(batch, 3, length) -> (batch, length, hidden)``."""
         ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
         kwargs = {"token_type_ids": types} if self._takes_token_types else {}
         hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
-        hidden = hidden[:, hidden.shape[1] - ids.shape[1] :]  # (batch, length, hidden): soft-prompt positions dropped
+        return hidden[:, hidden.shape[1] - ids.shape[1] :]  # soft-prompt positions dropped
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``."""
+        x = trim_batch(x)
+        mask = x[:, 1]
+        hidden = self.hidden_states(x)  # (batch, length, hidden)
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, length, 1)

@@ -9,6 +9,7 @@ from cl_harness.config.loader import LoadedExperiment
 from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
 from cl_harness.data.tasks import TaskData, load_stream_tasks, sample_per_class
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
+from cl_harness.models.masked_lm import MaskingSpec
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
@@ -33,6 +34,17 @@ class CheckedExperiment:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    @property
+    def has_mlm(self) -> bool:
+        return any(t.kind == "mlm" for t in self.tasks)
+
+    def masking(self) -> MaskingSpec | None:
+        """What masked-LM tasks need from the tokenizer; None for a stream without them."""
+        if not self.has_mlm:
+            return None
+        tokenizer = self.tokenizer
+        return MaskingSpec(tokenizer.mask_token_id, tuple(tokenizer.all_special_ids), len(tokenizer))
+
     def resolved_config(self) -> dict:
         data = self.loaded.resolved()
         data["strategies"] = [s.as_dict() for s in self.strategies]
@@ -49,7 +61,7 @@ class PreparedExperiment:
 
 def cap_test_per_class(task: TaskData, cap: int | None) -> TaskData:
     """Keep at most ``cap`` test examples per class (``training.eval_per_class``), chosen with a fixed seed."""
-    if cap is None:
+    if cap is None or task.kind == "mlm":
         return task
     kept = sample_per_class(task.test_labels, task.label_names, cap, "eval_per_class")
     return dataclasses.replace(
@@ -70,6 +82,24 @@ def check_peft_composition(method: str, strategies: list[StrategySpec], loaded: 
             )
 
 
+def check_mlm_tasks(loaded: LoadedExperiment, strategies: list[StrategySpec], tokenizer) -> None:
+    """Masked-LM tasks need a [MASK] token, a strategy that trains task by task, and no per-task LoRA adapters."""
+    mlm = [i for i, t in enumerate(loaded.stream.config.tasks) if t.type == "mlm"]
+    if not mlm:
+        return
+    if tokenizer.mask_token_id is None:
+        raise loaded.stream.source.error(("tasks", mlm[0], "type"), "the backbone's tokenizer has no mask token for an mlm task")
+    for index, spec in enumerate(strategies):
+        names = {p.name for p in spec.plugins}
+        if spec.train_data != "current" or names & {"inc_lora", "o_lora"}:
+            raise loaded.source.error(
+                ("strategies", index),
+                f"strategy {spec.label!r} cannot train a stream with mlm tasks: they are trained task by task on the shared "
+                "backbone (or its single adapter), outside joint/cumulative data and per-task adapters",
+                hint="use full fine-tuning, a backbone.peft method or seq_lora, with any plugins",
+            )
+
+
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
     """Validate strategies, data and backbone without training or writing anything."""
     registry = registry or default_registry()
@@ -82,6 +112,7 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
     check_tokenizer_matches(tokenizer, load_model_config(config.backbone), config.backbone.name)
+    check_mlm_tasks(loaded, strategies, tokenizer)
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 
 

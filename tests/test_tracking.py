@@ -105,7 +105,7 @@ def test_artifacts(store: Store, tmp_path: Path) -> None:
     local = Path(store.client.download_artifacts(store.run_id, "config.yaml", str(tmp_path)))
     assert yaml.safe_load(local.read_text()) == CONFIG
     local = Path(store.client.download_artifacts(store.run_id, "accuracy_matrix.json", str(tmp_path)))
-    assert json.loads(local.read_text()) == {"tasks": TASKS, "initial": INITIAL, "matrix": MATRIX}
+    assert json.loads(local.read_text()) == {"tasks": TASKS, "column_metrics": ["accuracy"] * len(TASKS), "initial": INITIAL, "matrix": MATRIX}
 
 
 def test_artifacts_live_next_to_the_db(store: Store) -> None:

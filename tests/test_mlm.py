@@ -109,3 +109,16 @@ def test_mlm_task_config_is_checked(tmp_path, tiny_bert):
         prepared(tmp_path, tiny_bert, strategy="inc_lora")
     with pytest.raises(ConfigError, match="cannot train a stream with mlm tasks"):
         prepared(tmp_path, tiny_bert, strategy="joint")
+
+
+def test_validate_lists_the_mlm_task_and_rejects_inc_lora_with_exit_code_2(tmp_path, tiny_bert, capsys):
+    from cl_harness.cli import main
+
+    write_mixed_stream(tmp_path)
+    path = write_experiment(tmp_path, tiny_bert, ["naive"])
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "domain_mlm  mlm" in out and "t2" in out
+    path = write_experiment(tmp_path, tiny_bert, ["o_lora"])
+    assert main(["validate", str(path)]) == 2
+    assert "strategies[0]" in capsys.readouterr().err

@@ -212,3 +212,20 @@ def test_inc_lora_model_and_plugins_survive_a_checkpoint(tmp_path, tiny_bert):
     fresh.load_state_dict(checkpoint["model"])  # same structure: the adapters exist before loading
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     assert [type(p).__name__ for p in checkpoint["plugins"]] == ["TaskAdapters", "EWC"]
+
+
+def test_validate_names_the_peft_method(tmp_path, tiny_bert, capsys):
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8)
+    path = write_experiment(tmp_path, tiny_bert, ["naive"])
+    config = yaml.safe_load(path.read_text())
+    config["backbone"]["peft"] = {"method": "bitfit"}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path)]) == 0
+    assert "(peft: bitfit)" in capsys.readouterr().out
+    config["backbone"]["peft"] = {"method": "adaptr"}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "backbone.peft.method" in err and "adapter" in err  # did-you-mean names the allowed value

@@ -229,3 +229,10 @@ def test_validate_names_the_peft_method(tmp_path, tiny_bert, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "backbone.peft.method" in err and "adapter" in err  # did-you-mean names the allowed value
+
+
+def test_lora_targets_must_name_linear_layers_of_the_backbone(tmp_path, tiny_bert):
+    with pytest.raises(ConfigError, match=r"\['qkv'\] name no linear layer.*query"):
+        prepared_experiment(tmp_path, tiny_bert, {"o_lora": {"target_modules": ["query", "qkv"]}})
+    with pytest.raises(ConfigError, match="name no linear layer"):
+        prepared_experiment(tmp_path, tiny_bert, "naive", {"method": "lora", "target_modules": ["attention"]})

@@ -82,6 +82,37 @@ def check_peft_composition(method: str, strategies: list[StrategySpec], loaded: 
             )
 
 
+def linear_layer_names(model_config) -> set[str]:
+    """Attribute names of the encoder's ``nn.Linear`` layers, from its config alone (built on the meta device)."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(model_config)
+    return {name.rsplit(".", 1)[-1] for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def check_lora_targets(loaded: LoadedExperiment, strategies: list[StrategySpec], model_config) -> None:
+    """Every LoRA ``target_modules`` entry must name a linear layer of the backbone."""
+    wanted: list[tuple[tuple, list[str]]] = []
+    if loaded.config.backbone.peft.method == "lora":
+        wanted.append((("backbone", "peft", "target_modules"), loaded.config.backbone.peft.target_modules))
+    for index, spec in enumerate(strategies):
+        for plugin in spec.plugins:
+            if plugin.info is not None and plugin.info.prepare_model is not None:
+                wanted.append((("strategies", index), plugin.config.target_modules))
+    if not wanted:
+        return
+    available = linear_layer_names(model_config)
+    for path, names in wanted:
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise loaded.source.error(
+                path,
+                f"target_modules {unknown} name no linear layer of the backbone; its linear layers: {', '.join(sorted(available))}",
+            )
+
+
 def check_mlm_tasks(loaded: LoadedExperiment, strategies: list[StrategySpec], tokenizer) -> None:
     """Masked-LM tasks need a [MASK] token, a strategy that trains task by task, and no per-task LoRA adapters."""
     mlm = [i for i, t in enumerate(loaded.stream.config.tasks) if t.type == "mlm"]
@@ -111,7 +142,9 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     runs = plan_runs(strategies, config.seeds, orders)
     tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
-    check_tokenizer_matches(tokenizer, load_model_config(config.backbone), config.backbone.name)
+    model_config = load_model_config(config.backbone)
+    check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
+    check_lora_targets(loaded, strategies, model_config)
     check_mlm_tasks(loaded, strategies, tokenizer)
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 

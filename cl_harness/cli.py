@@ -93,8 +93,10 @@ def cmd_validate(args) -> int:
     print(f"  stream   {checked.loaded.stream.config.name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
     width = max(len(task.name) for task in checked.tasks)
     for task in checked.tasks:
-        print(f"    {task.name:<{width}}  {len(task.label_names)} classes  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
-    print(f"  backbone {config.backbone.name}")
+        kind = "mlm      " if task.kind == "mlm" else f"{len(task.label_names)} classes"
+        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
+    peft = config.backbone.peft
+    print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")
     return EXIT_OK
 

@@ -364,7 +364,7 @@ def test_empty_split_and_single_class_errors(tmp_path):
         ("train.json", '{"rows": [1, 2]', "line 1"),
         ("train.csv", "text,label\na,x\nb,y,z\n", "line 3 has 3 fields"),
         ("train.parquet", "not parquet at all", "cannot read parquet"),
-        ("train.txt", "hello", "unsupported file type '.txt'"),
+        ("train.tsv", "hello", "unsupported file type '.tsv'"),
     ],
 )
 def test_bad_files(tmp_path, name, content, expected):

@@ -200,3 +200,17 @@ def test_a_parent_without_finished_children_still_gets_a_report(store, tmp_path)
     text = write_report(comparison, tmp_path).read_text(encoding="utf-8")
     assert "No plots" in text and "naive/seed0/order0" in text and "0 of 1 finished" in text
     assert "| naive | 0/1 |" in markdown(comparison.table())
+
+
+def test_cost_columns_sit_beside_accuracy_and_forgetting():
+    import pandas as pd
+
+    from cl_harness.report.compare import TABLE_METRICS, display_rows
+
+    row = {"strategy": "o_lora", "n_finished": 1, "n_runs": 1}
+    values = {"acc": 0.54, "forgetting": 0.08, "trainable_params": 75268.0, "train_time_per_task_s": 46.6, "extra_memory_mb": 448.0}
+    for metric in TABLE_METRICS:
+        row[f"{metric}_mean"], row[f"{metric}_std"] = values.get(metric, math.nan), math.nan
+    headers, rows = display_rows(pd.DataFrame([row]))
+    assert headers == ["strategy", "runs", "acc (%)", "forgetting (%)", "trainable params", "train time/task (s)", "extra memory (MB)"]
+    assert rows == [["o_lora", "1/1", "54.0 ± -", "8.0 ± -", "75,268 ± -", "46.6 ± -", "448 ± -"]]

@@ -105,7 +105,7 @@ def test_artifacts(store: Store, tmp_path: Path) -> None:
     local = Path(store.client.download_artifacts(store.run_id, "config.yaml", str(tmp_path)))
     assert yaml.safe_load(local.read_text()) == CONFIG
     local = Path(store.client.download_artifacts(store.run_id, "accuracy_matrix.json", str(tmp_path)))
-    assert json.loads(local.read_text()) == {"tasks": TASKS, "initial": INITIAL, "matrix": MATRIX}
+    assert json.loads(local.read_text()) == {"tasks": TASKS, "column_metrics": ["accuracy"] * len(TASKS), "initial": INITIAL, "matrix": MATRIX}
 
 
 def test_artifacts_live_next_to_the_db(store: Store) -> None:
@@ -222,7 +222,11 @@ def test_accuracy_matrix_dict_plain_and_checked() -> None:
     import numpy as np
 
     got = accuracy_matrix_dict(TASKS, np.array(INITIAL), np.array(MATRIX[:1]))
-    assert got == {"tasks": TASKS, "initial": INITIAL, "matrix": [MATRIX[0]]}
+    assert got == {"tasks": TASKS, "column_metrics": ["accuracy"] * len(TASKS), "initial": INITIAL, "matrix": [MATRIX[0]]}
+    mixed = ["masked_token_accuracy"] + ["accuracy"] * (len(TASKS) - 1)
+    assert accuracy_matrix_dict(TASKS, INITIAL, MATRIX[:1], mixed)["column_metrics"] == mixed
+    with pytest.raises(ValueError, match="column_metrics"):
+        accuracy_matrix_dict(TASKS, INITIAL, MATRIX[:1], ["accuracy"])
     assert all(type(x) is float for x in got["initial"] + got["matrix"][0])
     with pytest.raises(ValueError, match="initial"):
         accuracy_matrix_dict(TASKS, INITIAL[:2], MATRIX)

@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cl_harness.config.yaml_io import KeyPath, Source
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+PEFT_METHODS = ("none", "lora", "bitfit", "prompt_tuning", "adapter")
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning of the backbone; the heads always train. ``none``: full fine-tuning."""
+
+    method: Literal["none", "lora", "bitfit", "prompt_tuning", "adapter"] = field(
+        default="none", metadata={"help": "none (full fine-tuning) | lora | bitfit | prompt_tuning | adapter"}
+    )
+    lora_rank: int = field(default=8, metadata={"ge": 1, "help": "lora: rank r of the update B A"})
+    lora_alpha: float = field(default=16.0, metadata={"gt": 0.0, "help": "lora: the update is scaled by alpha / r"})
+    lora_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0, "help": "lora: dropout on the adapter input"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "value"], metadata={"help": "lora: names of the linear layers to adapt"}
+    )
+    num_virtual_tokens: int = field(default=20, metadata={"ge": 1, "help": "prompt_tuning: soft prompt length"})
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if self.method == "adapter":
+            raise source.error(
+                path + ("method",),
+                "peft offers no bottleneck (Houlsby/Pfeiffer) adapters for encoders; allowed: none, lora, bitfit, prompt_tuning",
+                hint="use method: lora, or a lora strategy (seq_lora, inc_lora, o_lora)",
+            )
+        if not self.target_modules:
+            raise source.error(path + ("target_modules",), "list at least one module name, e.g. [query, value]")
 
 
 @dataclass
@@ -18,6 +47,7 @@ class BackboneConfig:
     name: str = field(default=BUNDLED_MINILM, metadata={"help": "bundled:all-MiniLM-L6-v2, a directory or a hub id"})
     pooling: str = field(default="mean", metadata={"help": "cls | mean"})
     revision: str | None = None
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def check(self, source: Source, path: KeyPath) -> None:
         if self.pooling not in ("cls", "mean"):

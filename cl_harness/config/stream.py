@@ -61,6 +61,9 @@ class TaskConfig:
 
     name: str
     source: SourceConfig
+    type: Literal["classification", "mlm"] = field(
+        default="classification", metadata={"help": "classification | mlm (masked-LM training on unlabelled text)"}
+    )
     text_field: str | list[str] = field(default="text", metadata={"help": "text column, or two for sentence pairs"})
     label_field: str = "label"
     label_names: list[str] | str | None = field(
@@ -72,11 +75,26 @@ class TaskConfig:
     test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0, "help": "held out when one split is missing"})
     split_seed: int = field(default=0, metadata={"help": "seed of sampling and of carving a missing split"})
     drop_unknown_labels: bool = field(default=False, metadata={"help": "drop rows whose label is not declared"})
+    train_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N train texts"})
+    test_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N held-out texts"})
 
     def check(self, source: Source, path: KeyPath) -> None:
         fields = [self.text_field] if isinstance(self.text_field, str) else self.text_field
         if not 1 <= len(fields) <= 2:
             raise source.error(path + ("text_field",), "give one text field, or two for a sentence pair")
+        defaults = TaskConfig(name=self.name, source=self.source)
+        if self.type == "mlm":
+            if len(fields) != 1:
+                raise source.error(path + ("text_field",), "an mlm task reads one text field")
+            for key in ("label_field", "label_names", "classes", "train_per_class", "test_per_class", "drop_unknown_labels"):
+                if getattr(self, key) != getattr(defaults, key):
+                    raise source.error(
+                        path + (key,), "does not apply to an mlm task (unlabelled text); use train_examples / test_examples"
+                    )
+        else:
+            for key in ("train_examples", "test_examples"):
+                if getattr(self, key) is not None:
+                    raise source.error(path + (key,), "applies only to type: mlm; use train_per_class / test_per_class")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise source.error(path + ("classes",), "lists a class twice")
 
@@ -104,3 +122,5 @@ class StreamConfig:
                     path + ("tasks", index, "name"), f"duplicate task name {task.name!r} (also task {seen[task.name]})"
                 )
             seen[task.name] = index
+        if all(task.type == "mlm" for task in self.tasks):
+            raise source.error(path + ("tasks",), "a stream needs at least one classification task besides its mlm tasks")

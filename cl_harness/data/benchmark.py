@@ -38,8 +38,8 @@ class LabelSpace:
         return [len(self.shared)]
 
     def targets(self, task_index: int, local_labels: list[int]) -> Tensor:
-        """Output-unit index of each example's label. ``(n,)``"""
-        if self.scenario == "task_incremental":
+        """Output-unit index of each example's label. ``(n,)``; all 0 for an mlm task (no labels)."""
+        if self.scenario == "task_incremental" or not self.task_labels[task_index]:
             return torch.as_tensor(local_labels, dtype=torch.long)
         names = self.task_labels[task_index]
         lookup = [self.shared.index(name) for name in names]
@@ -70,6 +70,7 @@ class EncodedTask:
     train_targets: Tensor  # (n_train,)
     test_inputs: Tensor  # (n_test, 3, max_length)
     test_targets: Tensor  # (n_test,)
+    kind: str = "classification"  # classification | mlm
 
     def avalanche_dataset(self, split: str = "train"):
         """A task-aware Avalanche dataset (``task_set`` works, as LwF needs)."""
@@ -99,6 +100,7 @@ def encode_tasks(
             train_targets=space.targets(index, task.train_labels),
             test_inputs=encode(task.test_texts),
             test_targets=space.targets(index, task.test_labels),
+            kind=task.kind,
         )
         for index, task in enumerate(tasks)
     ]

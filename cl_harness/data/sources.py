@@ -18,7 +18,7 @@ from cl_harness.errors import ConfigError, HubUnreachableError
 
 Split = Literal["train", "test"]
 
-FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 
 FILES_HINT = "to use local files instead: source: {type: files, train_file: train.jsonl, test_file: test.jsonl}"
 OFFLINE_HINT = (
@@ -208,7 +208,7 @@ def dataset_to_split(data: Any, origin: str) -> RawSplit:
 
 
 def read_file(path: Path) -> RawSplit:
-    """Rows of a json, jsonl, csv or parquet file, chosen by suffix."""
+    """Rows of a json, jsonl, csv, parquet or txt file (one ``text`` per non-blank line), chosen by suffix."""
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
         raise _FileProblem(
@@ -224,6 +224,8 @@ def read_file(path: Path) -> RawSplit:
     text = _read_text(path)
     if suffix == ".csv":
         return _read_csv(path, text)
+    if suffix == ".txt":
+        return rows_to_split([{"text": line.strip()} for line in text.splitlines() if line.strip()], str(path))
     if suffix == ".json" and text.lstrip()[:1] == "[":
         return rows_to_split(_parse_json_array(path, text), str(path))
     return rows_to_split(_parse_json_lines(path, text), str(path))

@@ -27,6 +27,7 @@ class TaskData:
     train_labels: list[int]
     test_texts: list
     test_labels: list[int]
+    kind: str = "classification"  # classification | mlm (then label_names is empty and every label 0)
 
 
 @dataclass
@@ -57,15 +58,41 @@ class _TaskCutter:
         """A ConfigError at ``tasks[index].<keys>``."""
         return self.stream.source.error(("tasks", self.index) + tuple(keys), message, hint=hint)
 
-    def cut(self) -> TaskData:
-        """Read, label, subset, carve and sample the task."""
-        task = self.task
-        raw = read_source(task.source, self.stream.base_dir, self.stream.source, ("tasks", self.index, "source"))
+    def read(self) -> dict[str, RawSplit | None]:
+        """The task's raw splits, at least one of them non-empty."""
+        raw = read_source(self.task.source, self.stream.base_dir, self.stream.source, ("tasks", self.index, "source"))
         if raw["train"] is None and raw["test"] is None:
             raise self.fail(("source",), "the source has neither a train nor a test split")
         for name, split in raw.items():
             if split is not None and split.num_rows == 0:
                 raise self.fail(("source",), f"the {name} split ({split.origin}) has no rows")
+        return raw
+
+    def cut_texts(self) -> TaskData:
+        """An mlm task: the text field of each split, a missing split carved, both sampled (seeded)."""
+        task = self.task
+        splits = {name: self.texts(split, name) for name, split in self.read().items() if split is not None}
+        if "train" in splits and "test" in splits:
+            train, test = splits["train"], splits["test"]
+        else:
+            (texts,) = splits.values()
+            order = list(range(len(texts)))
+            random.Random(f"{task.split_seed}:carve:mlm").shuffle(order)
+            n_test = _carved_count(len(texts), task.test_fraction)
+            test, train = [texts[i] for i in sorted(order[:n_test])], [texts[i] for i in sorted(order[n_test:])]
+        train = _sample_texts(train, task.train_examples, f"{task.split_seed}:train")
+        test = _sample_texts(test, task.test_examples, f"{task.split_seed}:test")
+        for split_name, texts in (("train", train), ("test", test)):
+            if not texts:
+                raise self.fail((), f"the {split_name} split of the mlm task is empty", hint="give more text or a test_file")
+        return TaskData(task.name, [], train, [0] * len(train), test, [0] * len(test), kind="mlm")
+
+    def cut(self) -> TaskData:
+        """Read, label, subset, carve and sample the task."""
+        task = self.task
+        if task.type == "mlm":
+            return self.cut_texts()
+        raw = self.read()
         declared, inferred = self.label_names(raw)
         splits = {
             name: self.examples(split, declared, inferred, name) for name, split in raw.items() if split is not None
@@ -243,6 +270,13 @@ def sample_per_class(labels: list[int], names: list[str], per_class: int, seed: 
             indices = random.Random(f"{seed}:{names[label]}").sample(indices, per_class)
         keep += indices
     return sorted(keep)
+
+
+def _sample_texts(texts: list, limit: int | None, seed: str) -> list:
+    """At most ``limit`` of ``texts``, drawn with ``seed``, in their original order."""
+    if limit is None or len(texts) <= limit:
+        return texts
+    return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), limit))]
 
 
 def _carved_count(size: int, fraction: float) -> int:

@@ -13,6 +13,8 @@ import torch
 from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 
+from cl_harness.models.lora import routed
+
 MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units stay finite
 
 
@@ -44,6 +46,9 @@ class TextClassifier(MultiTaskModule):
         self.width = max(head_sizes)
         self.register_buffer("seen_units", torch.zeros(head_sizes[0], dtype=torch.bool))
         self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+        self.virtual_tokens = 0  # soft-prompt positions the encoder prepends (prompt tuning)
+        self.route_by_task = False  # task-incremental: each example passes through its task's LoRA adapter only
+        self.mlm_head: nn.Module | None = None  # set when the stream holds masked-LM tasks
 
     def adaptation(self, experience) -> None:
         """Activate the units of the classes in a training experience (class-incremental only)."""
@@ -51,12 +56,22 @@ class TextClassifier(MultiTaskModule):
             classes = torch.as_tensor(sorted(experience.dataset.targets.uniques), dtype=torch.long)
             self.seen_units[classes.to(self.seen_units.device)] = True
 
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """Token features of a packed batch. ``(batch, 3, length) -> (batch, length, hidden)``."""
+        ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
+        kwargs = {"token_type_ids": types} if self._takes_token_types else {}
+        hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
+        return hidden[:, hidden.shape[1] - ids.shape[1] :]  # soft-prompt positions dropped
+
     def encode(self, x: Tensor) -> Tensor:
         """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``."""
         x = trim_batch(x)
-        ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
-        kwargs = {"token_type_ids": types} if self._takes_token_types else {}
-        hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, length, hidden)
+        mask = x[:, 1]
+        if self.autocast_dtype is None:
+            hidden = self.hidden_states(x)  # (batch, length, hidden)
+        else:  # the encoder runs in reduced precision; pooling, heads and losses stay in float32
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                hidden = self.hidden_states(x).float()
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, length, 1)
@@ -64,14 +79,8 @@ class TextClassifier(MultiTaskModule):
 
     def forward(self, x: Tensor, task_labels: Tensor | int | None = None) -> Tensor:
         """Logits ``(batch, width)``; masked or absent units hold ``MASKED_LOGIT``."""
-        if self.autocast_dtype is None:
-            features = self.encode(x)
-        else:  # the encoder runs in reduced precision; heads and losses stay in float32
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                features = self.encode(x)
-            features = features.float()
         if self.scenario != "task_incremental":
-            logits = self.heads[0](features)
+            logits = self.heads[0](self.encode(x))
             if self.scenario == "class_incremental":
                 logits = logits.masked_fill(~self.seen_units, MASKED_LOGIT)
             return logits
@@ -79,6 +88,11 @@ class TextClassifier(MultiTaskModule):
             raise ValueError("a task-incremental model needs the task label of every example")
         if isinstance(task_labels, int):
             task_labels = torch.full((x.shape[0],), task_labels, device=x.device)
+        if self.route_by_task:
+            with routed(self.encoder, task_labels):
+                features = self.encode(x)  # (batch, hidden)
+        else:
+            features = self.encode(x)  # (batch, hidden)
         logits = features.new_full((x.shape[0], self.width), MASKED_LOGIT)
         for task in torch.unique(task_labels).tolist():
             rows = task_labels == task

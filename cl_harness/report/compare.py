@@ -49,7 +49,9 @@ TABLE_METRICS = (
     "wall_time_s",
     "train_examples_per_s",
     "trainable_params",
+    "train_time_per_task_s",
     "peak_memory_mb",
+    "extra_memory_mb",
 )
 #: Metrics that are fractions in [0, 1] (or differences of them), shown in percent.
 PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"})
@@ -64,7 +66,9 @@ HEADERS = {
     "wall_time_s": "wall time (s)",
     "train_examples_per_s": "train ex/s",
     "trainable_params": "trainable params",
+    "train_time_per_task_s": "train time/task (s)",
     "peak_memory_mb": "peak memory (MB)",
+    "extra_memory_mb": "extra memory (MB)",
 }
 
 #: One-line definitions of the reported quantities (T tasks, R[i][j] = accuracy on task j after training task i).
@@ -77,8 +81,10 @@ DEFINITIONS = {
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",
-    "trainable_params": "number of trainable parameters of the model.",
-    "peak_memory_mb": "peak accelerator memory of the run in MB.",
+    "trainable_params": "number of trainable parameters of the model during the last task (PEFT: adapters + heads).",
+    "train_time_per_task_s": "mean training seconds per task (evaluation excluded).",
+    "peak_memory_mb": "peak memory of the run in MB (CUDA: allocated; CPU: the process's peak resident memory).",
+    "extra_memory_mb": "peak memory minus the memory held once the model and data were loaded: what training adds (optimizer state, activations, buffers).",
     "mean ± std": "mean and sample standard deviation (ddof=1) over the finished runs; '-' where undefined (a single run, or a metric the strategy does not log).",
 }
 
@@ -456,7 +462,7 @@ def _number(value: float, metric: str) -> str:
         return f"{100.0 * value:.1f}"
     if metric == "trainable_params":
         return f"{value:,.0f}"
-    if metric == "wall_time_s":
+    if metric in ("wall_time_s", "train_time_per_task_s"):
         return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
     return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2f}"
 

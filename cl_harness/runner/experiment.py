@@ -124,7 +124,7 @@ def log_results(logger: RunLogger, result: RunResult) -> None:
     """Final metrics and the accuracy-matrix artifacts (also for a partial matrix)."""
     if result.metrics:
         logger.log_final(result.metrics)
-    logger.log_dict(accuracy_matrix_dict(result.tasks, result.initial, result.matrix), "accuracy_matrix.json")
+    logger.log_dict(accuracy_matrix_dict(result.tasks, result.initial, result.matrix, result.column_metrics), "accuracy_matrix.json")
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "accuracy_matrix.png"
         plot_accuracy_matrix(result.tasks, result.initial, result.matrix, png, title=result.run_name)

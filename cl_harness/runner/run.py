@@ -18,10 +18,12 @@ from tqdm.auto import tqdm
 
 from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
-from cl_harness.evaluation.evaluator import evaluate_all
+from cl_harness.evaluation.evaluator import task_accuracy
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
+from cl_harness.models.masked_lm import MaskedLMHead, MaskingSpec, masked_token_accuracy, pseudo_perplexity, train_masked_lm
+from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
@@ -46,6 +48,7 @@ class RunResult:
     run_id: str | None = None
     wall_time_s: float = 0.0
     note: str | None = None  # e.g. "resumed after task 2" or "already finished: skipped"
+    column_metrics: list[str] | None = None  # per task: accuracy | masked_token_accuracy
 
     @property
     def run_name(self) -> str:
@@ -89,6 +92,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def current_memory_mb(device: torch.device) -> float:
+    """GPU memory allocated now on CUDA; else the resident memory now (0 where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
+    return 0.0
+
+
 def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, float]:
     """``acc/<task>`` for every task and ``acc/seen_avg``, for one evaluation step."""
     metrics = {metric_key(f"acc/{name}"): value for name, value in zip(tasks, row)}
@@ -96,13 +112,31 @@ def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, flo
     return metrics
 
 
-def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
-    """The strategy's own plugins (what a checkpoint saves)."""
+def build_context(prepared: PreparedExperiment, model, device) -> BuildContext:
     checked = prepared.checked
     training = checked.loaded.config.training
-    context = BuildContext(
-        checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model
+    return BuildContext(checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model)
+
+
+def build_model(prepared: PreparedExperiment, spec: StrategySpec, device) -> TextClassifier:
+    """Encoder + heads, with the backbone's PEFT method or the strategy's own adapters applied (same for a resumed run)."""
+    checked = prepared.checked
+    config = checked.loaded.config
+    model = TextClassifier(
+        load_encoder(config.backbone), checked.space.head_sizes, checked.scenario, config.backbone.pooling, config.training.precision
     )
+    apply_peft(model, config.backbone.peft)
+    if checked.has_mlm:  # before the adapters, so that the head ties to the plain embedding table
+        model.mlm_head = MaskedLMHead(model.encoder.get_input_embeddings(), model.encoder.config.hidden_size)
+    context = build_context(prepared, model, device)
+    for plugin in spec.plugins:
+        plugin.prepare_model(model, context)
+    return model.to(device)
+
+
+def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
+    """The strategy's own plugins (what a checkpoint saves)."""
+    context = build_context(prepared, model, device)
     return [plugin for p in spec.plugins for plugin in p.build(context)]
 
 
@@ -161,18 +195,50 @@ def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) ->
 
 
 class Evaluation:
-    """Scores the model on every task's test set, in training order, with a progress bar over examples."""
+    """Scores the model on every task's test set, in training order, with a progress bar over examples.
 
-    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool) -> None:
-        self.test_sets = [(t.test_inputs, t.test_targets, t.index) for t in tasks]
+    A classification task's column holds its accuracy; an mlm task's its masked-token accuracy (fixed masking),
+    and its pseudo-perplexity goes to ``extra`` as ``pppl/<task>``.
+    """
+
+    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool, masking: MaskingSpec | None = None) -> None:
+        self.tasks = tasks
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress
-        self.total = sum(len(targets) for _, targets, _ in self.test_sets)
+        self.masking = masking
+        self.total = sum(len(t.test_targets) for t in tasks)
+        self.extra: dict[str, float] = {}
 
     def __call__(self, model, step: int) -> list[float]:
+        row, self.extra = [], {}
         with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
-            return evaluate_all(model, self.test_sets, self.batch_size, self.device, bar.update)
+            for task in self.tasks:
+                if task.kind == "mlm":
+                    row.append(masked_token_accuracy(model, task.test_inputs, self.masking, self.batch_size, self.device, seed=task.index))
+                    ppl = pseudo_perplexity(model, task.test_inputs, self.masking, self.batch_size, self.device)
+                    self.extra[metric_key(f"pppl/{task.name}")] = ppl
+                    bar.update(len(task.test_targets))
+                else:
+                    row.append(task_accuracy(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update))
+        return row
+
+
+def column_metrics(tasks: list[EncodedTask]) -> list[str]:
+    """What each accuracy-matrix column holds, in training order."""
+    return ["masked_token_accuracy" if t.kind == "mlm" else "accuracy" for t in tasks]
+
+
+def train_mlm_task(model, strategy, task: EncodedTask, masking: MaskingSpec, training, meter: TrainingMeter, device) -> None:
+    """Masked-LM training of one task outside the Avalanche loop (strategy plugins do not act on it)."""
+    started = time.perf_counter()
+    try:
+        train_masked_lm(model, strategy.optimizer, task.train_inputs, masking, training.epochs, training.batch_size, device)
+    except FloatingPointError as exc:
+        raise TrainingError(f"task {task.name!r}: {exc}") from None
+    meter.task_seconds = time.perf_counter() - started
+    meter.seconds += meter.task_seconds
+    meter.examples += training.epochs * len(task.train_inputs)
 
 
 def train_and_evaluate(
@@ -201,17 +267,16 @@ def train_and_evaluate(
 
     seed_everything(planned.seed)
     reset_peak_memory(device)
-    encoder = load_encoder(config.backbone)
-    model = TextClassifier(
-        encoder, checked.space.head_sizes, checked.scenario, config.backbone.pooling, config.training.precision
-    ).to(device)
+    model = build_model(prepared, spec, device)
+    model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
     strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
     meter = TrainingMeter()
     framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
     if config.training.length_bucketing:
         framework.append(LengthBucketing())
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
-    evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress)
+    masking = checked.masking()
+    evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
     logged = logger.logged_steps("acc/seen_avg") if logger and state.steps_done else set()
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
@@ -219,6 +284,7 @@ def train_and_evaluate(
             logger.log_step(step, {**step_metrics(tasks, row, step), **extra})
 
     started = time.perf_counter()
+    tasks_trained = 0
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
         strategy.clock.__dict__.update(checkpoint["clock"])
@@ -231,25 +297,30 @@ def train_and_evaluate(
         state.initial, state.matrix, state.steps_done = evaluate(model, 0), [], 0
         if folder:
             save_state(folder, state)
-    log_step(0, state.initial, {})
+    log_step(0, state.initial, dict(evaluate.extra))
     for step, row in enumerate(state.matrix, start=1):  # steps a crash may have left unlogged
         log_step(step, row, {})
 
     result = RunResult(
-        spec.label, planned.seed, tasks, state.initial, planned.order_index, state.matrix, run_id=state.run_id, note=resumed_note
+        spec.label, planned.seed, tasks, state.initial, planned.order_index, state.matrix, run_id=state.run_id, note=resumed_note,
+        column_metrics=column_metrics(ordered),
     )
     try:
         for step, experience in experiences_to_train(make_benchmark(ordered), spec.train_data):
             if step <= state.steps_done:
                 continue
-            strategy.train(experience, num_workers=0)
+            if ordered[step - 1].kind == "mlm":  # mlm tasks are refused with joint/cumulative data: step is the task
+                train_mlm_task(model, strategy, ordered[step - 1], masking, config.training, meter, device)
+            else:
+                strategy.train(experience, num_workers=0)
+            tasks_trained += 1
             row = evaluate(model, step)
             result.matrix.append(row)
             if folder:
                 save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock)
                 state.steps_done = step
                 save_state(folder, state)
-            log_step(step, row, {"train_time_s": meter.task_seconds})
+            log_step(step, row, {"train_time_s": meter.task_seconds, "trainable_params": float(model.trainable_parameters()), **evaluate.extra})
     except TrainingError as exc:  # the partial matrix is kept and logged
         result.status, result.error = "FAILED", str(exc)
     else:
@@ -261,7 +332,10 @@ def train_and_evaluate(
         wall_time_s=result.wall_time_s,
         train_examples_per_s=meter.examples_per_second,
         peak_memory_mb=peak_memory_mb(device),
+        extra_memory_mb=max(peak_memory_mb(device) - model_memory_mb, 0.0),
+        train_time_per_task_s=meter.seconds / tasks_trained if tasks_trained else 0.0,
         trainable_params=float(model.trainable_parameters()),
+        total_params=float(sum(p.numel() for p in model.parameters())),
     )
     if folder:
         state.status, state.metrics, state.error = result.status, result.metrics, result.error

@@ -5,17 +5,19 @@ from __future__ import annotations
 from cl_harness.strategies import cumulative, joint, naive
 from cl_harness.strategies import agem, der, er_ace, gdumb, gem, mir, replay
 from cl_harness.strategies import ewc, lfl, lwf, mas, rwalk, si
+from cl_harness.strategies import inc_lora, o_lora, seq_lora
 from cl_harness.strategies.registry import StrategyRegistry
 
 # Each family lists its modules here; every module exposes INFO (a StrategyInfo).
 BASELINE_MODULES = (naive, joint, cumulative)
 REGULARIZATION_MODULES = (ewc, si, mas, rwalk, lwf, lfl)
 REHEARSAL_MODULES = (replay, der, agem, gem, gdumb, mir, er_ace)
+PARAMETER_EFFICIENT_MODULES = (seq_lora, inc_lora, o_lora)
 
 
 def default_registry() -> StrategyRegistry:
     """A registry holding every built-in strategy, registered explicitly here."""
     registry = StrategyRegistry()
-    for module in BASELINE_MODULES + REGULARIZATION_MODULES + REHEARSAL_MODULES:
+    for module in BASELINE_MODULES + REGULARIZATION_MODULES + REHEARSAL_MODULES + PARAMETER_EFFICIENT_MODULES:
         registry.register(module.INFO)
     return registry

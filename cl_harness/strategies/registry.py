@@ -46,6 +46,9 @@ class StrategyInfo:
     paper: str = ""
     scenarios: tuple[str, ...] = ALL_SCENARIOS
     train_data: str = "current"  # current | cumulative | joint: what the base loop trains on at each step
+    # Changes the model's structure (e.g. inserts LoRA adapters) before training and before a checkpoint is loaded:
+    # prepare_model(config, model, context). At most one plugin of a strategy may do so.
+    prepare_model: Callable[[Any, Any, BuildContext], None] | None = None
 
 
 @dataclass
@@ -55,6 +58,11 @@ class PluginSpec:
     name: str
     config: Any
     info: StrategyInfo | None = None  # None for a user's dotted-path plugin
+
+    def prepare_model(self, model, context: BuildContext) -> None:
+        """Let the strategy reshape the model (fresh and resumed runs alike)."""
+        if self.info is not None and self.info.prepare_model is not None:
+            self.info.prepare_model(self.config, model, context)
 
     def build(self, context: BuildContext) -> list:
         if self.info is None:
@@ -71,6 +79,11 @@ class StrategySpec:
 
     label: str
     plugins: list[PluginSpec] = field(default_factory=list)
+
+    @property
+    def adapts_model(self) -> bool:
+        """True when a plugin inserts its own modules into the backbone (the LoRA strategies)."""
+        return any(p.info is not None and p.info.prepare_model is not None for p in self.plugins)
 
     @property
     def train_data(self) -> str:
@@ -161,6 +174,9 @@ class StrategyRegistry:
         modes = {p.info.train_data for p in plugins if p.info is not None} - {"current"}
         if len(modes) > 1:
             raise source.error(path, f"cannot combine training-data modes {sorted(modes)}")
+        adapting = [p.name for p in plugins if p.info is not None and p.info.prepare_model is not None]
+        if len(adapting) > 1:
+            raise source.error(path, f"strategies {adapting} each insert their own adapters into the backbone; combine at most one")
         names = [p.name for p in plugins]
         for name in names:
             if names.count(name) > 1:

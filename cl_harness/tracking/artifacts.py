@@ -28,12 +28,20 @@ def _rows(tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Seque
 
 
 def accuracy_matrix_dict(
-    tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Sequence[float]]
+    tasks: Sequence[str],
+    initial: Sequence[float],
+    matrix: Sequence[Sequence[float]],
+    column_metrics: Sequence[str] | None = None,
 ) -> dict[str, list]:
-    """The accuracy matrix as plain JSON data: task names, untrained accuracies and one row per trained task."""
+    """The accuracy matrix as plain JSON data: task names, untrained scores, one row per trained task, and what
+    each column holds (``accuracy``, or ``masked_token_accuracy`` for an mlm task)."""
     rows = _rows(tasks, initial, matrix)
+    metrics = list(column_metrics) if column_metrics is not None else ["accuracy"] * len(tasks)
+    if len(metrics) != len(tasks):
+        raise ValueError(f"column_metrics has {len(metrics)} entries for {len(tasks)} tasks")
     return {
         "tasks": [str(t) for t in tasks],
+        "column_metrics": metrics,
         "initial": [float(x) for x in rows[0]],
         "matrix": [[float(x) for x in row] for row in rows[1:]],
     }

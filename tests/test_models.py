@@ -53,7 +53,7 @@ def test_padding_does_not_change_the_pooled_features(encoder):
 def test_class_incremental_head_activates_classes_as_they_are_seen(encoder):
     model = TextClassifier(encoder, [6], "class_incremental")
     x = packed([5, 5])
-    assert not model.has_active_units()
+    assert not model.can_predict(torch.tensor([0, 1]))
     assert torch.all(model(x) == MASKED_LOGIT)
     model.train()
     model.adaptation(FakeExperience([0, 1]))
@@ -61,6 +61,7 @@ def test_class_incremental_head_activates_classes_as_they_are_seen(encoder):
     assert torch.all(logits[:, 2:] == MASKED_LOGIT) and torch.all(logits[:, :2] != MASKED_LOGIT)
     model.adaptation(FakeExperience([2, 3]))
     assert model.seen_units.tolist() == [True, True, True, True, False, False]
+    assert model.can_predict(torch.tensor([3, 4])) and not model.can_predict(torch.tensor([4, 5]))
     model.eval()
     model.adaptation(FakeExperience([4, 5]))  # evaluation never activates units
     assert model.seen_units.sum() == 4
@@ -116,3 +117,22 @@ def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(
     assert seen == [torch.float32, torch.bfloat16]
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert torch.allclose(logits, reference, atol=0.1), "bf16 rounds, it does not change the model"
+
+
+def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_running_the_model(encoder):
+    from cl_harness.evaluation.evaluator import evaluate_all
+
+    model = TextClassifier(encoder, [4], "class_incremental")
+    model.train()
+    model.adaptation(FakeExperience([0, 1]))
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        x = packed([6, 6, 6, 6])  # one length: one evaluation batch
+        seen = (x, torch.tensor([0, 1, 0, 1]), 0)
+        unseen = (x, torch.tensor([2, 3, 2, 3]), 1)
+        scores = evaluate_all(model, [seen, unseen], batch_size=8, device=torch.device("cpu"))
+    finally:
+        handle.remove()
+    assert scores[1] == 0.0 and 0.0 <= scores[0] <= 1.0
+    assert len(calls) == 1, "one batch for the seen task, none for the unseen one"

@@ -42,8 +42,8 @@ def task_accuracy(
     """Fraction of test examples of one task whose top logit is the right unit."""
     if len(targets) == 0:
         return float("nan")
-    if hasattr(model, "has_active_units") and not model.has_active_units():
-        return 0.0  # a class-incremental head that has seen no class predicts nothing
+    if hasattr(model, "can_predict") and not model.can_predict(targets):
+        return 0.0  # a class-incremental head never predicts classes it has not seen: nothing to compute
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)

@@ -103,9 +103,9 @@ class TextClassifier(MultiTaskModule):
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
         return self.forward(x, task_label)
 
-    def has_active_units(self) -> bool:
-        """False only for a class-incremental model that has not been trained on any class yet."""
-        return self.scenario != "class_incremental" or bool(self.seen_units.any())
+    def can_predict(self, targets: Tensor) -> bool:
+        """Whether any of these target units can win the argmax: in class-incremental heads, only seen units can."""
+        return self.scenario != "class_incremental" or bool(self.seen_units[targets.to(self.seen_units.device)].any())
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -66,7 +66,7 @@ class FiniteLossGuard(SupervisedPlugin):
 
     def before_backward(self, strategy, **kwargs):
         self.steps += 1
-        self.pending.append(strategy.loss.detach())
+        self.pending.append(strategy.loss.detach().float().sum())  # a scalar, whatever shape a plugin left the loss in
         if strategy.loss.device.type == "cpu" or len(self.pending) >= self.check_every:
             self.check(strategy)
 
@@ -76,10 +76,10 @@ class FiniteLossGuard(SupervisedPlugin):
     def check(self, strategy) -> None:
         if not self.pending:
             return
-        losses = torch.stack(self.pending).float()  # (pending,)
+        losses = torch.stack(self.pending)  # (pending,)
         first_step = self.steps - len(self.pending) + 1
         self.pending = []
-        bad = (~torch.isfinite(losses)).nonzero()
+        bad = (~torch.isfinite(losses)).nonzero().flatten()
         if len(bad):
             index = int(bad[0])
             task = self.task_names[strategy.experience.current_experience]

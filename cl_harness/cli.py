@@ -177,8 +177,6 @@ def cmd_strategies(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pathlib import Path
-
     from mlflow import MlflowClient
 
     from cl_harness.report.compare import load_comparison, markdown

@@ -136,3 +136,22 @@ def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_runnin
         handle.remove()
     assert scores[1] == 0.0 and 0.0 <= scores[0] <= 1.0
     assert len(calls) == 1, "one batch for the seen task, none for the unseen one"
+
+
+def test_a_training_batch_runs_in_length_sorted_chunks_with_the_same_features(encoder):
+    from cl_harness.models.classifier import CHUNK_ROWS
+
+    model = TextClassifier(encoder, [4], "domain_incremental").eval()  # eval: no dropout, so rows compare exactly
+    x = packed([3, 11, 5, 12, 4, 9, 2, 7, 6, 10, 8, 12, 3, 5, 7, 9, 4, 11], width=12)  # (18, 3, 12)
+    whole = model.encode(x, chunked=False)
+    widths = []
+    handle = encoder.register_forward_hook(lambda module, args, kwargs, output: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        model.train()
+        encoder.eval()  # the chunking follows the classifier's mode; dropout stays off for the comparison
+        chunked = model.encode(x)
+    finally:
+        handle.remove()
+    assert torch.allclose(chunked, whole, atol=1e-5), "chunks give each row the features it has in the whole batch"
+    assert [rows for rows, _ in widths] == [CHUNK_ROWS, CHUNK_ROWS, 18 - 2 * CHUNK_ROWS]
+    assert [width for _, width in widths] == [12, 7, 3], "each chunk is trimmed to its own longest row"

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from cl_harness.models.lora import routed
 
+CHUNK_ROWS = 8  # rows per length-sorted chunk of a CPU training batch
 MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units stay finite
 
 
@@ -63,8 +64,17 @@ class TextClassifier(MultiTaskModule):
         hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
         return hidden[:, hidden.shape[1] - ids.shape[1] :]  # soft-prompt positions dropped
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``."""
+    def encode(self, x: Tensor, chunked: bool = True) -> Tensor:
+        """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``.
+
+        Training batches on the CPU run as length-sorted chunks of ``CHUNK_ROWS`` rows, each trimmed
+        to its own longest text: rows do not interact in the encoder, so the features are the same,
+        with less padding computed (a replay batch joins two random batches, and pads to the longer).
+        """
+        if chunked and self.training and x.device.type == "cpu" and x.shape[0] > CHUNK_ROWS:
+            order = torch.argsort(x[:, 1].sum(dim=1), descending=True)  # (batch,)
+            features = torch.cat([self.encode(x[rows], chunked=False) for rows in torch.split(order, CHUNK_ROWS)])
+            return features[torch.argsort(order)]  # back to the batch's row order
         x = trim_batch(x)
         mask = x[:, 1]
         if self.autocast_dtype is None:
@@ -89,8 +99,8 @@ class TextClassifier(MultiTaskModule):
         if isinstance(task_labels, int):
             task_labels = torch.full((x.shape[0],), task_labels, device=x.device)
         if self.route_by_task:
-            with routed(self.encoder, task_labels):
-                features = self.encode(x)  # (batch, hidden)
+            with routed(self.encoder, task_labels):  # routes by row: the batch stays whole
+                features = self.encode(x, chunked=False)  # (batch, hidden)
         else:
             features = self.encode(x)  # (batch, hidden)
         logits = features.new_full((x.shape[0], self.width), MASKED_LOGIT)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from cl_harness.errors import ConfigError
 from cl_harness.runner.experiment import RunSpec, grid_folder, run_child, run_folder
+from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult
 
 
-def run_planned(spec: RunSpec, index: int) -> RunResult:
-    """Run ``spec.run_names[index]``, resuming from its run folder; the experiment is loaded again in this process."""
+def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
+    """Load and tokenise the experiment in this process, and check it plans the parent's grid."""
     import torch
-    from mlflow import MlflowClient
 
     from cl_harness.config.loader import load_experiment
     from cl_harness.runner.prepare import check_experiment, prepare_experiment
@@ -20,14 +20,21 @@ def run_planned(spec: RunSpec, index: int) -> RunResult:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     prepared = prepare_experiment(check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root)))
-    grid = Path(spec.grid)
     names = tuple(p.name for p in prepared.checked.runs)
-    if names != spec.run_names or grid_folder(prepared).name != grid.name:
+    if names != spec.run_names or grid_folder(prepared).name != Path(spec.grid).name:
         raise ConfigError(
             f"the worker loaded {spec.experiment} into a different grid than the parent process",
             hint="workers need the same experiment files, data and environment variables (${VAR}) as the machine that submits",
         )
+    return prepared
+
+
+def run_planned(spec: RunSpec, index: int, prepared: PreparedExperiment | None = None) -> RunResult:
+    """Run ``spec.run_names[index]``, resuming from its run folder; ``prepared`` (else loaded here) serves a worker's runs."""
+    from mlflow import MlflowClient
+
+    prepared = prepared or prepare_in_worker(spec)
     planned = prepared.checked.runs[index]
     client = MlflowClient(tracking_uri=spec.tracking_uri)
-    folder = run_folder(grid, planned)
+    folder = run_folder(Path(spec.grid), planned)
     return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, folder)

@@ -31,10 +31,14 @@ def _interrupt(signum, frame) -> None:
 
 
 def worker_main(spec: RunSpec, conn: Connection) -> None:
-    """A worker process: run each index received, answer ``("ok", result)``, ``("error", text)`` or ``("interrupted", None)``."""
-    from cl_harness.runner.worker import run_planned
+    """A worker process: run each index received, answer ``("ok", result)``, ``("error", text)`` or ``("interrupted", None)``.
+
+    The experiment is loaded and tokenised once, for the first run, and serves every later run of this worker.
+    """
+    from cl_harness.runner.worker import prepare_in_worker, run_planned
 
     signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the run KILLED, its checkpoint kept
+    prepared = None
     while True:
         try:
             index = conn.recv()
@@ -43,7 +47,8 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
         if index is None:
             return
         try:
-            outcome = ("ok", run_planned(spec, index))
+            prepared = prepared or prepare_in_worker(spec)
+            outcome = ("ok", run_planned(spec, index, prepared))
         except KeyboardInterrupt:
             conn.send(("interrupted", None))
             return

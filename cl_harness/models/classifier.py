@@ -13,6 +13,7 @@ import torch
 from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 
+from cl_harness.data.encoding import lengths
 from cl_harness.models.lora import routed
 
 CHUNK_ROWS = 8  # rows per length-sorted chunk of a CPU training batch
@@ -21,7 +22,7 @@ MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units sta
 
 def trim_batch(x: Tensor) -> Tensor:
     """Cut the padding columns that every row of the batch shares. ``(batch, 3, length) -> (batch, 3, longest)``."""
-    longest = int(x[:, 1].sum(dim=1).max().item()) if x.shape[0] else 1
+    longest = int(lengths(x).max().item()) if x.shape[0] else 1
     return x[:, :, : max(longest, 1)]
 
 
@@ -72,7 +73,7 @@ class TextClassifier(MultiTaskModule):
         with less padding computed (a replay batch joins two random batches, and pads to the longer).
         """
         if chunked and self.training and x.device.type == "cpu" and x.shape[0] > CHUNK_ROWS:
-            order = torch.argsort(x[:, 1].sum(dim=1), descending=True)  # (batch,)
+            order = torch.argsort(lengths(x), descending=True)  # (batch,)
             features = torch.cat([self.encode(x[rows], chunked=False) for rows in torch.split(order, CHUNK_ROWS)])
             return features[torch.argsort(order)]  # back to the batch's row order
         x = trim_batch(x)

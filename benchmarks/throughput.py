@@ -1,13 +1,14 @@
 """Training and evaluation throughput of the harness against plain loops, as ratios measured in one process.
 
     python benchmarks/throughput.py --data-root ../shared/data/cl_benchmark [--examples 192] [--max-length 128]
-        [--skip-training] [--skip-memory]
+        [--rounds 2] [--eval-rounds 5] [--skip-training] [--skip-memory]
 
 Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   training examples/s of (a) a hand-written PyTorch loop padding every batch to max_length,
   (b) the same loop padding each batch to its longest text, (c) Avalanche's Naive on padded
-  tensors, (d) the harness's naive strategy (its model trims each batch), (e) the same with
-  ``training.length_bucketing``;
+  tensors, (d) the harness's naive strategy (its model trims each batch, its optimizer is fused
+  AdamW), (e) the same with ``training.length_bucketing``, (f) loop (b) with fused AdamW, for
+  reference;
   evaluation examples/s of a padded inference loop against the harness's evaluator;
   replay (two AG News tasks, length bucketing off) of Avalanche's ReplayPlugin on padded tensors
   against the harness's replay;
@@ -39,6 +40,7 @@ from cl_harness.evaluation.evaluator import evaluate_all  # noqa: E402
 from cl_harness.models.backbone import load_encoder, load_tokenizer  # noqa: E402
 from cl_harness.models.classifier import TextClassifier  # noqa: E402
 from cl_harness.runner.hooks import LengthBucketing  # noqa: E402
+from cl_harness.runner.optimizer import build_optimizer  # noqa: E402
 
 
 class PaddedClassifier(nn.Module):
@@ -67,8 +69,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, dynamic: bool) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+def adamw(model: nn.Module, harness: bool) -> torch.optim.Optimizer:
+    """The harness's optimizer (fused AdamW where possible), or torch's AdamW as a hand-written loop would make it."""
+    return build_optimizer(model, lr=5e-5, weight_decay=0.01) if harness else torch.optim.AdamW(model.parameters(), lr=5e-5)
+
+
+def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, dynamic: bool, fused: bool = False) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=fused)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for start in range(0, len(labels), batch):
@@ -80,7 +87,9 @@ def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, bat
         optimizer.step()
 
 
-def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, plugins: list | None = None) -> None:
+def avalanche_naive(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, plugins: list | None = None
+) -> None:
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.templates import SupervisedTemplate
 
@@ -89,7 +98,7 @@ def avalanche_naive(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     task = EncodedTask("agnews", 0, inputs, labels, inputs[:1], labels[:1])
     (experience,) = list(make_benchmark([task]).train_stream)
     strategy = SupervisedTemplate(
-        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=5e-5), criterion=nn.CrossEntropyLoss(),
+        model=model, optimizer=adamw(model, harness), criterion=nn.CrossEntropyLoss(),
         train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=plugins,
     )
     strategy.train(experience, num_workers=0)
@@ -121,7 +130,7 @@ def two_task_replay(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
         for i, part in enumerate((slice(0, half), slice(half, None)))
     ]
     strategy = SupervisedTemplate(
-        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=5e-5), criterion=nn.CrossEntropyLoss(),
+        model=model, optimizer=adamw(model, harness), criterion=nn.CrossEntropyLoss(),
         train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=[plugin],
     )
     for experience in make_benchmark(tasks).train_stream:
@@ -189,6 +198,7 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=128)
     parser.add_argument("--memory-per-class", type=int, default=40, help="training examples per class in the memory runs")
     parser.add_argument("--rounds", type=int, default=2, help="measure every variant this many times, keep the best")
+    parser.add_argument("--eval-rounds", type=int, default=5, help="rounds for the evaluation, which is cheap and noisier")
     parser.add_argument("--skip-training", action="store_true", help="skip the training and replay throughput")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 5-task vs 2-task memory runs")
     args = parser.parse_args()
@@ -215,10 +225,13 @@ def main() -> None:
             {
                 "(a) plain loop, padded": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, False)),
                 "(b) plain loop, dynamic padding": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True)),
-                "(c) Avalanche Naive, padded": (fresh_padded, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
-                "(d) cl-harness naive": (fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size)),
+                "(c) Avalanche Naive, padded": (fresh_padded, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, False)),
+                "(d) cl-harness naive": (fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True)),
                 "(e) cl-harness naive, bucketing": (
-                    fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, [LengthBucketing()])
+                    fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True, [LengthBucketing()])
+                ),
+                "(f) plain loop, dynamic, fused AdamW": (
+                    fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True, fused=True)
                 ),
             },
             args.rounds,
@@ -253,7 +266,7 @@ def main() -> None:
                 lambda m: evaluate_all(m, [(eval_x, eval_y, 0)], args.eval_batch_size, torch.device("cpu")),
             ),
         },
-        args.rounds,
+        args.eval_rounds,
     )
     padded_s, harness_s = evaluation["padded"], evaluation["harness"]
     print(f"\nevaluation ({args.eval_examples} examples, batch {args.eval_batch_size}):")

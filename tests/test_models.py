@@ -139,10 +139,9 @@ def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_runnin
 
 
 def test_a_training_batch_runs_in_length_sorted_chunks_with_the_same_features(encoder):
-    from cl_harness.models.classifier import CHUNK_ROWS
-
     model = TextClassifier(encoder, [4], "domain_incremental").eval()  # eval: no dropout, so rows compare exactly
-    x = packed([3, 11, 5, 12, 4, 9, 2, 7, 6, 10, 8, 12, 3, 5, 7, 9, 4, 11], width=12)  # (18, 3, 12)
+    lengths = [9, 120, 7, 10, 118, 8, 10, 9, 120, 6, 119, 10, 8, 9, 7, 10]  # 4 long rows among 12 short ones
+    x = packed(lengths, width=128)  # (16, 3, 128)
     whole = model.encode(x, chunked=False)
     widths = []
     handle = encoder.register_forward_hook(lambda module, args, kwargs, output: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
@@ -153,5 +152,4 @@ def test_a_training_batch_runs_in_length_sorted_chunks_with_the_same_features(en
     finally:
         handle.remove()
     assert torch.allclose(chunked, whole, atol=1e-5), "chunks give each row the features it has in the whole batch"
-    assert [rows for rows, _ in widths] == [CHUNK_ROWS, CHUNK_ROWS, 18 - 2 * CHUNK_ROWS]
-    assert [width for _, width in widths] == [12, 7, 3], "each chunk is trimmed to its own longest row"
+    assert [tuple(shape) for shape in widths] == [(4, 120), (12, 10)], "long and short rows run apart, each trimmed"

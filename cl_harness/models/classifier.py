@@ -14,9 +14,9 @@ from avalanche.models import MultiTaskModule
 from torch import Tensor, nn
 
 from cl_harness.data.encoding import lengths
+from cl_harness.models.chunking import padding_optimal_chunks
 from cl_harness.models.lora import routed
 
-CHUNK_ROWS = 8  # rows per length-sorted chunk of a CPU training batch
 MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units stay finite
 
 
@@ -68,14 +68,18 @@ class TextClassifier(MultiTaskModule):
     def encode(self, x: Tensor, chunked: bool = True) -> Tensor:
         """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``.
 
-        Training batches on the CPU run as length-sorted chunks of ``CHUNK_ROWS`` rows, each trimmed
-        to its own longest text: rows do not interact in the encoder, so the features are the same,
-        with less padding computed (a replay batch joins two random batches, and pads to the longer).
+        Training batches on the CPU run as runs of length-sorted rows, each trimmed to its own longest
+        text, split where the padding saved outweighs an extra encoder call
+        (:func:`padding_optimal_chunks`). Rows do not interact in the encoder, so the features are the
+        same, with less padding computed (a replay batch joins two random batches, and pads to the longer).
         """
-        if chunked and self.training and x.device.type == "cpu" and x.shape[0] > CHUNK_ROWS:
-            order = torch.argsort(lengths(x), descending=True)  # (batch,)
-            features = torch.cat([self.encode(x[rows], chunked=False) for rows in torch.split(order, CHUNK_ROWS)])
-            return features[torch.argsort(order)]  # back to the batch's row order
+        if chunked and self.training and x.device.type == "cpu" and x.shape[0] > 1:
+            sizes = lengths(x)  # (batch,)
+            order = torch.argsort(sizes, descending=True, stable=True)  # (batch,)
+            runs = padding_optimal_chunks(sizes[order].tolist())
+            if len(runs) > 1:
+                features = torch.cat([self.encode(x[rows], chunked=False) for rows in torch.split(order, runs)])
+                return features[torch.argsort(order)]  # back to the batch's row order
         x = trim_batch(x)
         mask = x[:, 1]
         if self.autocast_dtype is None:

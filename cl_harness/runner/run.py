@@ -27,6 +27,7 @@ from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
+from cl_harness.runner.optimizer import build_optimizer
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
@@ -146,7 +147,7 @@ def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, devi
     """Avalanche's training template with the strategy's plugins and the framework's own."""
     training = prepared.checked.loaded.config.training
     plugins = [*strategy_plugins, FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    optimizer = build_optimizer(model, training.lr, training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
         evaluator = EvaluationPlugin(loggers=[])

@@ -102,9 +102,10 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_bert):
         check_tokenizer_matches(minilm_tokenizer, tiny_config, "tiny")
 
 
-def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(encoder):
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_runs_the_encoder_in_half_and_returns_float32_logits(encoder, precision, dtype):
     full = TextClassifier(encoder, [4], "domain_incremental").eval()
-    half = TextClassifier(encoder, [4], "domain_incremental", precision="bf16").eval()
+    half = TextClassifier(encoder, [4], "domain_incremental", precision=precision).eval()
     half.heads = full.heads  # the same weights throughout: only the precision differs
     seen = []
     linear = next(m for m in encoder.modules() if isinstance(m, torch.nn.Linear))  # layer norms stay float32 under autocast
@@ -114,9 +115,9 @@ def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(
         reference, logits = full(x), half(x)
     finally:
         handle.remove()
-    assert seen == [torch.float32, torch.bfloat16]
+    assert seen == [torch.float32, dtype]
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    assert torch.allclose(logits, reference, atol=0.1), "bf16 rounds, it does not change the model"
+    assert torch.allclose(logits, reference, atol=0.1), "half precision rounds, it does not change the model"
 
 
 def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_running_the_model(encoder):

@@ -9,6 +9,7 @@ from cl_harness.config.yaml_io import KeyPath, Source
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 PEFT_METHODS = ("none", "lora", "bitfit", "prompt_tuning", "adapter")
@@ -67,16 +68,11 @@ class TrainingConfig:
     eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
     length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast of the encoder)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16 (autocast of the encoder; fp16 with loss scaling)"})
 
     def check(self, source: Source, path: KeyPath) -> None:
-        if self.precision == "fp16":
-            raise source.error(
-                path + ("precision",), "fp16 is not supported: fp16 training needs loss scaling, which Avalanche's loop has no hook for",
-                hint="use bf16 (autocast; CPUs and Ampere or newer GPUs) or fp32",
-            )
-        if self.precision not in ("fp32", "bf16"):
-            raise source.error(path + ("precision",), f"must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise source.error(path + ("precision",), f"must be fp32, bf16 or fp16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise source.error(path + ("device",), f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

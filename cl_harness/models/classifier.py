@@ -39,7 +39,7 @@ class TextClassifier(MultiTaskModule):
         self, encoder: nn.Module, head_sizes: list[int], scenario: str, pooling: str = "mean", precision: str = "fp32"
     ) -> None:
         super().__init__()
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.encoder = encoder
         self.scenario = scenario
         self.pooling = pooling

@@ -77,8 +77,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock) -> None:
-    """Everything needed to continue training after ``step`` tasks."""
+def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> None:
+    """Everything needed to continue training after ``step`` tasks (``loss_scale``: fp16's DynamicLossScale)."""
     payload = {
         "step": step,
         "model": model.state_dict(),
@@ -86,6 +86,7 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, cl
         "plugins": plugins,  # the strategy's own plugins, pickled whole (buffers, importances, teachers)
         "clock": dict(clock.__dict__),
         "rng": rng_states(),
+        "loss_scale": loss_scale.state_dict() if loss_scale else None,
     }
     atomic_write_bytes(folder / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
 

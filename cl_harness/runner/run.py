@@ -27,6 +27,7 @@ from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
+from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
@@ -277,6 +278,11 @@ def train_and_evaluate(
     framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
     if config.training.length_bucketing:
         framework.append(LengthBucketing())
+    loss_scale = DynamicLossScale() if config.training.precision == "fp16" else None
+    if loss_scale:
+        if checkpoint and checkpoint.get("loss_scale"):
+            loss_scale.load_state_dict(checkpoint["loss_scale"])
+        framework.append(LossScaling(loss_scale))  # last: after every plugin's penalty, before every update
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     masking = checked.masking()
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
@@ -320,7 +326,7 @@ def train_and_evaluate(
             row = evaluate(model, step)
             result.matrix.append(row)
             if folder:
-                save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock)
+                save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock, loss_scale)
                 state.steps_done = step
                 save_state(folder, state)
             log_step(step, row, {"train_time_s": meter.task_seconds, "trainable_params": float(model.trainable_parameters()), **evaluate.extra})
@@ -340,6 +346,8 @@ def train_and_evaluate(
         trainable_params=float(model.trainable_parameters()),
         total_params=float(sum(p.numel() for p in model.parameters())),
     )
+    if loss_scale:
+        result.metrics["fp16_skipped_steps"] = float(loss_scale.skipped_steps)
     if folder:
         state.status, state.metrics, state.error = result.status, result.metrics, result.error
         save_state(folder, state)

@@ -228,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         import errno
 
-        from mlflow.exceptions import MlflowException
-        from requests.exceptions import RequestException
+        from cl_harness.tracking.mlflow_logger import is_store_failure
 
         if args.debug or args.command != "run":
             raise
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no space left on the device ({exc.filename or ''}); finished tasks' checkpoints are intact. "
                   "Free space and run the same command again to resume.", file=sys.stderr)
             return EXIT_TRACKING
-        if not isinstance(exc, (MlflowException, RequestException)):
+        if not is_store_failure(exc):
             raise
         print(
             f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]}).\n"

@@ -39,3 +39,7 @@ class HubUnreachableError(ConfigError):
 
 class TrainingError(Exception):
     """A run that failed while training (for example a non-finite loss); other runs may go on."""
+
+
+class TrackingStoreError(Exception):
+    """The tracking store failed in a worker process; the command stops with exit 3, finished tasks checkpointed."""

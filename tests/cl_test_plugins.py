@@ -83,3 +83,23 @@ class RaiseAtTask(SupervisedPlugin):
             with open(self.count_file, "a") as file:
                 file.write("attempt\n")
             raise RuntimeError("a bug in the strategy")
+
+
+class StoreOutageAtTask(SupervisedPlugin):
+    """Raise the error an unreachable tracking store gives, before training task ``task`` (0-based), once per ``marker_file``."""
+
+    def __init__(self, marker_file: str, task: int = 1) -> None:
+        super().__init__()
+        self.marker_file = marker_file
+        self.task = task
+
+    def before_training_exp(self, strategy, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        if strategy.clock.train_exp_counter != self.task:
+            return
+        try:  # exactly one process wins the marker and meets the outage
+            os.close(os.open(self.marker_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        raise MlflowException("API request to the tracking server failed: connection refused")

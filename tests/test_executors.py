@@ -155,6 +155,27 @@ def test_a_local_worker_that_always_dies_fails_its_run_after_the_retries(tmp_pat
     assert [(r.name, r.status) for r in comparison.problems()] == [("doomed/seed0/order0", "FAILED")]
 
 
+def test_a_tracking_outage_in_a_worker_stops_the_grid_with_exit_3_and_the_rerun_resumes(tmp_path, tiny_bert, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outage = {"name": "outage", "plugins": ["naive", {"cl_test_plugins:StoreOutageAtTask": {"marker_file": str(tmp_path / "outage")}}]}
+    experiment = grid_experiment(tmp_path, tiny_bert, "outage", [outage], [0, 1])
+    command = ["run", str(experiment), "--tracking-uri", uri, "--no-progress", "--workers", "2"]
+    assert main(command) == 3
+    err = capsys.readouterr().err
+    assert "the tracking store failed (TrackingStoreError: in the worker of outage/seed" in err
+    assert "run the same command again" in err
+    states = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("state.json")]
+    assert any(s["steps_done"] == 1 and s["status"] != "FINISHED" for s in states), "the run that met the outage kept its first task"
+
+    assert main(command) == 0  # the store is back: the same command resumes
+    runs = children(uri, "outage")
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "outage/seed0/order0": "FINISHED", "outage/seed1/order0": "FINISHED",
+    }
+    for run in runs.values():
+        assert steps_of(uri, run) == [0, 1, 2], "no step lost, none logged twice"
+
+
 # --- Ray: a real local cluster and a live mlflow server ---------------------------------------------
 
 

@@ -31,11 +31,20 @@ from mlflow.utils.validation import (
 )
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
-from cl_harness.errors import ConfigError
+from cl_harness.errors import ConfigError, TrackingStoreError
 
 TRACKED_PACKAGES = ("torch", "transformers", "avalanche-lib", "mlflow", "datasets", "cl-harness")
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether an exception means the tracking store (database, server, disk) failed, rather than the run."""
+    from requests.exceptions import RequestException
+
+    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError))
+
+
 SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
 
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")

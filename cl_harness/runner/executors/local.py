@@ -7,6 +7,7 @@ import signal
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
+from cl_harness.errors import TrackingStoreError
 from cl_harness.runner.experiment import GridContext, OnResult, RunSpec, run_sequentially
 from cl_harness.runner.run import RunResult
 
@@ -31,11 +32,12 @@ def _interrupt(signum, frame) -> None:
 
 
 def worker_main(spec: RunSpec, conn: Connection) -> None:
-    """A worker process: run each index received, answer ``("ok", result)``, ``("error", text)`` or ``("interrupted", None)``.
+    """A worker process: run each index received, answer ``("ok", result)``, ``("error", text)``, ``("store", text)`` or ``("interrupted", None)``.
 
     The experiment is loaded and tokenised once, for the first run, and serves every later run of this worker.
     """
     from cl_harness.runner.worker import prepare_in_worker, run_planned
+    from cl_harness.tracking.mlflow_logger import is_store_failure
 
     signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the run KILLED, its checkpoint kept
     prepared = None
@@ -53,7 +55,7 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
             conn.send(("interrupted", None))
             return
         except Exception as exc:  # noqa: BLE001 - an ordinary error fails this run only, it is not retried
-            outcome = ("error", f"{type(exc).__name__}: {exc}")
+            outcome = ("store" if is_store_failure(exc) else "error", f"{type(exc).__name__}: {exc}")
         conn.send(outcome)
 
 
@@ -107,6 +109,8 @@ class ProcessExecutor:
                         payload = context.lost(planned, reason)
                     elif kind == "error":
                         payload = context.lost(planned, payload)
+                    elif kind == "store":  # the store fails every run alike: stop the grid, as in one process
+                        raise TrackingStoreError(f"in the worker of {planned.name}: {payload}")
                     elif kind == "interrupted":
                         raise KeyboardInterrupt(f"worker of {planned.name} interrupted")
                     results[index] = payload

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from cl_harness.errors import ConfigError
+from cl_harness.errors import ConfigError, TrackingStoreError
 from cl_harness.runner.experiment import GridContext, OnResult
 from cl_harness.runner.run import RunResult
 
@@ -50,6 +50,7 @@ class RayExecutor:
         from ray.exceptions import RayError, RayTaskError
 
         from cl_harness.runner.worker import run_planned
+        from cl_harness.tracking.mlflow_logger import is_store_failure
 
         started_here = self.connect()
         spec = context.spec(max(1, math.ceil(self.cpus)))
@@ -67,6 +68,8 @@ class RayExecutor:
                     result = ray.get(ref)
                 except RayTaskError as exc:  # an ordinary error in the run: FAILED, not retried
                     cause = exc.cause if exc.cause is not None else exc
+                    if is_store_failure(cause):  # the store fails every run alike: stop the grid, as in one process
+                        raise TrackingStoreError(f"in the worker of {planned.name}: {type(cause).__name__}: {cause}") from None
                     result = context.lost(planned, f"{type(cause).__name__}: {cause}")
                 except RayError as exc:  # the worker died on every attempt
                     reason = f"the Ray worker died on all {self.max_retries + 1} attempts ({type(exc).__name__})"

@@ -67,10 +67,12 @@ def test_bert_masking_chooses_15_percent_of_real_tokens_80_10_10():
     assert torch.equal(masked[~chosen], ids[~chosen])
 
 
-def test_mlm_task_lowers_masked_token_loss_on_its_own_text(tmp_path, tiny_bert):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mlm_task_lowers_masked_token_loss_on_its_own_text(tmp_path, tiny_bert, precision):
     from cl_harness.models.masked_lm import train_masked_lm
+    from cl_harness.runner.loss_scaling import DynamicLossScale
 
-    setup = prepared(tmp_path, tiny_bert)
+    setup = prepared(tmp_path, tiny_bert, precision=precision)
     (task,) = [t for t in setup.encoded if t.kind == "mlm"]
     torch.manual_seed(0)
     model = build_model(setup, setup.checked.strategies[0], torch.device("cpu"))
@@ -83,9 +85,12 @@ def test_mlm_task_lowers_masked_token_loss_on_its_own_text(tmp_path, tiny_bert):
 
     before = loss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    train_masked_lm(model, optimizer, task.train_inputs, spec, epochs=8, batch_size=8, device=torch.device("cpu"))
+    loss_scale = DynamicLossScale() if precision == "fp16" else None
+    train_masked_lm(model, optimizer, task.train_inputs, spec, epochs=8, batch_size=8, device=torch.device("cpu"), loss_scale=loss_scale)
     after = loss()
     assert after < 0.8 * before
+    if loss_scale is not None:
+        assert loss_scale.finite_steps > 0, "the steps went through the loss scale"
 
 
 def test_stream_mixing_mlm_and_classification_runs_end_to_end(tmp_path, tiny_bert):

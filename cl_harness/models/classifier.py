@@ -59,11 +59,15 @@ class TextClassifier(MultiTaskModule):
             self.seen_units[classes.to(self.seen_units.device)] = True
 
     def hidden_states(self, x: Tensor) -> Tensor:
-        """Token features of a packed batch. ``(batch, 3, length) -> (batch, length, hidden)``."""
+        """Float32 token features of a packed batch. ``(batch, 3, length) -> (batch, length, hidden)``.
+
+        With a half precision, the encoder runs under autocast; what follows (pooling, heads, losses) stays in float32.
+        """
         ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
         kwargs = {"token_type_ids": types} if self._takes_token_types else {}
-        hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
-        return hidden[:, hidden.shape[1] - ids.shape[1] :]  # soft-prompt positions dropped
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+            hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
+        return hidden[:, hidden.shape[1] - ids.shape[1] :].float()  # soft-prompt positions dropped
 
     def encode(self, x: Tensor, chunked: bool = True) -> Tensor:
         """Pooled sentence features. ``(batch, 3, length) -> (batch, hidden)``.
@@ -82,11 +86,7 @@ class TextClassifier(MultiTaskModule):
                 return features[torch.argsort(order)]  # back to the batch's row order
         x = trim_batch(x)
         mask = x[:, 1]
-        if self.autocast_dtype is None:
-            hidden = self.hidden_states(x)  # (batch, length, hidden)
-        else:  # the encoder runs in reduced precision; pooling, heads and losses stay in float32
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
-                hidden = self.hidden_states(x).float()
+        hidden = self.hidden_states(x)  # (batch, length, hidden)
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, length, 1)

@@ -72,8 +72,13 @@ def masked_lm_loss(model, x: Tensor, spec: MaskingSpec, generator: torch.Generat
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
-def train_masked_lm(model, optimizer, inputs: Tensor, spec: MaskingSpec, epochs: int, batch_size: int, device) -> float:
-    """Train the trainable parameters (backbone as configured + MLM head) on one task's texts; returns the last loss."""
+def train_masked_lm(
+    model, optimizer, inputs: Tensor, spec: MaskingSpec, epochs: int, batch_size: int, device, loss_scale=None
+) -> float:
+    """Train the trainable parameters (backbone as configured + MLM head) on one task's texts; returns the last loss.
+
+    ``loss_scale`` (fp16: the run's DynamicLossScale) scales the loss for backward and unscales the gradients, or drops them on overflow.
+    """
     model.train()
     loss = torch.zeros(())
     for _ in range(epochs):
@@ -82,7 +87,11 @@ def train_masked_lm(model, optimizer, inputs: Tensor, spec: MaskingSpec, epochs:
             loss = masked_lm_loss(model, inputs[index].to(device), spec)
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"non-finite masked-LM loss ({float(loss)})")
-            loss.backward()
+            if loss_scale is None:
+                loss.backward()
+            else:
+                loss_scale.scaled(loss).backward()
+                loss_scale.unscale_or_skip(list(model.parameters()))
             optimizer.step()
     return float(loss.detach())
 

@@ -233,11 +233,11 @@ def column_metrics(tasks: list[EncodedTask]) -> list[str]:
     return ["masked_token_accuracy" if t.kind == "mlm" else "accuracy" for t in tasks]
 
 
-def train_mlm_task(model, strategy, task: EncodedTask, masking: MaskingSpec, training, meter: TrainingMeter, device) -> None:
+def train_mlm_task(model, strategy, task: EncodedTask, masking: MaskingSpec, training, meter: TrainingMeter, device, loss_scale) -> None:
     """Masked-LM training of one task outside the Avalanche loop (strategy plugins do not act on it)."""
     started = time.perf_counter()
     try:
-        train_masked_lm(model, strategy.optimizer, task.train_inputs, masking, training.epochs, training.batch_size, device)
+        train_masked_lm(model, strategy.optimizer, task.train_inputs, masking, training.epochs, training.batch_size, device, loss_scale)
     except FloatingPointError as exc:
         raise TrainingError(f"task {task.name!r}: {exc}") from None
     meter.task_seconds = time.perf_counter() - started
@@ -319,7 +319,7 @@ def train_and_evaluate(
             if step <= state.steps_done:
                 continue
             if ordered[step - 1].kind == "mlm":  # mlm tasks are refused with joint/cumulative data: step is the task
-                train_mlm_task(model, strategy, ordered[step - 1], masking, config.training, meter, device)
+                train_mlm_task(model, strategy, ordered[step - 1], masking, config.training, meter, device, loss_scale)
             else:
                 strategy.train(experience, num_workers=0)
             tasks_trained += 1

@@ -1,0 +1,27 @@
+"""Every experiment YAML shipped under experiments/ validates: its stream, strategies and backbone resolve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+def test_the_experiments_folder_holds_the_documented_experiments():
+    names = {p.stem for p in EXPERIMENTS}
+    readme = (REPO / "README.md").read_text()
+    assert {"quickstart", "standard_cl_results", "standard_cl_orders"} <= names
+    assert all(name in readme for name in names), "the README's layout lists every shipped experiment"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
+def test_each_shipped_experiment_validates(path: Path, benchmark_dir, capsys):
+    from cl_harness.cli import main
+
+    assert main(["validate", str(path), "--data-root", str(benchmark_dir)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "OK" in out and "runs" in out

@@ -10,6 +10,15 @@ from pathlib import Path
 from avalanche.core import SupervisedPlugin
 
 
+def claim(marker_file: str) -> bool:
+    """Create ``marker_file`` if no process has: exactly one caller across processes gets True."""
+    try:
+        os.close(os.open(marker_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 class PauseBeforeTask(SupervisedPlugin):
     """Before every task after the first, wait while ``flag_file`` exists (at most ``seconds``), so a test can interrupt there."""
 
@@ -62,11 +71,8 @@ class KillProcessAtTask(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         if strategy.clock.train_exp_counter != self.task:
             return
-        if self.marker_file is not None:
-            try:  # exactly one process wins the marker and dies; the retry finds it and trains on
-                os.close(os.open(self.marker_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
+        if self.marker_file is not None and not claim(self.marker_file):
+            return  # another process died here already; the retry trains on
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -98,8 +104,6 @@ class StoreOutageAtTask(SupervisedPlugin):
 
         if strategy.clock.train_exp_counter != self.task:
             return
-        try:  # exactly one process wins the marker and meets the outage
-            os.close(os.open(self.marker_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
+        if not claim(self.marker_file):
+            return  # the store is back
         raise MlflowException("API request to the tracking server failed: connection refused")

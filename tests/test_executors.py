@@ -155,6 +155,18 @@ def test_a_local_worker_that_always_dies_fails_its_run_after_the_retries(tmp_pat
     assert [(r.name, r.status) for r in comparison.problems()] == [("doomed/seed0/order0", "FAILED")]
 
 
+def test_a_worker_killed_before_its_first_checkpoint_resumes_without_logging_step_0_twice(tmp_path, tiny_bert):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    marker = str(tmp_path / "killed")
+    early = {"name": "early", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 0, "marker_file": marker}}]}
+    experiment = grid_experiment(tmp_path, tiny_bert, "early", [early], [0])
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress", "--workers", "2"]) == 0
+    assert Path(marker).exists(), "the first attempt died after logging step 0"
+    (run,) = children(uri, "early").values()
+    assert run.info.status == "FINISHED"
+    assert steps_of(uri, run) == [0, 1, 2]
+
+
 def test_a_tracking_outage_in_a_worker_stops_the_grid_with_exit_3_and_the_rerun_resumes(tmp_path, tiny_bert, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     outage = {"name": "outage", "plugins": ["naive", {"cl_test_plugins:StoreOutageAtTask": {"marker_file": str(tmp_path / "outage")}}]}

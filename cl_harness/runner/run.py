@@ -286,7 +286,7 @@ def train_and_evaluate(
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     masking = checked.masking()
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
-    logged = logger.logged_steps("acc/seen_avg") if logger and state.steps_done else set()
+    logged = logger.logged_steps("acc/seen_avg") if logger else set()  # a run stopped before its first checkpoint has step 0 already
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
         if logger and step not in logged:

@@ -8,6 +8,7 @@ token type ids, so that Avalanche can move them with ``.to(device)`` and its plu
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import torch
 from avalanche.models import MultiTaskModule
@@ -65,7 +66,8 @@ class TextClassifier(MultiTaskModule):
         """
         ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
         kwargs = {"token_type_ids": types} if self._takes_token_types else {}
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None):
+        half = nullcontext() if self.autocast_dtype is None else torch.autocast(x.device.type, dtype=self.autocast_dtype)
+        with half:
             hidden = self.encoder(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state  # (batch, virtual + length, hidden)
         return hidden[:, hidden.shape[1] - ids.shape[1] :].float()  # soft-prompt positions dropped
 

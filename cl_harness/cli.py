@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import warnings
@@ -134,11 +133,12 @@ def cmd_run(args) -> int:
     from cl_harness.runner.executors import ExecutionOptions, make_executor
     from cl_harness.runner.experiment import run_experiment
     from cl_harness.runner.prepare import check_experiment, prepare_experiment
-    from cl_harness.tracking.mlflow_logger import choose_tracking_uri, resolve_tracking_uri
+    from cl_harness.tracking.store import choose_tracking_uri
 
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
-    executor = make_executor(options, choose_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri))
+    uri = choose_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)
+    executor = make_executor(options, uri)
     if args.dry_run:
         print(f"{len(checked.runs)} planned runs of experiment {checked.loaded.config.name!r}:")
         for planned in checked.runs:
@@ -148,7 +148,6 @@ def cmd_run(args) -> int:
     if prepared.cache is not None and prepared.cache.hits:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
-    uri = resolve_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)  # as run_experiment resolves it
     results = run_experiment(
         prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor
     )
@@ -177,15 +176,12 @@ def cmd_strategies(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from mlflow import MlflowClient
-
     from cl_harness.report.compare import load_comparison, markdown
     from cl_harness.report.html import write_report
-    from cl_harness.tracking.mlflow_logger import check_tracking_reachable, resolve_tracking_uri
+    from cl_harness.tracking.store import open_store
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_reachable(uri)
-    comparison = load_comparison(MlflowClient(tracking_uri=uri), args.experiment, args.parent)
+    _, client = open_store(args.tracking_uri)
+    comparison = load_comparison(client, args.experiment, args.parent)
     print(markdown(comparison.table()))
     for problem in comparison.problems():
         print(f"not finished: {problem.name} ({problem.status})" + (f": {problem.error}" if problem.error else ""))
@@ -195,13 +191,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from cl_harness.tracking.mlflow_logger import resolve_tracking_uri
+    from cl_harness.ui import serve_ui
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    url = f"http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning"
-    print(f"MLflow UI for {uri}\nopen {url}  (the ?workflowType=machine_learning view shows the runs table)", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
-    return subprocess.call(command)
+    return serve_ui(args.tracking_uri, args.port)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
@@ -228,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         import errno
 
-        from cl_harness.tracking.mlflow_logger import is_store_failure
+        from cl_harness.tracking.store import is_store_failure
 
         if args.debug or args.command != "run":
             raise

@@ -8,6 +8,7 @@ import pytest
 from conftest import write_demo_stream, write_experiment
 
 from cl_harness.cli import main
+from cl_harness.tracking import schema
 
 
 @pytest.fixture
@@ -40,21 +41,21 @@ def test_run_logs_every_step_metrics_and_artifacts_to_mlflow(experiment, tmp_pat
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    (parent,) = [r for r in runs if r.data.tags["cl_harness.role"] == "parent"]
-    (run,) = [r for r in runs if r.data.tags["cl_harness.role"] == "child"]
-    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.status == "FINISHED"
+    (parent,) = [r for r in runs if r.data.tags[schema.ROLE_TAG] == "parent"]
+    (run,) = [r for r in runs if r.data.tags[schema.ROLE_TAG] == "child"]
+    assert run.data.tags[schema.PARENT_RUN_TAG] == parent.info.run_id and parent.info.status == "FINISHED"
     assert run.info.status == "FINISHED" and run.info.run_name == "naive/seed0/order0"
     assert run.data.metrics["trainable_params"] > 0 and run.data.metrics["train_examples_per_s"] > 0
     assert {"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"} <= set(run.data.metrics)
-    for key in ("acc/t1", "acc/t2", "acc/t3", "acc/seen_avg"):
+    for key in ("acc/t1", "acc/t2", "acc/t3", schema.SEEN_AVG_METRIC):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == [0, 1, 2, 3], key  # step 0 is the untrained baseline, each step exactly once
     assert run.data.params["training.epochs"] == "2" and run.data.tags["strategy"] == "naive"
     assert run.data.tags["scenario"] == "class_incremental" and "versions.torch" in run.data.tags
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"accuracy_matrix.json", "accuracy_matrix.png", "config.yaml"} <= artifacts
-    matrix = json.loads(open(client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(tmp_path))).read())
+    assert {schema.MATRIX_ARTIFACT, schema.MATRIX_PLOT_ARTIFACT, schema.CONFIG_ARTIFACT} <= artifacts
+    matrix = json.loads(open(client.download_artifacts(run.info.run_id, schema.MATRIX_ARTIFACT, str(tmp_path))).read())
     assert matrix["tasks"] == ["t1", "t2", "t3"] and len(matrix["matrix"]) == 3 and len(matrix["initial"]) == 3
     assert all(0.0 <= v <= 1.0 for row in matrix["matrix"] for v in row)
     # the accuracy on the task just trained is what the step metric recorded

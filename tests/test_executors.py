@@ -13,6 +13,7 @@ import yaml
 from conftest import write_demo_stream, write_experiment
 
 from cl_harness.cli import main
+from cl_harness.tracking import schema
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -38,7 +39,7 @@ def children(uri: str, experiment_name: str) -> dict:
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     (parent,) = client.search_runs([experiment_id], "tags.`cl_harness.role` = 'parent'")
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    runs = client.search_runs([experiment_id], f"tags.{schema.PARENT_RUN_TAG} = '{parent.info.run_id}'")
     return {r.info.run_name: r for r in runs}
 
 
@@ -46,11 +47,11 @@ def matrix_of(uri: str, run, scratch: Path) -> list[list[float]]:
     from mlflow import MlflowClient
 
     scratch.mkdir(parents=True, exist_ok=True)
-    path = MlflowClient(tracking_uri=uri).download_artifacts(run.info.run_id, "accuracy_matrix.json", str(scratch))
+    path = MlflowClient(tracking_uri=uri).download_artifacts(run.info.run_id, schema.MATRIX_ARTIFACT, str(scratch))
     return json.loads(Path(path).read_text())["matrix"]
 
 
-def steps_of(uri: str, run, key: str = "acc/seen_avg") -> list[int]:
+def steps_of(uri: str, run, key: str = schema.SEEN_AVG_METRIC) -> list[int]:
     from mlflow import MlflowClient
 
     return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, key))
@@ -102,10 +103,10 @@ def test_the_comparison_names_planned_runs_that_never_logged(tmp_path):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = client.create_experiment("gaps", artifact_location=(tmp_path / "artifacts").as_uri())
-    parent = client.create_run(experiment_id, run_name="gaps", tags={"cl_harness.role": "parent"}).info.run_id
-    client.log_dict(parent, {"runs": ["naive/seed0/order0", "naive/seed1/order0"]}, "planned_runs.json")
+    parent = client.create_run(experiment_id, run_name="gaps", tags={schema.ROLE_TAG: "parent"}).info.run_id
+    client.log_dict(parent, {"runs": ["naive/seed0/order0", "naive/seed1/order0"]}, schema.PLANNED_RUNS_ARTIFACT)
     child = client.create_run(experiment_id, run_name="naive/seed0/order0",
-                              tags={"mlflow.parentRunId": parent, "cl_harness.role": "child", "strategy": "naive", "seed": "0"})
+                              tags={schema.PARENT_RUN_TAG: parent, schema.ROLE_TAG: "child", "strategy": "naive", "seed": "0"})
     client.set_terminated(child.info.run_id, "FAILED")
     comparison = load_comparison(client, "gaps", parent)
     problems = {r.name: r for r in comparison.problems()}
@@ -238,7 +239,7 @@ def test_a_ray_grid_survives_a_killed_worker_and_reports_all_four_runs(ray_clust
     assert sorted(runs) == GRID_NAMES  # one MLflow run per planned run: the retry reopened the killed one
     for name, run in runs.items():
         assert run.info.status == "FINISHED", name
-        for key in ("acc/seen_avg", "acc/t1", "acc/t2"):
+        for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2"):
             assert steps_of(server, run, key) == [0, 1, 2], (name, key)  # nothing logged twice
     comparison = load_comparison(MlflowClient(tracking_uri=server), "ray-grid")
     assert sorted(r.name for r in comparison.runs) == GRID_NAMES and not comparison.problems()

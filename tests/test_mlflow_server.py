@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import write_demo_stream, write_experiment
 from mlflow_helpers import HTTP, artifact_paths, free_port, get, search_runs, serve, start_server, stop, tags_of
+from cl_harness.tracking import schema
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +51,10 @@ def grid_run(mlflow_server, tiny_bert, tmp_path_factory):
 def parent_and_children(grid_run) -> tuple[dict, list[dict]]:
     """The single parent run and the runs that name it as parent, from one unfiltered search."""
     runs = search_runs(grid_run["url"], grid_run["experiment_id"])
-    parents = [r for r in runs if tags_of(r).get("cl_harness.role") == "parent"]
+    parents = [r for r in runs if tags_of(r).get(schema.ROLE_TAG) == "parent"]
     assert len(parents) == 1, [r["info"]["run_name"] for r in runs]
     parent_id = parents[0]["info"]["run_id"]
-    children = [r for r in runs if tags_of(r).get("mlflow.parentRunId") == parent_id]
+    children = [r for r in runs if tags_of(r).get(schema.PARENT_RUN_TAG) == parent_id]
     assert len(runs) == 1 + len(children), "every run but the parent is one of its children"
     return parents[0], children
 
@@ -65,18 +66,18 @@ def test_runs_search_shows_one_parent_with_four_nested_children(grid_run):
     assert names == [f"{s}/seed{k}/order0" for s in ("naive", "replay") for k in (0, 1)]
     for child in children:
         tags = tags_of(child)
-        assert child["info"]["status"] == "FINISHED" and tags["cl_harness.role"] == "child"
+        assert child["info"]["status"] == "FINISHED" and tags[schema.ROLE_TAG] == "child"
         assert tags["order"] == "0" and tags["stream"] == "tiny-demo" and tags["scenario"] == "class_incremental"
         assert {"acc", "bwt", "fwt", "forgetting", "learning_acc"} <= {m["key"] for m in child["data"]["metrics"]}
     # the server-side filter the UI and load_comparison rely on
-    nested = search_runs(grid_run["url"], grid_run["experiment_id"], f"tags.mlflow.parentRunId = '{parent['info']['run_id']}'")
+    nested = search_runs(grid_run["url"], grid_run["experiment_id"], f"tags.{schema.PARENT_RUN_TAG} = '{parent['info']['run_id']}'")
     assert len(nested) == 4
 
 
 def test_step_metrics_have_each_step_exactly_once(grid_run):
     _, children = parent_and_children(grid_run)
     for child in children:
-        for key in [f"acc/{t}" for t in TASKS] + ["acc/seen_avg"]:
+        for key in [f"acc/{t}" for t in TASKS] + [schema.SEEN_AVG_METRIC]:
             history = get(grid_run["url"], "/api/2.0/mlflow/metrics/get-history", run_id=child["info"]["run_id"], metric_key=key)
             steps = sorted(m["step"] for m in history.get("metrics", []))
             assert steps == [0, 1, 2], (child["info"]["run_name"], key, steps)
@@ -85,11 +86,11 @@ def test_step_metrics_have_each_step_exactly_once(grid_run):
 def test_artifacts_are_listed_over_http(grid_run):
     parent, children = parent_and_children(grid_run)
     for child in children:
-        assert {"accuracy_matrix.json", "accuracy_matrix.png", "config.yaml"} <= artifact_paths(grid_run["url"], child["info"]["run_id"])
+        assert {schema.MATRIX_ARTIFACT, schema.MATRIX_PLOT_ARTIFACT, schema.CONFIG_ARTIFACT} <= artifact_paths(grid_run["url"], child["info"]["run_id"])
     parent_id = parent["info"]["run_id"]
-    assert {"config.yaml", "report.html", "comparison_table.json"} <= artifact_paths(grid_run["url"], parent_id)
+    assert {schema.CONFIG_ARTIFACT, schema.REPORT_HTML_ARTIFACT, schema.COMPARISON_TABLE_ARTIFACT} <= artifact_paths(grid_run["url"], parent_id)
     # the UI's artifact viewer downloads through /get-artifact
-    query = urllib.parse.urlencode({"path": "report.html", "run_uuid": parent_id})
+    query = urllib.parse.urlencode({"path": schema.REPORT_HTML_ARTIFACT, "run_uuid": parent_id})
     with HTTP.open(f"{grid_run['url']}/get-artifact?{query}", timeout=30) as response:
         html = response.read().decode("utf-8")
     assert "data:image/png;base64," in html and parent_id in html and "replay" in html
@@ -138,7 +139,7 @@ def test_a_server_lost_mid_run_loses_nothing_and_the_rerun_syncs(tmp_path, tiny_
         experiment_id = get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="tiny")["experiment"]["experiment_id"]
         (child,) = search_runs(url, experiment_id, "tags.`cl_harness.role` = 'child'")
         assert child["info"]["status"] == "FINISHED"
-        for key in ("acc/seen_avg", "acc/t1", "acc/t2"):
+        for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2"):
             history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=child["info"]["run_id"], metric_key=key)["metrics"]
             assert sorted(m["step"] for m in history) == [0, 1, 2], key
     finally:

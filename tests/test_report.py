@@ -15,8 +15,10 @@ from cl_harness.evaluation.metrics import summary
 from cl_harness.report.compare import load_comparison, markdown, write_csv
 from cl_harness.report.html import log_report, write_report
 from cl_harness.report.plots import final_acc_figure, forgetting_curves_figure, heatmap_figure, png_bytes
-from cl_harness.tracking.artifacts import accuracy_matrix_dict
-from cl_harness.tracking.mlflow_logger import RunLogger, default_artifact_location, get_or_create_experiment
+from cl_harness.tracking.schema import accuracy_matrix_dict
+from cl_harness.tracking.store import default_artifact_location, get_or_create_experiment
+from cl_harness.tracking.writer import RunLogger
+from cl_harness.tracking import schema
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INITIAL = [0.5, 0.5]
@@ -32,14 +34,14 @@ RUNS = [
 def add_child(client, experiment_id, parent_id, strategy, seed, matrix, tasks=("t1", "t2"), order=0,
               extra=None, status="FINISHED", metrics=None):
     """A child run as the runner logs it: tags, final and per-step metrics, accuracy_matrix.json."""
-    tags = {"cl_harness.role": "child", "strategy": strategy, "seed": str(seed), "order": str(order),
+    tags = {schema.ROLE_TAG: "child", "strategy": strategy, "seed": str(seed), "order": str(order),
             "stream": "hand", "scenario": "class_incremental", "backbone": "none"}
     logger = RunLogger(client, experiment_id, f"{strategy}/seed{seed}/order{order}", tags=tags, parent_run_id=parent_id)
     for step, row in enumerate([INITIAL, *matrix]):
         logger.log_step(step, {f"acc/{t}": v for t, v in zip(tasks, row)})
     final = metrics if metrics is not None else summary(matrix, INITIAL) if len(matrix) == len(tasks) else {}
     logger.log_final({**final, **(extra or {})})
-    logger.log_dict(accuracy_matrix_dict(list(tasks), INITIAL, matrix), "accuracy_matrix.json")
+    logger.log_dict(accuracy_matrix_dict(list(tasks), INITIAL, matrix), schema.MATRIX_ARTIFACT)
     if status == "FAILED":
         logger.set_tags({"error": "non-finite loss at step 2"})
     logger.end(status)
@@ -47,7 +49,7 @@ def add_child(client, experiment_id, parent_id, strategy, seed, matrix, tasks=("
 
 
 def add_parent(client, experiment_id, name):
-    parent = RunLogger(client, experiment_id, name, tags={"cl_harness.role": "parent", "stream": "hand", "scenario": "class_incremental"})
+    parent = RunLogger(client, experiment_id, name, tags={schema.ROLE_TAG: "parent", "stream": "hand", "scenario": "class_incremental"})
     return parent
 
 
@@ -134,12 +136,12 @@ def test_csv_round_trips_the_raw_table(comparison, tmp_path):
 def test_html_report_is_self_contained(comparison, tmp_path):
     path = write_report(comparison, tmp_path / "report")
     text = path.read_text(encoding="utf-8")
-    assert path.name == "report.html" and "data:image/png;base64," in text
+    assert path.name == schema.REPORT_HTML_ARTIFACT and "data:image/png;base64," in text
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.IGNORECASE)
     assert "<link" not in text and "@import" not in text and "<script" not in text
     assert comparison.parent_run_id in text and "cl-test" in text and "70.0 ± 14.1" in text
     assert "naive/seed2/order0" in text and "FAILED" in text and "backward transfer" in text
-    for name in ("comparison.csv", "comparison.md", "final_acc.png", "forgetting_curves.png",
+    for name in (schema.COMPARISON_CSV_ARTIFACT, schema.COMPARISON_MD_ARTIFACT, "final_acc.png", "forgetting_curves.png",
                  "accuracy_matrix_replay.png", "accuracy_matrix_naive.png"):
         assert (tmp_path / "report" / name).is_file(), name
 
@@ -160,9 +162,9 @@ def test_log_report_attaches_the_report_to_the_parent(store, tmp_path):
     log_report(client, store["parent"], comparison, tmp_path / "a")
     log_report(client, store["parent"], comparison, tmp_path / "b")  # a second call replaces, not appends
     names = {a.path for a in client.list_artifacts(store["parent"])}
-    assert {"comparison_table.json", "report.html", "comparison.csv", "comparison.md", "plots"} <= names
-    assert "plots/final_acc.png" in {a.path for a in client.list_artifacts(store["parent"], "plots")}
-    table = json.loads(open(client.download_artifacts(store["parent"], "comparison_table.json", str(tmp_path))).read())
+    assert {schema.COMPARISON_TABLE_ARTIFACT, schema.REPORT_HTML_ARTIFACT, schema.COMPARISON_CSV_ARTIFACT, schema.COMPARISON_MD_ARTIFACT, "plots"} <= names
+    assert "plots/final_acc.png" in {a.path for a in client.list_artifacts(store["parent"], schema.PLOTS_ARTIFACT_DIR)}
+    table = json.loads(open(client.download_artifacts(store["parent"], schema.COMPARISON_TABLE_ARTIFACT, str(tmp_path))).read())
     assert [row[0] for row in table["data"]] == ["replay", "naive"] and "acc_mean" in table["columns"]
 
 

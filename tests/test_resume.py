@@ -14,6 +14,7 @@ import yaml
 from conftest import write_demo_stream, write_experiment
 
 from cl_harness.cli import main
+from cl_harness.tracking import schema
 
 TESTS = Path(__file__).resolve().parent
 
@@ -58,7 +59,7 @@ def child_run(uri: str, experiment_name: str):
 def matrix_of(client, run, tmp_path) -> list[list[float]]:
     import json
 
-    path = client.download_artifacts(run.info.run_id, "accuracy_matrix.json", str(tmp_path))
+    path = client.download_artifacts(run.info.run_id, schema.MATRIX_ARTIFACT, str(tmp_path))
     return json.loads(Path(path).read_text())["matrix"]
 
 
@@ -81,7 +82,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, tm
     if how == signal.SIGINT:
         assert process.returncode == 130 and "resume" in stderr
         assert run.info.status == "KILLED"
-    steps_before = sorted(m.step for m in client.get_metric_history(run.info.run_id, "acc/seen_avg"))
+    steps_before = sorted(m.step for m in client.get_metric_history(run.info.run_id, schema.SEEN_AVG_METRIC))
     assert steps_before == [0, 1]
 
     # resume: the same command; with the flag gone the pause plugin lets it run to the end
@@ -94,7 +95,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, tm
     client, run = child_run(uri, "resume")
     assert run.info.status == "FINISHED"
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # a finished run keeps its results, not its weights
-    for key in ("acc/seen_avg", "acc/t1", "acc/t2", "acc/t3"):
+    for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2", "acc/t3"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
 
     # the uninterrupted run of the same seed ends with the same accuracy matrix
@@ -143,4 +144,4 @@ def test_non_finite_loss_fails_that_run_with_its_partial_matrix_and_the_grid_goe
     assert runs["nan"].info.status == "FAILED" and "non-finite loss" in runs["nan"].data.tags["error"]
     assert runs["naive"].info.status == "FINISHED"
     assert len(matrix_of(client, runs["nan"], tmp_path)) == 1  # the partial matrix: task 1 only
-    assert sorted(m.step for m in client.get_metric_history(runs["nan"].info.run_id, "acc/seen_avg")) == [0, 1]
+    assert sorted(m.step for m in client.get_metric_history(runs["nan"].info.run_id, schema.SEEN_AVG_METRIC)) == [0, 1]

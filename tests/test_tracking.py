@@ -13,19 +13,16 @@ from mlflow import MlflowClient
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.errors import ConfigError
-from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
-from cl_harness.tracking.mlflow_logger import (
-    PARENT_RUN_TAG,
-    RunLogger,
+from cl_harness.report.plots import plot_accuracy_matrix
+from cl_harness.tracking.schema import PARENT_RUN_TAG, accuracy_matrix_dict, metric_key
+from cl_harness.tracking.store import (
     check_tracking_reachable,
     default_artifact_location,
-    default_tags,
-    flatten_params,
     get_or_create_experiment,
-    metric_key,
-    package_version,
     resolve_tracking_uri,
 )
+from cl_harness.tracking.writer import RunLogger, default_tags, flatten_params, package_version
+from cl_harness.tracking import schema
 
 TASKS = ["ag_news", "sst2", "trec"]
 INITIAL = [0.25, 0.5, 0.2]
@@ -55,14 +52,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     uri = resolve_tracking_uri(f"sqlite:///{root}/db/mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(client, "demo", default_artifact_location(uri, "demo"))
-    png = plot_accuracy_matrix(TASKS, INITIAL, MATRIX, root / "plots" / "accuracy_matrix.png", "naive / seed 0")
+    png = plot_accuracy_matrix(TASKS, INITIAL, MATRIX, root / "plots" / schema.MATRIX_PLOT_ARTIFACT, "naive / seed 0")
     with RunLogger(client, experiment_id, "naive-seed0", tags=default_tags()) as run:
         run.log_config(CONFIG)
         for step in range(1, 4):
-            metrics = {"acc/seen_avg": 0.5 + 0.1 * step, "acc/task 1 (%)": MATRIX[step - 1][0], "loss": 1.0 / step}
+            metrics = {schema.SEEN_AVG_METRIC: 0.5 + 0.1 * step, "acc/task 1 (%)": MATRIX[step - 1][0], "loss": 1.0 / step}
             run.log_step(step, metrics)
         run.log_final({"final/acc": 0.8, "final/bwt": -0.2})
-        run.log_dict(accuracy_matrix_dict(TASKS, INITIAL, MATRIX), "accuracy_matrix.json")
+        run.log_dict(accuracy_matrix_dict(TASKS, INITIAL, MATRIX), schema.MATRIX_ARTIFACT)
         run.log_figure_file(png)
     return Store(uri, client, experiment_id, run.run_id, png)
 
@@ -89,10 +86,10 @@ def test_params_flattened(store: Store) -> None:
 
 
 def test_metric_history_once_per_step(store: Store) -> None:
-    for key in ("acc/seen_avg", "acc/task 1 ___", "loss"):
+    for key in (schema.SEEN_AVG_METRIC, "acc/task 1 ___", "loss"):
         history = store.client.get_metric_history(store.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3], key
-    seen = store.client.get_metric_history(store.run_id, "acc/seen_avg")
+    seen = store.client.get_metric_history(store.run_id, schema.SEEN_AVG_METRIC)
     assert [m.value for m in sorted(seen, key=lambda m: m.step)] == pytest.approx([0.6, 0.7, 0.8])
     metrics = store.client.get_run(store.run_id).data.metrics
     assert metrics["final/acc"] == pytest.approx(0.8)
@@ -101,10 +98,10 @@ def test_metric_history_once_per_step(store: Store) -> None:
 
 def test_artifacts(store: Store, tmp_path: Path) -> None:
     names = {a.path for a in store.client.list_artifacts(store.run_id)}
-    assert names == {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png"}
-    local = Path(store.client.download_artifacts(store.run_id, "config.yaml", str(tmp_path)))
+    assert names == {schema.CONFIG_ARTIFACT, schema.MATRIX_ARTIFACT, schema.MATRIX_PLOT_ARTIFACT}
+    local = Path(store.client.download_artifacts(store.run_id, schema.CONFIG_ARTIFACT, str(tmp_path)))
     assert yaml.safe_load(local.read_text()) == CONFIG
-    local = Path(store.client.download_artifacts(store.run_id, "accuracy_matrix.json", str(tmp_path)))
+    local = Path(store.client.download_artifacts(store.run_id, schema.MATRIX_ARTIFACT, str(tmp_path)))
     assert json.loads(local.read_text()) == {"tasks": TASKS, "column_metrics": ["accuracy"] * len(TASKS), "initial": INITIAL, "matrix": MATRIX}
 
 
@@ -112,7 +109,7 @@ def test_artifacts_live_next_to_the_db(store: Store) -> None:
     location = store.client.get_experiment(store.experiment_id).artifact_location
     db_dir = Path(store.uri[len("sqlite:///") :]).parent
     assert location == (db_dir / "artifacts" / "demo").as_uri()
-    assert (db_dir / "artifacts" / "demo" / store.run_id / "artifacts" / "accuracy_matrix.png").is_file()
+    assert (db_dir / "artifacts" / "demo" / store.run_id / "artifacts" / schema.MATRIX_PLOT_ARTIFACT).is_file()
 
 
 def test_get_or_create_experiment_is_idempotent(store: Store) -> None:
@@ -151,7 +148,7 @@ def test_missing_artifact_file(store: Store, tmp_path: Path) -> None:
 
 
 def test_metric_key() -> None:
-    assert metric_key("acc/seen_avg") == "acc/seen_avg"
+    assert metric_key(schema.SEEN_AVG_METRIC) == schema.SEEN_AVG_METRIC
     assert metric_key("acc/task 1 (%)") == "acc/task 1 ___"
     assert metric_key("loss:train@x") == "loss_train_x"
     assert metric_key("/acc//final/") == "acc/final"

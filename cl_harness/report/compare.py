@@ -1,8 +1,7 @@
-"""Compare the strategies of one experiment invocation, read back from the MLflow tracking store.
+"""Compare the strategies of one experiment invocation: tables from a grid read by ``tracking/reader.py``.
 
-A comparison is built from one **parent run** (tag ``cl_harness.role=parent``) and its **child runs**
-(tag ``mlflow.parentRunId``), one child per (strategy, seed, task order). Only FINISHED children enter
-the statistics; the others are reported as missing or failed.
+Plain data in, tables out. Only FINISHED children enter the statistics; the others are reported as
+missing or failed.
 
 Spread convention: ``<metric>_std`` is the *sample* standard deviation (``ddof=1``) over a strategy's
 finished runs (seeds x orders). It is NaN for a single run (and for metrics a run does not log, e.g.
@@ -11,33 +10,18 @@ finished runs (seeds x orders). It is NaN for a single run (and for metrics a ru
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import Experiment, Run, ViewType
-from mlflow.exceptions import MlflowException
 
-from cl_harness.config.schema import did_you_mean
-from cl_harness.errors import ConfigError
-
-ROLE_TAG = "cl_harness.role"
-PARENT_ROLE, CHILD_ROLE = "parent", "child"
-PARENT_RUN_TAG = "mlflow.parentRunId"
-MATRIX_ARTIFACT = "accuracy_matrix.json"
-PLANNED_ARTIFACT = "planned_runs.json"
-FINISHED = "FINISHED"
-MISSING = "MISSING"
-MAX_LISTED = 20
+from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
+from cl_harness.tracking.schema import FINISHED
 
 #: Metrics aggregated per strategy (mean and std), in table order.
 TABLE_METRICS = (
@@ -93,34 +77,6 @@ DEFINITIONS = {
 
 
 @dataclass
-class ChildRun:
-    """One child run as read back from the store: tags, final metrics and accuracy matrix."""
-
-    run_id: str
-    name: str
-    status: str
-    strategy: str
-    seed: int | None
-    order: int | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    tasks: list[str] = field(default_factory=list)
-    initial: list[float] = field(default_factory=list)
-    matrix: list[list[float]] = field(default_factory=list)
-    error: str | None = None
-    note: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run ended with status FINISHED."""
-        return self.status == FINISHED
-
-    @property
-    def has_matrix(self) -> bool:
-        """Whether a usable accuracy matrix was read."""
-        return bool(self.tasks) and bool(self.matrix)
-
-
-@dataclass
 class MeanMatrix:
     """A strategy's accuracy matrix averaged over its finished runs, column j = j-th task of the training order."""
 
@@ -140,18 +96,13 @@ class MeanMatrix:
 
 
 @dataclass
-class Comparison:
-    """Everything the report shows about one parent run and its children."""
+class Comparison(StoredGrid):
+    """Everything the report shows about one parent run and its children: the stored grid plus its tables."""
 
-    experiment_name: str
-    experiment_id: str
-    parent_run_id: str
-    parent_run_name: str
-    parent_status: str
-    start_time_ms: int | None
-    tracking_uri: str
-    runs: list[ChildRun]
-    parent_tags: dict[str, str] = field(default_factory=dict)
+    @classmethod
+    def from_store(cls, grid: StoredGrid) -> Comparison:
+        """The comparison of a grid read by ``tracking.reader.read_grid``."""
+        return cls(**{f.name: getattr(grid, f.name) for f in fields(StoredGrid)})
 
     @property
     def started(self) -> str:
@@ -250,207 +201,9 @@ def _mean_matrix(strategy: str, runs: Sequence[ChildRun], positional: bool) -> M
 # --- reading the store ----------------------------------------------------------------------------
 
 
-def _public_uri(uri: str) -> str:
-    """The tracking URI without any user:password part."""
-    parts = urlparse(uri)
-    if not parts.netloc or "@" not in parts.netloc:
-        return uri
-    return urlunparse(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-def _listed(names: Sequence[str]) -> str:
-    """At most MAX_LISTED names, comma-separated, with a count of the rest."""
-    shown = ", ".join(names[:MAX_LISTED])
-    rest = len(names) - MAX_LISTED
-    return shown + (f" and {rest} more" if rest > 0 else "") if names else "none"
-
-
-def _paged(fetch: Callable[[str | None], Any]) -> Iterator[Any]:
-    """Every item of a paged MLflow search, ``fetch(page_token)`` returning a PagedList."""
-    token = None
-    while True:
-        page = fetch(token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def find_experiment(client: MlflowClient, name: str) -> Experiment:
-    """The active experiment called ``name``; ConfigError listing the existing ones (with a suggestion) otherwise."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None and experiment.lifecycle_stage != "deleted":
-        return experiment
-    names = sorted(e.name for e in _paged(lambda t: client.search_experiments(ViewType.ACTIVE_ONLY, page_token=t)))
-    suggestion = did_you_mean(name, names)
-    hint = (suggestion + " " if suggestion else "") + f"existing experiments: {_listed(names)}"
-    state = "is deleted" if experiment is not None else "does not exist"
-    raise ConfigError(f"MLflow experiment {name!r} {state} in {_public_uri(client.tracking_uri)}", key="experiment", hint=hint)
-
-
-def _parent_runs(client: MlflowClient, experiment_id: str, limit: int) -> list[Run]:
-    """The experiment's most recent parent runs, newest first."""
-    return list(client.search_runs(
-        [experiment_id], f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", max_results=limit, order_by=["attributes.start_time DESC"]
-    ))
-
-
-def _recent_parents_hint(client: MlflowClient, experiment_id: str) -> str:
-    """A hint listing the experiment's recent parent run ids."""
-    parents = _parent_runs(client, experiment_id, 5)
-    if not parents:
-        return "the experiment has no cl-harness parent run; run `cl-harness run EXPERIMENT.yaml` first"
-    return "recent parent runs: " + ", ".join(f"{p.info.run_id} ({p.info.run_name})" for p in parents)
-
-
-def find_parent(client: MlflowClient, experiment: Experiment, parent_run_id: str | None = None) -> Run:
-    """The given parent run of ``experiment``, or its most recent one; ConfigError when there is none."""
-    if parent_run_id is None:
-        parents = _parent_runs(client, experiment.experiment_id, 1)
-        if not parents:
-            raise ConfigError(
-                f"MLflow experiment {experiment.name!r} has no cl-harness parent run (tag {ROLE_TAG}={PARENT_ROLE})",
-                key="experiment",
-                hint="run `cl-harness run EXPERIMENT.yaml` first; runs logged before parent runs existed cannot be compared",
-            )
-        return parents[0]
-    try:
-        run = client.get_run(parent_run_id)
-    except MlflowException as exc:
-        raise ConfigError(
-            f"no run with id {parent_run_id!r} in {_public_uri(client.tracking_uri)}",
-            key="parent", hint=_recent_parents_hint(client, experiment.experiment_id),
-        ) from exc
-    _check_parent(run, experiment)
-    return run
-
-
-def _check_parent(run: Run, experiment: Experiment) -> None:
-    """Raise ConfigError unless ``run`` is a parent run of ``experiment``."""
-    if run.info.experiment_id != experiment.experiment_id:
-        raise ConfigError(
-            f"run {run.info.run_id} belongs to experiment id {run.info.experiment_id}, not {experiment.name!r}",
-            key="parent", hint=f"pass the experiment the run belongs to, or a parent run of {experiment.name!r}",
-        )
-    role = run.data.tags.get(ROLE_TAG)
-    if role != PARENT_ROLE:
-        parent = run.data.tags.get(PARENT_RUN_TAG)
-        hint = f"its parent run is {parent}" if parent else "pass the id of a run tagged cl_harness.role=parent"
-        raise ConfigError(f"run {run.info.run_id} is not a cl-harness parent run (role {role!r})", key="parent", hint=hint)
-
-
-def find_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
-    """All active child runs of the parent (every page)."""
-    query = f"tags.{PARENT_RUN_TAG} = '{parent_run_id}'"
-    return list(_paged(lambda t: client.search_runs([experiment_id], query, max_results=1000, page_token=t)))
-
-
-def _int_tag(tags: dict[str, str], key: str) -> int | None:
-    """An integer tag value, or None when absent or not an integer."""
-    try:
-        return int(tags[key])
-    except (KeyError, ValueError):
-        return None
-
-
-def parse_matrix(data: Any) -> tuple[list[str], list[float], list[list[float]]]:
-    """``(tasks, initial, matrix)`` of an ``accuracy_matrix.json`` payload; ValueError when malformed."""
-    if not isinstance(data, dict) or not {"tasks", "initial", "matrix"} <= set(data):
-        raise ValueError("expected an object with 'tasks', 'initial' and 'matrix'")
-    tasks = [str(t) for t in data["tasks"]]
-    initial = [float(x) for x in data["initial"]]
-    matrix = [[float(x) for x in row] for row in data["matrix"]]
-    if not tasks or len(initial) != len(tasks) or any(len(row) != len(tasks) for row in matrix):
-        raise ValueError(f"shapes do not match {len(tasks)} tasks")
-    if len(matrix) > len(tasks):
-        raise ValueError(f"{len(matrix)} rows for {len(tasks)} tasks")
-    return tasks, initial, matrix
-
-
-def _read_matrix(client: MlflowClient, run_id: str, scratch: Path) -> tuple[list[str], list[float], list[list[float]]]:
-    """Download and parse the run's accuracy_matrix.json; ValueError when missing or malformed."""
-    target = scratch / run_id
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        local = client.download_artifacts(run_id, MATRIX_ARTIFACT, str(target))
-        data = json.loads(Path(local).read_text(encoding="utf-8"))
-    except (MlflowException, OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{MATRIX_ARTIFACT} could not be read ({type(exc).__name__})") from exc
-    try:
-        return parse_matrix(data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{MATRIX_ARTIFACT} is malformed: {exc}") from exc
-
-
-def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
-    """A ChildRun from an MLflow run; the matrix is downloaded for FINISHED runs only."""
-    tags = run.data.tags
-    name = run.info.run_name or run.info.run_id
-    child = ChildRun(
-        run_id=run.info.run_id,
-        name=name,
-        status=run.info.status,
-        strategy=tags.get("strategy") or name.split("/", 1)[0],
-        seed=_int_tag(tags, "seed"),
-        order=_int_tag(tags, "order"),
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
-        error=tags.get("error"),
-    )
-    if child.finished:
-        try:
-            child.tasks, child.initial, child.matrix = _read_matrix(client, child.run_id, scratch)
-        except ValueError as exc:
-            child.note = str(exc)
-    return child
-
-
-def _planned_names(client: MlflowClient, parent_run_id: str, scratch: Path) -> list[str]:
-    """The run names the parent planned (its ``planned_runs.json``); empty for parents logged before it existed."""
-    target = scratch / parent_run_id
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        local = client.download_artifacts(parent_run_id, PLANNED_ARTIFACT, str(target))
-        return [str(name) for name in json.loads(Path(local).read_text(encoding="utf-8"))["runs"]]
-    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError):
-        return []
-
-
-def missing_run(name: str) -> ChildRun:
-    """A planned ``<strategy>/seed<k>/order<m>`` run that has no child run in the store."""
-    strategy, seed, order = (name.split("/") + ["", ""])[:3]
-    return ChildRun(
-        run_id="", name=name, status=MISSING, strategy=strategy,
-        seed=_int_tag({"s": seed.removeprefix("seed")}, "s"), order=_int_tag({"o": order.removeprefix("order")}, "o"),
-        error="planned, but no run was logged (its worker never started it)",
-    )
-
-
-def _run_sort_key(run: ChildRun) -> tuple:
-    """Children ordered by strategy, seed, order, name."""
-    return (run.strategy, run.seed if run.seed is not None else -1, run.order if run.order is not None else -1, run.name)
-
-
-def load_comparison(client: MlflowClient, experiment_name: str, parent_run_id: str | None = None) -> Comparison:
+def load_comparison(client: Any, experiment_name: str, parent_run_id: str | None = None) -> Comparison:
     """Read a parent run (default: the experiment's most recent one) and all its children back from the store."""
-    experiment = find_experiment(client, experiment_name)
-    parent = find_parent(client, experiment, parent_run_id)
-    children = find_children(client, experiment.experiment_id, parent.info.run_id)
-    with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch:
-        runs = [read_child(client, run, Path(scratch)) for run in children]
-        logged = {r.name for r in runs}
-        runs += [missing_run(name) for name in _planned_names(client, parent.info.run_id, Path(scratch)) if name not in logged]
-        runs.sort(key=_run_sort_key)
-    return Comparison(
-        experiment_name=experiment.name,
-        experiment_id=experiment.experiment_id,
-        parent_run_id=parent.info.run_id,
-        parent_run_name=parent.info.run_name or parent.info.run_id,
-        parent_status=parent.info.status,
-        start_time_ms=parent.info.start_time,
-        tracking_uri=_public_uri(client.tracking_uri),
-        runs=runs,
-        parent_tags=dict(parent.data.tags),
-    )
+    return Comparison.from_store(read_grid(client, experiment_name, parent_run_id))
 
 
 # --- formatting -----------------------------------------------------------------------------------

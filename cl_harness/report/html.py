@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import tempfile
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-from mlflow import MlflowClient
+from typing import Any
+
 
 from cl_harness.report.compare import (
     DEFINITIONS,
@@ -24,9 +22,8 @@ from cl_harness.report.compare import (
     write_csv,
 )
 from cl_harness.report.plots import PlotFile, write_plots
-
-TABLE_ARTIFACT = "comparison_table.json"
-PLOTS_ARTIFACT_DIR = "plots"
+from cl_harness.tracking import schema
+from cl_harness.tracking.writer import log_report_files
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -76,7 +73,7 @@ def _meta_html(comparison: Comparison) -> str:
         ("experiment", f"{comparison.experiment_name} (id {comparison.experiment_id})"),
         ("parent run", f"{comparison.parent_run_name} ({comparison.parent_run_id}), status {comparison.parent_status}"),
         ("started", comparison.started),
-        ("stream", f"{tags.get('stream', '?')} ({tags.get('scenario', '?')})"),
+        ("stream", f"{tags.get(schema.STREAM_TAG, '?')} ({tags.get(schema.SCENARIO_TAG, '?')})"),
         ("runs", f"{len(comparison.finished())} of {len(comparison.runs)} finished"),
         ("tracking store", comparison.tracking_uri),
         ("report generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -161,11 +158,11 @@ def build_report(comparison: Comparison, out_dir: str | Path) -> ReportFiles:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = comparison.table()
-    csv_path = write_csv(table, out / "comparison.csv")
-    md_path = out / "comparison.md"
+    csv_path = write_csv(table, out / schema.COMPARISON_CSV_ARTIFACT)
+    md_path = out / schema.COMPARISON_MD_ARTIFACT
     md_path.write_text(markdown(table), encoding="utf-8")
     plots = write_plots(comparison, out)
-    html_path = out / "report.html"
+    html_path = out / schema.REPORT_HTML_ARTIFACT
     html_path.write_text(render_html(comparison, plots), encoding="utf-8")
     return ReportFiles(html_path, csv_path, md_path, plots)
 
@@ -175,26 +172,8 @@ def write_report(comparison: Comparison, out_dir: str | Path) -> Path:
     return build_report(comparison, out_dir).html
 
 
-def _log_table(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
-    """Log the table as ``comparison_table.json``; replaced, not appended to, when the run already has one."""
-    existing = {a.path for a in client.list_artifacts(run_id)}
-    if TABLE_ARTIFACT not in existing:
-        with warnings.catch_warnings():  # MLflow's own select_dtypes(["object"]) call warns under pandas 3
-            warnings.filterwarnings("ignore", message="For backward compatibility, 'str' dtypes")
-            client.log_table(run_id, data=table, artifact_file=TABLE_ARTIFACT)
-        return
-    with tempfile.TemporaryDirectory() as tmp:  # log_table would concatenate with the old rows
-        path = Path(tmp) / TABLE_ARTIFACT
-        table.to_json(path, orient="split", index=False)
-        client.log_artifact(run_id, str(path))
-
-
-def log_report(client: MlflowClient, parent_run_id: str, comparison: Comparison, out_dir: str | Path) -> Path:
+def log_report(client: Any, parent_run_id: str, comparison: Comparison, out_dir: str | Path) -> Path:
     """Write the report into ``out_dir`` and log it to the parent run; returns the local ``report.html``."""
     files = build_report(comparison, out_dir)
-    _log_table(client, parent_run_id, comparison.table())
-    for path in (files.csv, files.markdown, files.html):
-        client.log_artifact(parent_run_id, str(path))
-    for plot in files.plots:
-        client.log_artifact(parent_run_id, str(plot.path), PLOTS_ARTIFACT_DIR)
+    log_report_files(client, parent_run_id, comparison.table(), [files.csv, files.markdown, files.html], [p.path for p in files.plots])
     return files.html

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cl_harness.report.compare import Comparison, MeanMatrix
-from cl_harness.tracking.artifacts import MAX_LABEL_CHARS
+from cl_harness.tracking import schema
+
+MAX_LABEL_CHARS = 24
 
 DPI = 120
 MAX_COLUMNS = 3
@@ -114,26 +117,39 @@ def final_acc_figure(comparison: Comparison) -> Figure:
 # --- mean accuracy-matrix heatmap -----------------------------------------------------------------
 
 
-def heatmap_figure(mean: MeanMatrix) -> Figure:
-    """The mean accuracy matrix of one strategy, in the style of the per-run ``accuracy_matrix.png``."""
-    pct = np.vstack([mean.initial, mean.rows]) * 100.0
+def heatmap(columns: Sequence[str], row_labels: Sequence[str], rows: np.ndarray, title: str) -> Figure:
+    """An accuracy-matrix heatmap: ``rows`` (initial + after each step, fractions) over ``columns``, cells in %."""
+    pct = np.asarray(rows, dtype=np.float64) * 100.0  # (steps + 1, tasks)
     n_rows, n_cols = pct.shape
     fig = _figure(3.0 + 0.8 * n_cols, 2.2 + 0.5 * n_rows)
     ax = fig.subplots()
     image = ax.imshow(pct, cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
-    ax.set_xticks(range(n_cols), [_short(t) for t in mean.labels], rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n_rows), ["initial"] + [f"after {_short(mean.row_label(i))}" for i in range(n_rows - 1)])
+    ax.set_xticks(range(n_cols), [_short(str(c)) for c in columns], rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n_rows), ["initial"] + [f"after {_short(str(label))}" for label in row_labels[: n_rows - 1]])
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("model state")
-    ax.set_title(f"{mean.strategy}: mean of {mean.n_runs} run(s)")
+    ax.set_title(title)
     size = max(7.0, 11.0 - 0.3 * n_cols)
     for i in range(n_rows):
         for j in range(n_cols):
             colour = "black" if pct[i, j] >= 60.0 else "white"
             ax.text(j, i, f"{pct[i, j]:.1f}", ha="center", va="center", color=colour, fontsize=size)
-    ax.axhline(0.5, color="white", linewidth=2.0)
+    ax.axhline(0.5, color="white", linewidth=2.0)  # separate the untrained row from the trained ones
     fig.colorbar(image, ax=ax).set_label("accuracy (%)")
     return fig
+
+
+def heatmap_figure(mean: MeanMatrix) -> Figure:
+    """The mean accuracy matrix of one strategy, in the style of the per-run ``accuracy_matrix.png``."""
+    labels = [mean.row_label(i) for i in range(len(mean.steps))]
+    return heatmap(mean.labels, labels, np.vstack([mean.initial, mean.rows]), f"{mean.strategy}: mean of {mean.n_runs} run(s)")
+
+
+def plot_accuracy_matrix(
+    tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Sequence[float]], path: str | Path, title: str
+) -> Path:
+    """Write one run's accuracy matrix as a heatmap PNG (rows: initial + after each task; cells in %) and return its path."""
+    return save_png(heatmap(tasks, tasks, schema.matrix_rows(tasks, initial, matrix), title), path)
 
 
 # --- output ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cl_harness.config.experiment import ExperimentConfig
 from cl_harness.config.yaml_io import Source
 from cl_harness.strategies.registry import StrategySpec
+from cl_harness.tracking.schema import run_name
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class PlannedRun:
 
     @property
     def name(self) -> str:
-        return f"{self.strategy.label}/seed{self.seed}/order{self.order_index}"
+        return run_name(self.strategy.label, self.seed, self.order_index)
 
 
 def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Source) -> list[tuple[int, ...]]:

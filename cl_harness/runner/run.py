@@ -31,7 +31,8 @@ from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
-from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
+from cl_harness.tracking import schema
+from cl_harness.tracking.writer import RunLogger
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunResult:
 
     @property
     def run_name(self) -> str:
-        return f"{self.strategy}/seed{self.seed}/order{self.order_index}"
+        return schema.run_name(self.strategy, self.seed, self.order_index)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,8 +112,8 @@ def current_memory_mb(device: torch.device) -> float:
 
 def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, float]:
     """``acc/<task>`` for every task and ``acc/seen_avg``, for one evaluation step."""
-    metrics = {metric_key(f"acc/{name}"): value for name, value in zip(tasks, row)}
-    metrics["acc/seen_avg"] = seen_average(row, step)
+    metrics = {schema.task_acc_metric(name): value for name, value in zip(tasks, row)}
+    metrics[schema.SEEN_AVG_METRIC] = seen_average(row, step)
     return metrics
 
 
@@ -221,7 +222,7 @@ class Evaluation:
                 if task.kind == "mlm":
                     row.append(masked_token_accuracy(model, task.test_inputs, self.masking, self.batch_size, self.device, seed=task.index))
                     ppl = pseudo_perplexity(model, task.test_inputs, self.masking, self.batch_size, self.device)
-                    self.extra[metric_key(f"pppl/{task.name}")] = ppl
+                    self.extra[schema.pppl_metric(task.name)] = ppl
                     bar.update(len(task.test_targets))
                 else:
                     row.append(task_accuracy(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update))
@@ -286,7 +287,7 @@ def train_and_evaluate(
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     masking = checked.masking()
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
-    logged = logger.logged_steps("acc/seen_avg") if logger else set()  # a run stopped before its first checkpoint has step 0 already
+    logged = logger.logged_steps(schema.SEEN_AVG_METRIC) if logger else set()  # a run stopped before its first checkpoint has step 0 already
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
         if logger and step not in logged:
@@ -329,7 +330,7 @@ def train_and_evaluate(
                 save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock, loss_scale)
                 state.steps_done = step
                 save_state(folder, state)
-            log_step(step, row, {"train_time_s": meter.task_seconds, "trainable_params": float(model.trainable_parameters()), **evaluate.extra})
+            log_step(step, row, {schema.TRAIN_TIME_METRIC: meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(model.trainable_parameters()), **evaluate.extra})
     except TrainingError as exc:  # the partial matrix is kept and logged
         result.status, result.error = "FAILED", str(exc)
     else:

@@ -31,10 +31,10 @@ def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
 
 def run_planned(spec: RunSpec, index: int, prepared: PreparedExperiment | None = None) -> RunResult:
     """Run ``spec.run_names[index]``, resuming from its run folder; ``prepared`` (else loaded here) serves a worker's runs."""
-    from mlflow import MlflowClient
+    from cl_harness.tracking.store import connect
 
     prepared = prepared or prepare_in_worker(spec)
     planned = prepared.checked.runs[index]
-    client = MlflowClient(tracking_uri=spec.tracking_uri)
+    client = connect(spec.tracking_uri)
     folder = run_folder(Path(spec.grid), planned)
     return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, folder)

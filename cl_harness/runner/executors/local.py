@@ -37,7 +37,7 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
     The experiment is loaded and tokenised once, for the first run, and serves every later run of this worker.
     """
     from cl_harness.runner.worker import prepare_in_worker, run_planned
-    from cl_harness.tracking.mlflow_logger import is_store_failure
+    from cl_harness.tracking.store import is_store_failure
 
     signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the run KILLED, its checkpoint kept
     prepared = None

@@ -50,7 +50,7 @@ class RayExecutor:
         from ray.exceptions import RayError, RayTaskError
 
         from cl_harness.runner.worker import run_planned
-        from cl_harness.tracking.mlflow_logger import is_store_failure
+        from cl_harness.tracking.store import is_store_failure
 
         started_here = self.connect()
         spec = context.spec(max(1, math.ceil(self.cpus)))

@@ -1,148 +1,39 @@
-"""MLflow logging through ``mlflow.MlflowClient`` only: no fluent API, no active-run global state."""
+"""Writing to the store: parent and child run lifecycles and their logging, through ``mlflow.MlflowClient`` only
+(no fluent API, no active-run global state). Names come from ``tracking/schema.py``."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import re
 import subprocess
+import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
 
-from cl_harness.config.experiment import DEFAULT_TRACKING_URI
-from cl_harness.errors import ConfigError, TrackingStoreError
+from cl_harness.tracking import schema
+from cl_harness.tracking.schema import END_STATUSES, PARENT_RUN_TAG, metric_key
+from cl_harness.tracking.store import run_exists
 
 TRACKED_PACKAGES = ("torch", "transformers", "avalanche-lib", "mlflow", "datasets", "cl-harness")
-END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-PARENT_RUN_TAG = "mlflow.parentRunId"
-
-
-def is_store_failure(exc: BaseException) -> bool:
-    """Whether an exception means the tracking store (database, server, disk) failed, rather than the run."""
-    from requests.exceptions import RequestException
-
-    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError))
-
-
-SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
-
-_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
-_BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 T = TypeVar("T")
 
 
-# --- tracking store -------------------------------------------------------------------------------
-
-
-def sqlite_db_path(uri: str) -> Path | None:
-    """The database file of a local ``sqlite:///path`` URI (relative to the cwd unless absolute); None otherwise."""
-    prefix = "sqlite:///"
-    if not uri.lower().startswith(prefix):
-        return None
-    path = uri[len(prefix) :].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
-def choose_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI (nothing created)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use (``choose_tracking_uri``); creates a sqlite db's folder."""
-    chosen = choose_tracking_uri(uri)
-    db = sqlite_db_path(chosen)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return chosen
-
-
-def _dir_name(name: str) -> str:
-    """A file-system-safe folder name for an experiment name."""
-    return _BAD_DIR_CHARS.sub("_", name).strip("._") or "experiment"
-
-
-def default_artifact_location(uri: str, experiment_name: str) -> str | None:
-    """``file://<db dir>/artifacts/<experiment>`` for a local sqlite store; None elsewhere (the server decides)."""
-    db = sqlite_db_path(uri)
-    if db is None:
-        return None
-    return (db.parent.resolve() / "artifacts" / _dir_name(experiment_name)).as_uri()
-
-
-def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Raise ConfigError if an http(s) tracking server does not answer ``<uri>/health``; no-op for local stores."""
-    if urlparse(uri).scheme.lower() not in ("http", "https"):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):
-            return
-    except urllib.error.HTTPError as exc:  # the server answered (even 404/401): it is reachable
-        exc.close()
-        return
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise ConfigError(
-            f"MLflow tracking server {uri} is not reachable ({reason})", key="tracking.uri", hint=SERVER_HINT
-        ) from exc
-
-
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """The id of the experiment called ``name``, created (with ``artifact_location``) if missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException as exc:  # created meanwhile by a concurrent run
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise exc
-    if experiment.lifecycle_stage == "deleted":
-        raise ConfigError(
-            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted",
-            key="tracking.experiment",
-            hint=f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
-            "or choose another tracking.experiment",
-        )
-    return experiment.experiment_id
-
-
 # --- keys and values ------------------------------------------------------------------------------
-
-
-def metric_key(name: str) -> str:
-    """An MLflow-valid metric/param key: other characters become ``_``; empty, ``.`` and ``..`` path parts dropped."""
-    cleaned = _BAD_KEY_CHARS.sub("_", str(name))
-    parts = [p if p != ".." else "__" for p in cleaned.split("/") if p not in ("", ".")]
-    key = "/".join(parts)[:MAX_ENTITY_KEY_LENGTH].rstrip("/")
-    if not key:
-        raise ValueError(f"metric name {name!r} has no usable characters")
-    return key
 
 
 def plain(obj: Any) -> Any:
@@ -246,7 +137,7 @@ class RunLogger:
         for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk)
         text = yaml.safe_dump(plain(resolved), sort_keys=False, allow_unicode=True)
-        self._client.log_text(self._run_id, text, "config.yaml")
+        self._client.log_text(self._run_id, text, schema.CONFIG_ARTIFACT)
 
     def _log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log ``metrics`` at ``step`` in one ``log_batch`` call (more only past MLflow's 1000-per-batch cap)."""
@@ -337,14 +228,142 @@ def git_tags(directory: Path) -> dict[str, str]:
     """``git_commit`` and ``git_dirty`` (tracked files changed) for ``directory``; ``unknown`` outside a checkout."""
     commit = _git(["rev-parse", "HEAD"], directory)
     if not commit:
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+        return {schema.GIT_COMMIT_TAG: "unknown", schema.GIT_DIRTY_TAG: "unknown"}
     status = _git(["status", "--porcelain", "--untracked-files=no"], directory)
     dirty = "unknown" if status is None else str(bool(status)).lower()
-    return {"git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit}
+    return {schema.GIT_COMMIT_TAG: commit, schema.GIT_DIRTY_TAG: dirty, schema.MLFLOW_GIT_COMMIT_TAG: commit}
 
 
 def default_tags(project_dir: Path | None = None) -> dict[str, str]:
     """Provenance tags: ``versions.<pkg>`` for the main packages plus the git commit of ``project_dir``."""
-    tags = {f"versions.{name}": package_version(name) for name in TRACKED_PACKAGES}
+    tags = {schema.version_tag(name): package_version(name) for name in TRACKED_PACKAGES}
     tags.update(git_tags(project_dir if project_dir is not None else Path(__file__).resolve().parents[2]))
     return tags
+
+
+# --- the grid's runs ------------------------------------------------------------------------------
+
+
+def child_tags(label: str, seed: int, order: int, tasks: Sequence[str], stream: str, scenario: str, backbone: str) -> dict[str, str]:
+    """The tags of the child run of one (strategy, seed, task order)."""
+    return {
+        schema.ROLE_TAG: schema.CHILD_ROLE,
+        schema.STRATEGY_TAG: label,
+        schema.SEED_TAG: str(seed),
+        schema.ORDER_TAG: str(order),
+        schema.TASK_ORDER_TAG: schema.task_order_tag(tasks),
+        schema.STREAM_TAG: stream,
+        schema.SCENARIO_TAG: scenario,
+        schema.BACKBONE_TAG: backbone,
+    }
+
+
+def parent_tags(stream: str, scenario: str) -> dict[str, str]:
+    """The tags of a grid's parent run (besides the provenance tags)."""
+    return {schema.ROLE_TAG: schema.PARENT_ROLE, schema.STREAM_TAG: stream, schema.SCENARIO_TAG: scenario}
+
+
+def open_child(
+    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], parent_run_id: str, config: Mapping[str, Any]
+) -> RunLogger:
+    """A new child run of ``parent_run_id``, with its tags and resolved config logged."""
+    logger = RunLogger(client, experiment_id, name, tags=tags, parent_run_id=parent_run_id)
+    logger.log_config(config)
+    return logger
+
+
+def reopen_run(client: MlflowClient, run_id: str | None, experiment_id: str | None = None) -> RunLogger | None:
+    """The run ``run_id`` reopened for logging when it still exists (in ``experiment_id`` when given); else None."""
+    if not run_id or not run_exists(client, run_id):
+        return None
+    if experiment_id is not None and client.get_run(run_id).info.experiment_id != experiment_id:
+        return None
+    return RunLogger.reopen(client, run_id)
+
+
+def open_parent(
+    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], config: Mapping[str, Any], planned: Sequence[str]
+) -> RunLogger:
+    """A new parent run: its config and the names of the runs it plans (the report names runs that never started)."""
+    parent = RunLogger(client, experiment_id, name, tags=tags)
+    parent.log_config(config)
+    parent.log_dict(schema.planned_runs_dict(planned), schema.PLANNED_RUNS_ARTIFACT)
+    return parent
+
+
+def log_matrix(
+    logger: RunLogger,
+    tasks: Sequence[str],
+    initial: Sequence[float],
+    matrix: Sequence[Sequence[float]],
+    column_metrics: Sequence[str] | None,
+    draw: Callable[[Path], Any] | None = None,
+) -> None:
+    """The accuracy matrix as ``accuracy_matrix.json``, and as ``accuracy_matrix.png`` drawn by ``draw(path)``."""
+    logger.log_dict(schema.accuracy_matrix_dict(tasks, initial, matrix, column_metrics), schema.MATRIX_ARTIFACT)
+    if draw is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / schema.MATRIX_PLOT_ARTIFACT
+            draw(png)
+            logger.log_artifact(png)
+
+
+def record_error(logger: RunLogger, error: str) -> None:
+    """The ``error`` tag of a failed run."""
+    logger.set_tags({schema.ERROR_TAG: error[: schema.ERROR_TAG_CHARS]})
+
+
+def close_lost_child(client: MlflowClient, experiment_id: str, parent_run_id: str, name: str, error: str) -> str | None:
+    """A child whose worker gave up or died: marked FAILED if still RUNNING, with its error tag; returns its run id."""
+    quoted = name.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id], f"tags.{PARENT_RUN_TAG} = '{parent_run_id}' and attributes.run_name = '{quoted}'"
+    )
+    if not found:
+        return None
+    run_id = found[0].info.run_id
+    if found[0].info.status == schema.RUNNING:  # its worker died: nobody else will close it
+        client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS])
+        client.set_terminated(run_id, schema.FAILED)
+    elif schema.ERROR_TAG not in found[0].data.tags:  # ended FAILED by the worker's own error handling
+        client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS])
+    return run_id
+
+
+def log_grid_counts(parent: RunLogger, finished: int, total: int) -> None:
+    """How many of the parent's planned runs finished."""
+    parent.log_final({schema.RUNS_FINISHED_METRIC: float(finished), schema.RUNS_TOTAL_METRIC: float(total)})
+
+
+def log_report_files(client: MlflowClient, run_id: str, table: Any, files: Sequence[Path], plots: Sequence[Path]) -> None:
+    """Attach a comparison report to a parent run: the table as ``comparison_table.json`` (replaced, not appended
+    to, when the run already has one), the report files at the root and the plots under ``plots/``."""
+    _log_table(client, run_id, table)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    for path in plots:
+        client.log_artifact(run_id, str(path), schema.PLOTS_ARTIFACT_DIR)
+
+
+def _log_table(client: MlflowClient, run_id: str, table: Any) -> None:
+    """Log a pandas table as ``comparison_table.json``; a second call replaces the first."""
+    import warnings
+
+    existing = {a.path for a in client.list_artifacts(run_id)}
+    if schema.COMPARISON_TABLE_ARTIFACT not in existing:
+        with warnings.catch_warnings():  # MLflow's own select_dtypes(["object"]) call warns under pandas 3
+            warnings.filterwarnings("ignore", message="For backward compatibility, 'str' dtypes")
+            client.log_table(run_id, data=table, artifact_file=schema.COMPARISON_TABLE_ARTIFACT)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # log_table would concatenate with the old rows
+        path = Path(tmp) / schema.COMPARISON_TABLE_ARTIFACT
+        table.to_json(path, orient="split", index=False)
+        client.log_artifact(run_id, str(path))
+
+
+def end_quietly(logger: RunLogger, status: str) -> None:
+    """Mark a run ended while another error is on its way up; a tracking outage must not hide that error."""
+    try:
+        logger.end(status)
+    except Exception:  # noqa: BLE001 - the store may be the thing that failed
+        pass

@@ -1,0 +1,216 @@
+"""The MLflow store layout, in one place: tag, artifact, metric and run names, with a parser for each format.
+
+Everything that writes to the store (``tracking/writer.py``) and everything that reads it back
+(``tracking/reader.py``) names things through this module; tests spell store strings through it too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# --- run statuses ----------------------------------------------------------------------------------
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+END_STATUSES = (FINISHED, FAILED, KILLED)
+MISSING = "MISSING"  # a planned run with no run in the store (never an MLflow status)
+
+# --- tags ------------------------------------------------------------------------------------------
+
+ROLE_TAG = "cl_harness.role"
+PARENT_ROLE, CHILD_ROLE = "parent", "child"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+STRATEGY_TAG = "strategy"
+SEED_TAG = "seed"
+ORDER_TAG = "order"
+TASK_ORDER_TAG = "task_order"
+STREAM_TAG = "stream"
+SCENARIO_TAG = "scenario"
+BACKBONE_TAG = "backbone"
+ERROR_TAG = "error"
+ERROR_TAG_CHARS = 4000  # an error tag keeps this many characters of the error
+VERSIONS_TAG_PREFIX = "versions."
+GIT_COMMIT_TAG, GIT_DIRTY_TAG, MLFLOW_GIT_COMMIT_TAG = "git_commit", "git_dirty", "mlflow.source.git.commit"
+CHILD_TAGS = (STRATEGY_TAG, SEED_TAG, ORDER_TAG, TASK_ORDER_TAG, STREAM_TAG, SCENARIO_TAG, BACKBONE_TAG)
+
+
+def version_tag(package: str) -> str:
+    """``versions.<package>``: the installed version of a package a run was made with."""
+    return f"{VERSIONS_TAG_PREFIX}{package}"
+
+
+def task_order_tag(tasks: Sequence[str]) -> str:
+    """The ``task_order`` tag value: task names in training order, comma-separated."""
+    return ",".join(tasks)
+
+
+def parse_task_order_tag(value: str) -> list[str]:
+    """The task names of a ``task_order`` tag value."""
+    return value.split(",") if value else []
+
+
+def int_tag(tags: dict[str, str], key: str) -> int | None:
+    """An integer tag value (``seed``, ``order``), or None when absent or not an integer."""
+    try:
+        return int(tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+# --- run names -------------------------------------------------------------------------------------
+
+_RUN_NAME = re.compile(r"^(?P<label>.+)/seed(?P<seed>-?\d+)/order(?P<order>\d+)$")
+
+
+@dataclass(frozen=True)
+class RunName:
+    """A child run's name: ``<label>/seed<k>/order<m>``."""
+
+    label: str
+    seed: int | None
+    order: int | None
+
+    def __str__(self) -> str:
+        return run_name(self.label, self.seed, self.order)
+
+
+def run_name(label: str, seed: int | None, order: int | None) -> str:
+    """``<label>/seed<k>/order<m>``: the name of the child run of one (strategy, seed, task order)."""
+    return f"{label}/seed{seed}/order{order}"
+
+
+def parse_run_name(name: str) -> RunName:
+    """The parts of a child run name; a name of another shape keeps its first ``/`` part as the label, no seed or order."""
+    match = _RUN_NAME.match(name)
+    if match:
+        return RunName(match["label"], int(match["seed"]), int(match["order"]))
+    return RunName(name.split("/", 1)[0], None, None)
+
+
+# --- metric names ----------------------------------------------------------------------------------
+
+KEY_CHARS = 250  # MLflow's longest metric/param key (mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH)
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+TASK_ACC_PREFIX = "acc"  # acc/<task>: the task's matrix column (accuracy, or masked-token accuracy)
+PPPL_PREFIX = "pppl"  # pppl/<task>: an mlm task's pseudo-perplexity
+SEEN_AVG_METRIC = "acc/seen_avg"  # mean of the columns of the tasks trained so far
+TRAIN_TIME_METRIC = "train_time_s"  # per step: seconds spent training the step's task
+TRAINABLE_PARAMS_METRIC = "trainable_params"
+RUNS_FINISHED_METRIC, RUNS_TOTAL_METRIC = "runs_finished", "runs_total"  # on the parent run
+#: Final (end-of-run) metrics of a child run.
+FINAL_METRICS = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")
+COST_METRICS = (
+    "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
+    TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
+)
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-valid metric/param key: other characters become ``_``; empty, ``.`` and ``..`` path parts dropped."""
+    cleaned = _BAD_KEY_CHARS.sub("_", str(name))
+    parts = [p if p != ".." else "__" for p in cleaned.split("/") if p not in ("", ".")]
+    key = "/".join(parts)[:KEY_CHARS].rstrip("/")
+    if not key:
+        raise ValueError(f"metric name {name!r} has no usable characters")
+    return key
+
+
+def task_metric(prefix: str, task: str) -> str:
+    """``<prefix>/<task>`` as an MLflow key, e.g. ``acc/sst2``."""
+    return metric_key(f"{prefix}/{task}")
+
+
+def task_acc_metric(task: str) -> str:
+    """``acc/<task>``: the per-step score of one task (its matrix column)."""
+    return task_metric(TASK_ACC_PREFIX, task)
+
+
+def pppl_metric(task: str) -> str:
+    """``pppl/<task>``: the per-step pseudo-perplexity of an mlm task."""
+    return task_metric(PPPL_PREFIX, task)
+
+
+def parse_task_metric(key: str) -> tuple[str, str] | None:
+    """``(prefix, task)`` of a per-task key like ``acc/sst2``; None for other keys (``acc/seen_avg`` included)."""
+    if key == SEEN_AVG_METRIC or "/" not in key:
+        return None
+    prefix, task = key.split("/", 1)
+    return prefix, task
+
+
+# --- artifacts -------------------------------------------------------------------------------------
+
+CONFIG_ARTIFACT = "config.yaml"
+MATRIX_ARTIFACT = "accuracy_matrix.json"
+MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"
+PLANNED_RUNS_ARTIFACT = "planned_runs.json"  # on the parent: {"runs": [run names]}
+REPORT_HTML_ARTIFACT = "report.html"
+COMPARISON_CSV_ARTIFACT = "comparison.csv"
+COMPARISON_MD_ARTIFACT = "comparison.md"
+COMPARISON_TABLE_ARTIFACT = "comparison_table.json"
+PLOTS_ARTIFACT_DIR = "plots"
+ACCURACY_COLUMN, MASKED_TOKEN_COLUMN = "accuracy", "masked_token_accuracy"  # what a matrix column holds
+
+
+def matrix_rows(tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Sequence[float]]) -> np.ndarray:
+    """Stack ``initial`` and the matrix rows into one (k+1, T) float array, checking the shapes."""
+    n = len(tasks)
+    if n == 0:
+        raise ValueError("no tasks")
+    if len(initial) != n:
+        raise ValueError(f"initial has {len(initial)} values for {n} tasks")
+    if len(matrix) > n:
+        raise ValueError(f"matrix has {len(matrix)} rows for {n} tasks (one row per trained task)")
+    for i, row in enumerate(matrix):
+        if len(row) != n:
+            raise ValueError(f"matrix row {i} has {len(row)} values for {n} tasks")
+    return np.array([list(initial), *[list(r) for r in matrix]], dtype=np.float64).reshape(len(matrix) + 1, n)
+
+
+def accuracy_matrix_dict(
+    tasks: Sequence[str],
+    initial: Sequence[float],
+    matrix: Sequence[Sequence[float]],
+    column_metrics: Sequence[str] | None = None,
+) -> dict[str, list]:
+    """The accuracy matrix as plain JSON data: task names, untrained scores, one row per trained task, and what
+    each column holds (``accuracy``, or ``masked_token_accuracy`` for an mlm task)."""
+    rows = matrix_rows(tasks, initial, matrix)
+    metrics = list(column_metrics) if column_metrics is not None else [ACCURACY_COLUMN] * len(tasks)
+    if len(metrics) != len(tasks):
+        raise ValueError(f"column_metrics has {len(metrics)} entries for {len(tasks)} tasks")
+    return {
+        "tasks": [str(t) for t in tasks],
+        "column_metrics": metrics,
+        "initial": [float(x) for x in rows[0]],
+        "matrix": [[float(x) for x in row] for row in rows[1:]],
+    }
+
+
+def parse_matrix(data: Any) -> tuple[list[str], list[float], list[list[float]]]:
+    """``(tasks, initial, matrix)`` of an ``accuracy_matrix.json`` payload; ValueError when malformed."""
+    if not isinstance(data, dict) or not {"tasks", "initial", "matrix"} <= set(data):
+        raise ValueError("expected an object with 'tasks', 'initial' and 'matrix'")
+    tasks = [str(t) for t in data["tasks"]]
+    initial = [float(x) for x in data["initial"]]
+    matrix = [[float(x) for x in row] for row in data["matrix"]]
+    if not tasks or len(initial) != len(tasks) or any(len(row) != len(tasks) for row in matrix):
+        raise ValueError(f"shapes do not match {len(tasks)} tasks")
+    if len(matrix) > len(tasks):
+        raise ValueError(f"{len(matrix)} rows for {len(tasks)} tasks")
+    return tasks, initial, matrix
+
+
+def planned_runs_dict(names: Sequence[str]) -> dict[str, list[str]]:
+    """The parent's ``planned_runs.json`` payload: every child run name the grid planned."""
+    return {"runs": [str(name) for name in names]}
+
+
+def parse_planned_runs(data: Any) -> list[str]:
+    """The run names of a ``planned_runs.json`` payload; KeyError/TypeError when malformed."""
+    return [str(name) for name in data["runs"]]

@@ -1,0 +1,145 @@
+"""The tracking store: which URI (resolved once), whether it answers, and its experiments."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from cl_harness.config.experiment import DEFAULT_TRACKING_URI
+from cl_harness.errors import ConfigError, TrackingStoreError
+
+SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
+
+_BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether an exception means the tracking store (database, server, disk) failed, rather than the run."""
+    from requests.exceptions import RequestException
+
+    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError))
+
+
+def sqlite_db_path(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///path`` URI (relative to the cwd unless absolute); None otherwise."""
+    prefix = "sqlite:///"
+    if not uri.lower().startswith(prefix):
+        return None
+    path = uri[len(prefix) :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def choose_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI (nothing created)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use (``choose_tracking_uri``); creates a sqlite db's folder."""
+    chosen = choose_tracking_uri(uri)
+    db = sqlite_db_path(chosen)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+def absolute_uri(uri: str) -> str:
+    """A local ``sqlite:///relative/path`` made absolute; other URIs unchanged."""
+    db = sqlite_db_path(uri)
+    if db is None or db.is_absolute():
+        return uri
+    return f"sqlite:///{db.resolve()}" + (uri[uri.index("?"):] if "?" in uri else "")
+
+
+def public_uri(uri: str) -> str:
+    """The tracking URI without any user:password part."""
+    parts = urlparse(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunparse(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _dir_name(name: str) -> str:
+    """A file-system-safe folder name for an experiment name."""
+    return _BAD_DIR_CHARS.sub("_", name).strip("._") or "experiment"
+
+
+def default_artifact_location(uri: str, experiment_name: str) -> str | None:
+    """``file://<db dir>/artifacts/<experiment>`` for a local sqlite store; None elsewhere (the server decides)."""
+    db = sqlite_db_path(uri)
+    if db is None:
+        return None
+    return (db.parent.resolve() / "artifacts" / _dir_name(experiment_name)).as_uri()
+
+
+def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Raise ConfigError if an http(s) tracking server does not answer ``<uri>/health``; no-op for local stores."""
+    if urlparse(uri).scheme.lower() not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:  # the server answered (even 404/401): it is reachable
+        exc.close()
+        return
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"MLflow tracking server {uri} is not reachable ({reason})", key="tracking.uri", hint=SERVER_HINT
+        ) from exc
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client of the store at ``uri`` (already resolved)."""
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_store(uri: str | None) -> tuple[str, MlflowClient]:
+    """Resolve ``uri`` (``choose_tracking_uri``), check the store answers, and connect: ``(uri, client)``."""
+    resolved = resolve_tracking_uri(uri)
+    check_tracking_reachable(resolved)
+    return resolved, connect(resolved)
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of the experiment called ``name``, created (with ``artifact_location``) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:  # created meanwhile by a concurrent run
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise exc
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted",
+            key="tracking.experiment",
+            hint=f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            "or choose another tracking.experiment",
+        )
+    return experiment.experiment_id
+
+
+def experiment_for(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created with the store's default artifact location when missing."""
+    return get_or_create_experiment(client, name, default_artifact_location(uri, name))
+
+
+def run_exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether ``run_id`` is an active (not deleted) run of the store."""
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False

@@ -36,11 +36,13 @@ from torch import nn  # noqa: E402
 from cl_harness.config.experiment import BackboneConfig  # noqa: E402
 from cl_harness.data.benchmark import EncodedTask  # noqa: E402
 from cl_harness.data.encoding import encode_texts  # noqa: E402
-from cl_harness.evaluation.evaluator import evaluate_all  # noqa: E402
+from cl_harness.evaluation.evaluator import Evaluator  # noqa: E402
 from cl_harness.models.backbone import load_encoder, load_tokenizer  # noqa: E402
 from cl_harness.models.classifier import TextClassifier  # noqa: E402
 from cl_harness.runner.hooks import LengthBucketing  # noqa: E402
 from cl_harness.runner.optimizer import build_optimizer  # noqa: E402
+from cl_harness.tasks import default_kinds  # noqa: E402
+from cl_harness.tasks.registry import KindEnv  # noqa: E402
 
 
 class PaddedClassifier(nn.Module):
@@ -144,7 +146,7 @@ def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class:
     import yaml
 
     from cl_harness.config.loader import load_experiment
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
     from cl_harness.runner.run import train_and_evaluate
 
     repo = Path(__file__).resolve().parents[1]
@@ -166,7 +168,7 @@ def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class:
             loaded = load_experiment(folder / "experiment.yaml", data_root=data_root)
             prepared_runs[count] = prepare_experiment(check_experiment(loaded), cache=None)
         for count, prepared in prepared_runs.items():
-            result = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False)
+            result = train_and_evaluate(prepared.run_plan(prepared.runs[0]), show_progress=False)
             peaks[count] = result.metrics["peak_memory_mb"]
     return peaks
 
@@ -184,7 +186,7 @@ def measure(variants: dict, rounds: int) -> dict[str, float]:
     for _ in range(rounds):
         for name, (make, work) in variants.items():
             model = make()
-            seconds[name] = min(seconds.get(name, float("inf")), timed(lambda: work(model)))
+            seconds[name] = min(seconds.get(name, float("inf")), timed(lambda: work(model)))  # noqa: B023 - called at once
     return seconds
 
 
@@ -263,7 +265,8 @@ def main() -> None:
             "padded": (lambda: padded_model, lambda m: padded_eval(m, eval_x, args.eval_batch_size)),
             "harness": (
                 lambda: harness_model,
-                lambda m: evaluate_all(m, [(eval_x, eval_y, 0)], args.eval_batch_size, torch.device("cpu")),
+                lambda m: Evaluator([EncodedTask("eval", 0, eval_x, eval_y, eval_x, eval_y)], default_kinds(),
+                                    KindEnv(torch.device("cpu"), args.batch_size, args.eval_batch_size))(m, 0),
             ),
         },
         args.eval_rounds,

@@ -82,17 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from cl_harness.config.loader import is_stream_file, load_experiment
-    from cl_harness.runner.prepare import check_experiment
+    from cl_harness.grid.prepare import check_experiment
 
     if is_stream_file(args.experiment):
         return validate_stream(args)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
-    config = checked.loaded.config
+    config = checked.config
     print(f"experiment {config.name!r}: OK")
-    print(f"  stream   {checked.loaded.stream.config.name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
+    print(f"  stream   {checked.stream_name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
     width = max(len(task.name) for task in checked.tasks)
     for task in checked.tasks:
-        kind = "mlm      " if task.kind == "mlm" else f"{len(task.label_names)} classes"
+        kind = f"{len(task.label_names)} classes" if checked.kinds.get(task.kind).labelled else f"{task.kind:<9}"
         print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
     peft = config.backbone.peft
     print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
@@ -102,7 +102,7 @@ def cmd_validate(args) -> int:
 
 def validate_stream(args) -> int:
     """``validate STREAM.yaml``: the schema, then every task read and cut; offline, hub tasks are named, not failed."""
-    from cl_harness.runner.prepare import check_stream
+    from cl_harness.grid.prepare import check_stream
 
     if args.overrides:
         print("note: --set applies to experiment files; ignored for a stream", file=sys.stderr)
@@ -129,18 +129,18 @@ def validate_stream(args) -> int:
 
 def cmd_run(args) -> int:
     from cl_harness.config.loader import load_experiment
+    from cl_harness.grid.executors import ExecutionOptions, make_executor
+    from cl_harness.grid.experiment import run_experiment
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
     from cl_harness.report.terminal import run_summary
-    from cl_harness.runner.executors import ExecutionOptions, make_executor
-    from cl_harness.runner.experiment import run_experiment
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
     from cl_harness.tracking.store import choose_tracking_uri
 
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
-    uri = choose_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)
+    uri = choose_tracking_uri(args.tracking_uri or checked.config.tracking.uri)
     executor = make_executor(options, uri)
     if args.dry_run:
-        print(f"{len(checked.runs)} planned runs of experiment {checked.loaded.config.name!r}:")
+        print(f"{len(checked.runs)} planned runs of experiment {checked.name!r}:")
         for planned in checked.runs:
             print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
         return EXIT_OK

@@ -122,14 +122,15 @@ def tiny_run(tmp_path, tiny_bert):
     template after training, so tests can inspect plugins. Nothing is written to MLflow.
     """
     from cl_harness.config.loader import load_experiment
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
-    from cl_harness.runner.run import train_and_evaluate
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.run import TrainingRun
 
     def run(entry, scenario: str = "class_incremental", per_class: int = 20, tasks: int = 2, **training):
         write_demo_stream(tmp_path, scenario, per_class, tasks)
         path = write_experiment(tmp_path, tiny_bert, [entry], **training)
         prepared = prepare_experiment(check_experiment(load_experiment(path)))
-        return train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
+        run = TrainingRun(prepared.run_plan(prepared.runs[0]), show_progress=False)
+        return run.execute(), run.strategy
 
     return run
 

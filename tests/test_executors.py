@@ -61,7 +61,7 @@ def steps_of(uri: str, run, key: str = schema.SEEN_AVG_METRIC) -> list[int]:
 
 
 def test_the_core_does_not_import_ray():
-    code = ("import sys, cl_harness.cli, cl_harness.runner.experiment, cl_harness.runner.executors.local; "
+    code = ("import sys, cl_harness.cli, cl_harness.grid.experiment, cl_harness.grid.executors.local; "
             "print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -13,8 +13,8 @@ from cl_harness.config.loader import load_experiment
 from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
 from cl_harness.errors import ConfigError
 from cl_harness.models.masked_lm import IGNORE, MaskingSpec, mask_tokens, masked_lm_loss
-from cl_harness.runner.prepare import check_experiment, prepare_experiment
-from cl_harness.runner.run import build_model, train_and_evaluate
+from cl_harness.grid.prepare import check_experiment, prepare_experiment
+from cl_harness.runner.run import TrainingRun, build_model
 
 
 def write_mixed_stream(directory, mlm_task: dict | None = None) -> None:
@@ -69,14 +69,14 @@ def test_bert_masking_chooses_15_percent_of_real_tokens_80_10_10():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_mlm_task_lowers_masked_token_loss_on_its_own_text(tmp_path, tiny_bert, precision):
-    from cl_harness.models.masked_lm import train_masked_lm
+    from cl_harness.tasks.mlm import train_masked_lm
     from cl_harness.runner.loss_scaling import DynamicLossScale
 
     setup = prepared(tmp_path, tiny_bert, precision=precision)
     (task,) = [t for t in setup.encoded if t.kind == "mlm"]
     torch.manual_seed(0)
-    model = build_model(setup, setup.checked.strategies[0], torch.device("cpu"))
-    spec = setup.checked.masking()
+    model = build_model(setup.run_plan(setup.runs[0]), torch.device("cpu"))
+    spec = setup.resources["mlm"]
 
     def loss() -> float:
         model.eval()
@@ -95,7 +95,8 @@ def test_mlm_task_lowers_masked_token_loss_on_its_own_text(tmp_path, tiny_bert, 
 
 def test_stream_mixing_mlm_and_classification_runs_end_to_end(tmp_path, tiny_bert):
     setup = prepared(tmp_path, tiny_bert, {"name": "replay+ewc", "plugins": [{"replay": {"mem_size": 16}}, "ewc"]}, epochs=2)
-    result, strategy = train_and_evaluate(setup, setup.checked.runs[0], show_progress=False, keep_strategy=True)
+    run = TrainingRun(setup.run_plan(setup.runs[0]), show_progress=False)
+    result, strategy = run.execute(), run.strategy
     assert result.status == "FINISHED", result.error
     assert result.tasks == ["t1", "domain_mlm", "t2"]
     assert result.column_metrics == ["accuracy", "masked_token_accuracy", "accuracy"]

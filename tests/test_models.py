@@ -121,7 +121,10 @@ def test_half_precision_runs_the_encoder_in_half_and_returns_float32_logits(enco
 
 
 def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_running_the_model(encoder):
-    from cl_harness.evaluation.evaluator import evaluate_all
+    from cl_harness.data.benchmark import EncodedTask
+    from cl_harness.evaluation.evaluator import Evaluator
+    from cl_harness.tasks import default_kinds
+    from cl_harness.tasks.registry import KindEnv
 
     model = TextClassifier(encoder, [4], "class_incremental")
     model.train()
@@ -130,9 +133,10 @@ def test_the_evaluator_scores_unseen_class_incremental_tasks_zero_without_runnin
     handle = model.encoder.register_forward_hook(lambda module, args, output: calls.append(1))
     try:
         x = packed([6, 6, 6, 6])  # one length: one evaluation batch
-        seen = (x, torch.tensor([0, 1, 0, 1]), 0)
-        unseen = (x, torch.tensor([2, 3, 2, 3]), 1)
-        scores = evaluate_all(model, [seen, unseen], batch_size=8, device=torch.device("cpu"))
+        seen = EncodedTask("seen", 0, x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 0, 1]))
+        unseen = EncodedTask("unseen", 1, x, torch.tensor([2, 3, 2, 3]), x, torch.tensor([2, 3, 2, 3]))
+        env = KindEnv(torch.device("cpu"), batch_size=8, eval_batch_size=8)
+        scores = Evaluator([seen, unseen], default_kinds(), env)(model, 0)
     finally:
         handle.remove()
     assert scores[1] == 0.0 and 0.0 <= scores[0] <= 1.0

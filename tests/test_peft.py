@@ -10,8 +10,8 @@ from conftest import write_demo_stream, write_experiment
 from cl_harness.config.loader import load_experiment
 from cl_harness.errors import ConfigError
 from cl_harness.models.lora import LoRALinear, lora_layers, orthogonality_loss
-from cl_harness.runner.prepare import check_experiment, prepare_experiment
-from cl_harness.runner.run import build_model, build_plugins, build_strategy, train_and_evaluate
+from cl_harness.grid.prepare import check_experiment, prepare_experiment
+from cl_harness.runner.run import TrainingRun, build_model, build_plugins, build_strategy
 from cl_harness.strategies.o_lora import o_lora_penalty
 
 
@@ -47,9 +47,10 @@ def stepwise(prepared, spec_index: int = 0):
     from cl_harness.data.benchmark import make_benchmark
 
     spec = prepared.checked.strategies[spec_index]
-    model = build_model(prepared, spec, torch.device("cpu"))
-    plugins = build_plugins(prepared, spec, model, torch.device("cpu"))
-    strategy = build_strategy(prepared, spec, model, torch.device("cpu"), prepared.checked.task_names, plugins, [], False)
+    plan = prepared.run_plan(next(p for p in prepared.runs if p.strategy is spec))
+    model = build_model(plan, torch.device("cpu"))
+    plugins = build_plugins(plan, model, torch.device("cpu"))
+    strategy = build_strategy(plan, model, torch.device("cpu"), plugins, [], False)
     return model, strategy, list(make_benchmark(prepared.encoded).train_stream), plugins
 
 
@@ -66,7 +67,8 @@ def test_peft_config_is_validated(tmp_path, tiny_bert):
 
 def test_backbone_lora_leaves_the_frozen_backbone_bit_identical(tmp_path, tiny_bert):
     prepared = prepared_experiment(tmp_path, tiny_bert, "naive", {"method": "lora", "lora_rank": 2, "target_modules": ["query", "value"]})
-    result, strategy = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
+    run = TrainingRun(prepared.run_plan(prepared.runs[0]), show_progress=False)
+    result, strategy = run.execute(), run.strategy
     model = strategy.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("heads.") for n in trainable)
@@ -83,7 +85,8 @@ def test_backbone_lora_leaves_the_frozen_backbone_bit_identical(tmp_path, tiny_b
 
 def test_bitfit_trains_only_biases_and_heads(tmp_path, tiny_bert):
     prepared = prepared_experiment(tmp_path, tiny_bert, "naive", {"method": "bitfit"})
-    _, strategy = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
+    run = TrainingRun(prepared.run_plan(prepared.runs[0]), show_progress=False)
+    _, strategy = run.execute(), run.strategy
     model = strategy.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith("heads.") or (n.startswith("encoder.") and n.endswith("bias"))}
@@ -95,7 +98,8 @@ def test_bitfit_trains_only_biases_and_heads(tmp_path, tiny_bert):
 
 def test_prompt_tuning_trains_only_the_soft_prompt_and_heads(tmp_path, tiny_bert):
     prepared = prepared_experiment(tmp_path, tiny_bert, "naive", {"method": "prompt_tuning", "num_virtual_tokens": 4})
-    result, strategy = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
+    run = TrainingRun(prepared.run_plan(prepared.runs[0]), show_progress=False)
+    result, strategy = run.execute(), run.strategy
     trainable = {n for n, p in strategy.model.named_parameters() if p.requires_grad}
     assert trainable == {n for n in trainable if "prompt_encoder" in n or n.startswith("heads.")}
     assert any("prompt_encoder" in n for n in trainable)
@@ -104,7 +108,8 @@ def test_prompt_tuning_trains_only_the_soft_prompt_and_heads(tmp_path, tiny_bert
 
 def test_seq_lora_keeps_the_backbone_and_trains_one_adapter(tmp_path, tiny_bert):
     prepared = prepared_experiment(tmp_path, tiny_bert, {"seq_lora": {"lora_rank": 2}})
-    result, strategy = train_and_evaluate(prepared, prepared.checked.runs[0], show_progress=False, keep_strategy=True)
+    run = TrainingRun(prepared.run_plan(prepared.runs[0]), show_progress=False)
+    result, strategy = run.execute(), run.strategy
     layers = lora_layers(strategy.model)
     assert len(layers) == 4 and all(len(layer.lora_a) == 1 for layer in layers)  # 2 layers x (query, value)
     before = pretrained_weights(tiny_bert)
@@ -208,7 +213,7 @@ def test_inc_lora_model_and_plugins_survive_a_checkpoint(tmp_path, tiny_bert):
     strategy.train(experiences[0], num_workers=0)
     save_checkpoint(tmp_path / "run", 1, model, strategy.optimizer, plugins, strategy.clock)
     checkpoint = load_checkpoint(tmp_path / "run")
-    fresh = build_model(prepared, prepared.checked.strategies[0], torch.device("cpu"))
+    fresh = build_model(prepared.run_plan(prepared.runs[0]), torch.device("cpu"))
     fresh.load_state_dict(checkpoint["model"])  # same structure: the adapters exist before loading
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     assert [type(p).__name__ for p in checkpoint["plugins"]] == ["TaskAdapters", "EWC"]

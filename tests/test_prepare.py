@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from cl_harness.data.tasks import TaskData
-from cl_harness.runner.prepare import cap_test_per_class
+from cl_harness.grid.prepare import cap_test_per_class
 
 
 def test_cap_keeps_at_most_n_per_class_in_file_order_and_leaves_train_alone():

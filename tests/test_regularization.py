@@ -25,7 +25,8 @@ from cl_harness.errors import ConfigError
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import MASKED_LOGIT, TextClassifier
 from cl_harness.strategies import ewc, lfl, lwf, mas, rwalk, si
-from cl_harness.strategies.ewc import EWC, ewc_penalty
+from cl_harness.strategies.common.importance import ewc_penalty
+from cl_harness.strategies.ewc import EWC
 from cl_harness.strategies.lwf import LearningWithoutForgetting
 from cl_harness.strategies.si import SynapticIntelligence
 

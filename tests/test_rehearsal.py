@@ -21,7 +21,8 @@ from cl_harness.errors import ConfigError
 from cl_harness.models.classifier import MASKED_LOGIT, TextClassifier
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.agem import HarnessAGEMPlugin, flat_grad
-from cl_harness.strategies.der import DERPlugin, ReservoirBuffer, masked_logit_mse
+from cl_harness.strategies.common.buffers import ReservoirBuffer
+from cl_harness.strategies.der import DERPlugin, masked_logit_mse
 
 REGISTRY = default_registry()
 

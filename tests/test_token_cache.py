@@ -74,7 +74,7 @@ def test_the_environment_picks_or_disables_the_cache(tmp_path, tiny_bert):
 
 def test_a_second_prepare_of_an_experiment_tokenises_nothing(tmp_path, tiny_bert):
     from cl_harness.config.loader import load_experiment
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
 
     write_demo_stream(tmp_path, tasks=2)
     path = write_experiment(tmp_path, tiny_bert, ["naive"])

@@ -11,9 +11,7 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData
-from cl_harness.data.token_cache import TokenCache
 
 
 @dataclass
@@ -70,7 +68,7 @@ class EncodedTask:
     train_targets: Tensor  # (n_train,)
     test_inputs: Tensor  # (n_test, 3, max_length)
     test_targets: Tensor  # (n_test,)
-    kind: str = "classification"  # classification | mlm
+    kind: str = "classification"  # its task kind (cl_harness/tasks/)
 
     def avalanche_dataset(self, split: str = "train"):
         """A task-aware Avalanche dataset (``task_set`` works, as LwF needs)."""
@@ -80,30 +78,6 @@ class EncodedTask:
         return _make_taskaware_classification_dataset(
             PackedDataset(inputs, targets), targets=targets.tolist(), task_labels=[self.index] * len(targets)
         )
-
-
-def encode_tasks(
-    tasks: list[TaskData], space: LabelSpace, tokenizer, max_length: int, cache: TokenCache | None = None
-) -> list[EncodedTask]:
-    """Tokenise every task's train and test texts once (or read them from ``cache``)."""
-
-    def encode(texts: list) -> Tensor:
-        if cache is None:
-            return encode_texts(tokenizer, texts, max_length)
-        return cache.encode(texts, max_length, lambda t, n: encode_texts(tokenizer, t, n))
-
-    return [
-        EncodedTask(
-            name=task.name,
-            index=index,
-            train_inputs=encode(task.train_texts),
-            train_targets=space.targets(index, task.train_labels),
-            test_inputs=encode(task.test_texts),
-            test_targets=space.targets(index, task.test_labels),
-            kind=task.kind,
-        )
-        for index, task in enumerate(tasks)
-    ]
 
 
 def make_benchmark(tasks: list[EncodedTask]):

@@ -1,13 +1,17 @@
-"""Score a model on the test split of every task: one row of the accuracy matrix."""
+"""Score a model on the test split of every task: one row of the accuracy matrix, and the scores it is made of."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from cl_harness.data.encoding import lengths
+from cl_harness.models.classifier import trim_batch
+from cl_harness.models.masked_lm import IGNORE, MaskingSpec, mask_tokens, token_logits
 
 
 def length_sorted_batches(inputs: Tensor, batch_size: int, min_fill: float = 0.9) -> list[Tensor]:
@@ -57,15 +61,66 @@ def task_accuracy(
     return int(correct) / len(targets)
 
 
-def evaluate_all(
-    model: nn.Module,
-    test_sets: Sequence[tuple[Tensor, Tensor, int]],
-    batch_size: int,
-    device: torch.device,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[float]:
-    """Accuracy on every ``(inputs, targets, task label)`` test set, seen or not: ``[R[i][j] for j]``."""
-    return [
-        task_accuracy(model, inputs, targets, task_label, batch_size, device, on_batch)
-        for inputs, targets, task_label in test_sets
-    ]
+@torch.inference_mode()
+def masked_token_accuracy(model, inputs: Tensor, spec: MaskingSpec, batch_size: int, device, seed: int = 0) -> float:
+    """Fraction of masked tokens predicted right, under a fixed (seeded) masking of the held-out texts."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    correct = total = 0
+    for start in range(0, len(inputs), batch_size):
+        x = trim_batch(inputs[start : start + batch_size].to(device))  # (batch, 3, length)
+        masked, labels = mask_tokens(x[:, 0], x[:, 1], spec, generator)
+        logits = token_logits(model, torch.stack([masked, x[:, 1], x[:, 2]], dim=1))
+        chosen = labels != IGNORE
+        correct += int((logits.argmax(-1)[chosen] == labels[chosen]).sum())
+        total += int(chosen.sum())
+    model.train(was_training)
+    return correct / total if total else float("nan")
+
+
+@torch.inference_mode()
+def pseudo_perplexity(model, inputs: Tensor, spec: MaskingSpec, batch_size: int, device) -> float:
+    """``exp(-mean log p(w_i | text with w_i masked))`` over every real non-special token, one token masked at a time."""
+    was_training = model.training
+    model.eval()
+    total_log_prob, count = 0.0, 0
+    special = torch.tensor(spec.special_ids)
+    for row in inputs:
+        x = trim_batch(row.unsqueeze(0))[0]  # (3, length)
+        positions = torch.nonzero(x[1].bool() & ~torch.isin(x[0], special)).flatten()
+        for chunk in positions.split(batch_size):
+            copies = x.unsqueeze(0).repeat(len(chunk), 1, 1)  # (chunk, 3, length)
+            copies[torch.arange(len(chunk)), 0, chunk] = spec.mask_id
+            log_probs = token_logits(model, copies.to(device)).log_softmax(-1)  # (chunk, length, vocab)
+            picked = log_probs[torch.arange(len(chunk)), chunk.to(device), x[0, chunk].to(device)]
+            total_log_prob += float(picked.sum())
+            count += len(chunk)
+    model.train(was_training)
+    return math.exp(-total_log_prob / count) if count else float("nan")
+
+
+class Evaluator:
+    """Scores the model on every task's test split after a step, in training order, whatever each task's kind.
+
+    Each task's kind gives its column value (accuracy, masked-token accuracy, ...) and any extra per-task
+    metrics, kept in ``extra`` as ``<prefix>/<task>`` (e.g. ``pppl/wiki``) until the next call.
+    """
+
+    def __init__(self, tasks: Sequence, kinds, env, show_progress: bool = False) -> None:
+        self.tasks = list(tasks)  # EncodedTask, in training order
+        self.kinds = kinds  # a TaskKindRegistry
+        self.env = env  # the kinds' KindEnv
+        self.show_progress = show_progress
+        self.total = sum(len(t.test_targets) for t in self.tasks)
+        self.extra: dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, step: int) -> list[float]:
+        """One row of the accuracy matrix: every task's column value after ``step``."""
+        row, self.extra = [], {}
+        with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
+            for task in self.tasks:
+                value, extra = self.kinds.get(task.kind).score(model, task, self.env, bar.update)
+                row.append(value)
+                self.extra.update({f"{prefix}/{task.name}": v for prefix, v in extra.items()})
+        return row

@@ -7,7 +7,6 @@ Pseudo-perplexity: Salazar et al. 2020, "Masked Language Model Scoring" (ACL).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -70,66 +69,3 @@ def masked_lm_loss(model, x: Tensor, spec: MaskingSpec, generator: torch.Generat
     if not bool((labels != IGNORE).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-
-
-def train_masked_lm(
-    model, optimizer, inputs: Tensor, spec: MaskingSpec, epochs: int, batch_size: int, device, loss_scale=None
-) -> float:
-    """Train the trainable parameters (backbone as configured + MLM head) on one task's texts; returns the last loss.
-
-    ``loss_scale`` (fp16: the run's DynamicLossScale) scales the loss for backward and unscales the gradients, or drops them on overflow.
-    """
-    model.train()
-    loss = torch.zeros(())
-    for _ in range(epochs):
-        for index in torch.randperm(len(inputs)).split(batch_size):
-            optimizer.zero_grad()
-            loss = masked_lm_loss(model, inputs[index].to(device), spec)
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"non-finite masked-LM loss ({float(loss)})")
-            if loss_scale is None:
-                loss.backward()
-            else:
-                loss_scale.scaled(loss).backward()
-                loss_scale.unscale_or_skip(list(model.parameters()))
-            optimizer.step()
-    return float(loss.detach())
-
-
-@torch.inference_mode()
-def masked_token_accuracy(model, inputs: Tensor, spec: MaskingSpec, batch_size: int, device, seed: int = 0) -> float:
-    """Fraction of masked tokens predicted right, under a fixed (seeded) masking of the held-out texts."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    correct = total = 0
-    for start in range(0, len(inputs), batch_size):
-        x = trim_batch(inputs[start : start + batch_size].to(device))  # (batch, 3, length)
-        masked, labels = mask_tokens(x[:, 0], x[:, 1], spec, generator)
-        logits = token_logits(model, torch.stack([masked, x[:, 1], x[:, 2]], dim=1))
-        chosen = labels != IGNORE
-        correct += int((logits.argmax(-1)[chosen] == labels[chosen]).sum())
-        total += int(chosen.sum())
-    model.train(was_training)
-    return correct / total if total else float("nan")
-
-
-@torch.inference_mode()
-def pseudo_perplexity(model, inputs: Tensor, spec: MaskingSpec, batch_size: int, device) -> float:
-    """``exp(-mean log p(w_i | text with w_i masked))`` over every real non-special token, one token masked at a time."""
-    was_training = model.training
-    model.eval()
-    total_log_prob, count = 0.0, 0
-    special = torch.tensor(spec.special_ids)
-    for row in inputs:
-        x = trim_batch(row.unsqueeze(0))[0]  # (3, length)
-        positions = torch.nonzero(x[1].bool() & ~torch.isin(x[0], special)).flatten()
-        for chunk in positions.split(batch_size):
-            copies = x.unsqueeze(0).repeat(len(chunk), 1, 1)  # (chunk, 3, length)
-            copies[torch.arange(len(chunk)), 0, chunk] = spec.mask_id
-            log_probs = token_logits(model, copies.to(device)).log_softmax(-1)  # (chunk, length, vocab)
-            picked = log_probs[torch.arange(len(chunk)), chunk.to(device), x[0, chunk].to(device)]
-            total_log_prob += float(picked.sum())
-            count += len(chunk)
-    model.train(was_training)
-    return math.exp(-total_log_prob / count) if count else float("nan")

@@ -7,9 +7,7 @@ import html
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
 from typing import Any
-
 
 from cl_harness.report.compare import (
     DEFINITIONS,

@@ -7,30 +7,38 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
-from tqdm.auto import tqdm
 
+from cl_harness.config.experiment import BackboneConfig, TrainingConfig
 from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
-from cl_harness.evaluation.evaluator import task_accuracy
+from cl_harness.evaluation.evaluator import Evaluator
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
-from cl_harness.models.masked_lm import MaskedLMHead, MaskingSpec, masked_token_accuracy, pseudo_perplexity, train_masked_lm
 from cl_harness.models.peft_backbone import apply_peft
-from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
-from cl_harness.runner.grid import PlannedRun
+from cl_harness.runner.checkpoint import (
+    CHECKPOINT_FILE,
+    RunState,
+    load_checkpoint,
+    load_state,
+    restore_rng_states,
+    save_checkpoint,
+    save_state,
+)
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
-from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.strategies.registry import BuildContext, StrategySpec
+from cl_harness.tasks.registry import KindEnv, TaskKindRegistry, TrainStep
 from cl_harness.tracking import schema
 from cl_harness.tracking.writer import RunLogger
 
@@ -117,38 +125,75 @@ def step_metrics(tasks: list[str], row: list[float], step: int) -> dict[str, flo
     return metrics
 
 
-def build_context(prepared: PreparedExperiment, model, device) -> BuildContext:
-    checked = prepared.checked
-    training = checked.loaded.config.training
-    return BuildContext(checked.scenario, len(checked.tasks), training.batch_size, training.eval_batch_size, device, model)
+@dataclass
+class ModelFactory:
+    """Builds a run's model: the encoder with its heads, the backbone's PEFT method, and what the task kinds add."""
+
+    backbone: BackboneConfig
+    head_sizes: list[int]
+    scenario: str
+    precision: str = "fp32"
+    kind_modules: list[tuple[Any, Any]] = field(default_factory=list)  # (kind.prepare_model, its resources)
+
+    def __call__(self) -> TextClassifier:
+        model = TextClassifier(load_encoder(self.backbone), self.head_sizes, self.scenario, self.backbone.pooling, self.precision)
+        apply_peft(model, self.backbone.peft)
+        for prepare_model, resources in self.kind_modules:  # before a strategy's adapters: an MLM head ties to the plain embeddings
+            prepare_model(model, resources)
+        return model
 
 
-def build_model(prepared: PreparedExperiment, spec: StrategySpec, device) -> TextClassifier:
-    """Encoder + heads, with the backbone's PEFT method or the strategy's own adapters applied (same for a resumed run)."""
-    checked = prepared.checked
-    config = checked.loaded.config
-    model = TextClassifier(
-        load_encoder(config.backbone), checked.space.head_sizes, checked.scenario, config.backbone.pooling, config.training.precision
-    )
-    apply_peft(model, config.backbone.peft)
-    if checked.has_mlm:  # before the adapters, so that the head ties to the plain embedding table
-        model.mlm_head = MaskedLMHead(model.encoder.get_input_embeddings(), model.encoder.config.hidden_size)
-    context = build_context(prepared, model, device)
-    for plugin in spec.plugins:
+@dataclass
+class RunPlan:
+    """What one run needs: its strategy, seed, tasks in training order, model factory and training settings."""
+
+    strategy: StrategySpec
+    seed: int
+    order_index: int
+    tasks: list[EncodedTask]  # in training order
+    model_factory: ModelFactory
+    training: TrainingConfig
+    scenario: str
+    kinds: TaskKindRegistry
+    resources: Mapping[str, Any] = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
+
+    @property
+    def name(self) -> str:
+        return schema.run_name(self.strategy.label, self.seed, self.order_index)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def context(self, model, device) -> BuildContext:
+        """What the strategy's builders may read."""
+        return BuildContext(self.scenario, len(self.tasks), self.training.batch_size, self.training.eval_batch_size, device, model)
+
+    def kind_env(self, device, loss_scale=None) -> KindEnv:
+        """What the task kinds' training and scoring may read."""
+        t = self.training
+        return KindEnv(device, t.batch_size, t.eval_batch_size, t.epochs, dict(self.resources), loss_scale)
+
+
+def build_model(plan: RunPlan, device) -> TextClassifier:
+    """The plan's model, with the strategy's own adapters applied (same for a resumed run)."""
+    model = plan.model_factory()
+    context = plan.context(model, device)
+    for plugin in plan.strategy.plugins:
         plugin.prepare_model(model, context)
     return model.to(device)
 
 
-def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, device) -> list:
+def build_plugins(plan: RunPlan, model, device) -> list:
     """The strategy's own plugins (what a checkpoint saves)."""
-    context = build_context(prepared, model, device)
-    return [plugin for p in spec.plugins for plugin in p.build(context)]
+    context = plan.context(model, device)
+    return [plugin for p in plan.strategy.plugins for plugin in p.build(context)]
 
 
-def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, strategy_plugins, extra_plugins, show_progress):
+def build_strategy(plan: RunPlan, model, device, strategy_plugins, extra_plugins, show_progress):
     """Avalanche's training template with the strategy's plugins and the framework's own."""
-    training = prepared.checked.loaded.config.training
-    plugins = [*strategy_plugins, FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
+    training, label = plan.training, plan.strategy.label
+    plugins = [*strategy_plugins, FiniteLossGuard(label, plan.task_names), ProgressBar(label, show_progress), *extra_plugins]
     optimizer = build_optimizer(model, training.lr, training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
@@ -199,159 +244,143 @@ def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) ->
     return summary(np.array(matrix), np.array(initial))
 
 
-class Evaluation:
-    """Scores the model on every task's test set, in training order, with a progress bar over examples.
-
-    A classification task's column holds its accuracy; an mlm task's its masked-token accuracy (fixed masking),
-    and its pseudo-perplexity goes to ``extra`` as ``pppl/<task>``.
-    """
-
-    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool, masking: MaskingSpec | None = None) -> None:
-        self.tasks = tasks
-        self.batch_size = batch_size
-        self.device = device
-        self.show_progress = show_progress
-        self.masking = masking
-        self.total = sum(len(t.test_targets) for t in tasks)
-        self.extra: dict[str, float] = {}
-
-    def __call__(self, model, step: int) -> list[float]:
-        row, self.extra = [], {}
-        with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
-            for task in self.tasks:
-                if task.kind == "mlm":
-                    row.append(masked_token_accuracy(model, task.test_inputs, self.masking, self.batch_size, self.device, seed=task.index))
-                    ppl = pseudo_perplexity(model, task.test_inputs, self.masking, self.batch_size, self.device)
-                    self.extra[schema.pppl_metric(task.name)] = ppl
-                    bar.update(len(task.test_targets))
-                else:
-                    row.append(task_accuracy(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update))
-        return row
-
-
-def column_metrics(tasks: list[EncodedTask]) -> list[str]:
-    """What each accuracy-matrix column holds, in training order."""
-    return ["masked_token_accuracy" if t.kind == "mlm" else "accuracy" for t in tasks]
-
-
-def train_mlm_task(model, strategy, task: EncodedTask, masking: MaskingSpec, training, meter: TrainingMeter, device, loss_scale) -> None:
-    """Masked-LM training of one task outside the Avalanche loop (strategy plugins do not act on it)."""
-    started = time.perf_counter()
-    try:
-        train_masked_lm(model, strategy.optimizer, task.train_inputs, masking, training.epochs, training.batch_size, device, loss_scale)
-    except FloatingPointError as exc:
-        raise TrainingError(f"task {task.name!r}: {exc}") from None
-    meter.task_seconds = time.perf_counter() - started
-    meter.seconds += meter.task_seconds
-    meter.examples += training.epochs * len(task.train_inputs)
-
-
-def train_and_evaluate(
-    prepared: PreparedExperiment,
-    planned: PlannedRun,
-    logger: RunLogger | None = None,
-    show_progress: bool = True,
-    keep_strategy: bool = False,
-    folder: Path | None = None,
-):
-    """The untrained baseline, then train each task in the run's order and evaluate all tasks after it.
+class TrainingRun:
+    """One run: the untrained baseline, then each task in the plan's order, every task scored after every step.
 
     With a run ``folder``, a checkpoint is written after every task and a run found there unfinished
-    continues after its last finished task, logging only the steps MLflow does not hold yet.
-    Returns the RunResult, or ``(result, strategy)`` with ``keep_strategy`` (for inspecting plugins).
+    continues after its last finished task, logging only the steps the ``logger``'s run does not hold yet.
+    After ``execute``, ``model`` and ``strategy`` (the Avalanche template with its plugins) stay inspectable.
     """
-    checked = prepared.checked
-    config = checked.loaded.config
-    spec = planned.strategy
-    device = resolve_device(config.training.device)
-    ordered = [prepared.encoded[i] for i in planned.order]
-    tasks = [t.name for t in ordered]
-    state = (load_state(folder) if folder else None) or RunState(run_id=logger.run_id if logger else None)
-    state.tasks = tasks
-    checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
 
-    seed_everything(planned.seed)
-    reset_peak_memory(device)
-    model = build_model(prepared, spec, device)
-    model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
-    strategy_plugins = checkpoint["plugins"] if checkpoint else build_plugins(prepared, spec, model, device)
-    meter = TrainingMeter()
-    framework = [meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [meter]
-    if config.training.length_bucketing:
-        framework.append(LengthBucketing())
-    loss_scale = DynamicLossScale() if config.training.precision == "fp16" else None
-    if loss_scale:
-        if checkpoint and checkpoint.get("loss_scale"):
-            loss_scale.load_state_dict(checkpoint["loss_scale"])
-        framework.append(LossScaling(loss_scale))  # last: after every plugin's penalty, before every update
-    strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
-    masking = checked.masking()
-    evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
-    logged = logger.logged_steps(schema.SEEN_AVG_METRIC) if logger else set()  # a run stopped before its first checkpoint has step 0 already
+    def __init__(self, plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> None:
+        self.plan = plan
+        self.logger = logger
+        self.show_progress = show_progress
+        self.folder = folder
+        self.device = resolve_device(plan.training.device)
+        self.model = None
+        self.strategy = None
+        self.tasks_trained = 0
 
-    def log_step(step: int, row: list[float], extra: dict) -> None:
-        if logger and step not in logged:
-            logger.log_step(step, {**step_metrics(tasks, row, step), **extra})
+    def execute(self) -> RunResult:
+        """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
+        plan, folder = self.plan, self.folder
+        state = (load_state(folder) if folder else None) or RunState(run_id=self.logger.run_id if self.logger else None)
+        state.tasks = plan.task_names
+        checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
+        seed_everything(plan.seed)
+        reset_peak_memory(self.device)
+        self._build(checkpoint)
+        self.logged = self.logger.logged_steps(schema.SEEN_AVG_METRIC) if self.logger else set()  # a run stopped before its first checkpoint has step 0 already
+        started = time.perf_counter()
+        note = self._start(state, checkpoint)
+        result = RunResult(
+            plan.strategy.label, plan.seed, plan.task_names, state.initial, plan.order_index, state.matrix, run_id=state.run_id,
+            note=note, column_metrics=plan.kinds.column_metrics(plan.tasks),
+        )
+        try:
+            self._train(state, result)
+        except TrainingError as exc:  # the partial matrix is kept and logged
+            result.status, result.error = "FAILED", str(exc)
+        else:
+            result.status = "FINISHED"
+        result.wall_time_s = time.perf_counter() - started
+        result.metrics = self._metrics(result, self.tasks_trained)
+        self._save_outcome(state, result)
+        return result
 
-    started = time.perf_counter()
-    tasks_trained = 0
-    if checkpoint:
-        model.load_state_dict(checkpoint["model"])
-        strategy.clock.__dict__.update(checkpoint["clock"])
-        restore_rng_states(checkpoint["rng"])
-        state.matrix = state.matrix[: checkpoint["step"]]
-        state.steps_done = checkpoint["step"]
-        resumed_note = f"resumed after task {state.steps_done} from {folder}"
-    else:
-        resumed_note = None
-        state.initial, state.matrix, state.steps_done = evaluate(model, 0), [], 0
-        if folder:
-            save_state(folder, state)
-    log_step(0, state.initial, dict(evaluate.extra))
-    for step, row in enumerate(state.matrix, start=1):  # steps a crash may have left unlogged
-        log_step(step, row, {})
+    def _build(self, checkpoint: dict | None) -> None:
+        """The model, the strategy's plugins (restored from ``checkpoint``) and the Avalanche template around them."""
+        plan, device = self.plan, self.device
+        self.model = build_model(plan, device)
+        self.model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
+        self.plugins = checkpoint["plugins"] if checkpoint else build_plugins(plan, self.model, device)
+        self.meter = TrainingMeter()
+        framework = [self.meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [self.meter]
+        if plan.training.length_bucketing:
+            framework.append(LengthBucketing())
+        self.loss_scale = DynamicLossScale() if plan.training.precision == "fp16" else None
+        if self.loss_scale:
+            if checkpoint and checkpoint.get("loss_scale"):
+                self.loss_scale.load_state_dict(checkpoint["loss_scale"])
+            framework.append(LossScaling(self.loss_scale))  # last: after every plugin's penalty, before every update
+        self.strategy = build_strategy(plan, self.model, device, self.plugins, framework, self.show_progress)
+        if checkpoint:
+            self.model.load_state_dict(checkpoint["model"])
+            self.strategy.clock.__dict__.update(checkpoint["clock"])
+            restore_rng_states(checkpoint["rng"])
+        self.env = plan.kind_env(device, self.loss_scale)
+        self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress)
 
-    result = RunResult(
-        spec.label, planned.seed, tasks, state.initial, planned.order_index, state.matrix, run_id=state.run_id, note=resumed_note,
-        column_metrics=column_metrics(ordered),
-    )
-    try:
-        for step, experience in experiences_to_train(make_benchmark(ordered), spec.train_data):
+    def _log_step(self, step: int, row: list[float], extra: dict) -> None:
+        if self.logger and step not in self.logged:
+            self.logger.log_step(step, {**step_metrics(self.plan.task_names, row, step), **extra})
+
+    def _extra(self) -> dict[str, float]:
+        """The evaluator's extra per-task metrics of the last step, as store keys."""
+        return {schema.metric_key(name): value for name, value in self.evaluate.extra.items()}
+
+    def _start(self, state: RunState, checkpoint: dict | None) -> str | None:
+        """The baseline (step 0) scored, or the checkpoint's steps taken over; steps a crash left unlogged are logged."""
+        if checkpoint:
+            state.matrix = state.matrix[: checkpoint["step"]]
+            state.steps_done = checkpoint["step"]
+            note = f"resumed after task {state.steps_done} from {self.folder}"
+        else:
+            note = None
+            state.initial, state.matrix, state.steps_done = self.evaluate(self.model, 0), [], 0
+            if self.folder:
+                save_state(self.folder, state)
+        self._log_step(0, state.initial, self._extra())
+        for step, row in enumerate(state.matrix, start=1):
+            self._log_step(step, row, {})
+        return note
+
+    def _train(self, state: RunState, result: RunResult) -> None:
+        """Every step not done yet: train, score, checkpoint, log (``tasks_trained`` counts the tasks trained here)."""
+        plan = self.plan
+        for step, experience in experiences_to_train(make_benchmark(plan.tasks), plan.strategy.train_data):
             if step <= state.steps_done:
                 continue
-            if ordered[step - 1].kind == "mlm":  # mlm tasks are refused with joint/cumulative data: step is the task
-                train_mlm_task(model, strategy, ordered[step - 1], masking, config.training, meter, device, loss_scale)
-            else:
-                strategy.train(experience, num_workers=0)
-            tasks_trained += 1
-            row = evaluate(model, step)
+            task = plan.tasks[step - 1]  # joint/cumulative data is refused with kinds trained outside the loop
+            plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
+            self.tasks_trained += 1
+            row = self.evaluate(self.model, step)
             result.matrix.append(row)
-            if folder:
-                save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock, loss_scale)
+            if self.folder:
+                save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
                 state.steps_done = step
-                save_state(folder, state)
-            log_step(step, row, {schema.TRAIN_TIME_METRIC: meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(model.trainable_parameters()), **evaluate.extra})
-    except TrainingError as exc:  # the partial matrix is kept and logged
-        result.status, result.error = "FAILED", str(exc)
-    else:
-        result.status = "FINISHED"
-    result.wall_time_s = time.perf_counter() - started
-    if result.matrix:
-        result.metrics = final_metrics(result.matrix, result.initial, spec.train_data)
-    result.metrics.update(
-        wall_time_s=result.wall_time_s,
-        train_examples_per_s=meter.examples_per_second,
-        peak_memory_mb=peak_memory_mb(device),
-        extra_memory_mb=max(peak_memory_mb(device) - model_memory_mb, 0.0),
-        train_time_per_task_s=meter.seconds / tasks_trained if tasks_trained else 0.0,
-        trainable_params=float(model.trainable_parameters()),
-        total_params=float(sum(p.numel() for p in model.parameters())),
-    )
-    if loss_scale:
-        result.metrics["fp16_skipped_steps"] = float(loss_scale.skipped_steps)
-    if folder:
+                save_state(self.folder, state)
+            trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
+            self._log_step(step, row, {**trained, **self._extra()})
+
+    def _metrics(self, result: RunResult, tasks_trained: int) -> dict[str, float]:
+        """The summary metrics of the matrix and the run's cost metrics."""
+        metrics = final_metrics(result.matrix, result.initial, self.plan.strategy.train_data) if result.matrix else {}
+        peak = peak_memory_mb(self.device)
+        metrics.update(
+            wall_time_s=result.wall_time_s,
+            train_examples_per_s=self.meter.examples_per_second,
+            peak_memory_mb=peak,
+            extra_memory_mb=max(peak - self.model_memory_mb, 0.0),
+            train_time_per_task_s=self.meter.seconds / tasks_trained if tasks_trained else 0.0,
+            trainable_params=float(self.model.trainable_parameters()),
+            total_params=float(sum(p.numel() for p in self.model.parameters())),
+        )
+        if self.loss_scale:
+            metrics["fp16_skipped_steps"] = float(self.loss_scale.skipped_steps)
+        return metrics
+
+    def _save_outcome(self, state: RunState, result: RunResult) -> None:
+        """The run's outcome in its folder; a finished run's weights are deleted (its results live in state.json and MLflow)."""
+        if not self.folder:
+            return
         state.status, state.metrics, state.error = result.status, result.metrics, result.error
-        save_state(folder, state)
-        if result.status == "FINISHED":  # its results live in state.json and MLflow; the weights are not needed again
-            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return (result, strategy) if keep_strategy else result
+        save_state(self.folder, state)
+        if result.status == "FINISHED":
+            (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:
+    """Train and score one run (see TrainingRun)."""
+    return TrainingRun(plan, logger, show_progress, folder).execute()

@@ -10,6 +10,7 @@ from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoad
 from avalanche.training.plugins import AGEMPlugin
 from torch import Tensor, nn
 
+from cl_harness.strategies.common.gradients import materialise_reference_grads
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -19,22 +20,6 @@ class AGEMConfig:
 
     patterns_per_experience: int = field(default=100, metadata={"help": "examples kept in memory from each task", "ge": 1})
     sample_size: int = field(default=32, metadata={"help": "memory examples per reference gradient, shared over past tasks", "ge": 1})
-
-
-def materialise_reference_grads(model: nn.Module, reference: Tensor) -> None:
-    """Give a zero ``.grad`` to every parameter the current loss did not reach but the reference gradient did.
-
-    ``reference`` is the flat ``(n_parameters,)`` gradient in ``model.parameters()`` order. Avalanche's
-    projection writes only into existing ``.grad`` tensors, so without this the component of the
-    projected gradient on, say, an old task's head (task-incremental: the current loss never reaches
-    it) is dropped, and the applied update can still increase the memory loss.
-    """
-    offset = 0
-    for param in model.parameters():
-        size = param.numel()
-        if param.grad is None and param.requires_grad and bool(reference[offset : offset + size].any()):
-            param.grad = torch.zeros_like(param)
-        offset += size
 
 
 def flat_grad(model: nn.Module) -> Tensor:

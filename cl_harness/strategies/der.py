@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
 from torch import Tensor
 
 from cl_harness.models.classifier import MASKED_LOGIT
+from cl_harness.strategies.common.buffers import ReservoirBuffer
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -23,45 +23,6 @@ class DERConfig:
     replay_batch_size: int | None = field(
         default=None, metadata={"help": "memory examples per replay term (default: the training batch size)", "ge": 1}
     )
-
-
-class ReservoirBuffer:
-    """Reservoir sampling over a stream of examples, each a set of named tensors (Vitter 1985).
-
-    After ``seen`` examples each one is in memory with probability ``mem_size / seen``; the
-    memory never holds more than ``mem_size`` examples. Tensors are stored as given.
-    """
-
-    def __init__(self, mem_size: int) -> None:
-        self.mem_size = mem_size
-        self.seen = 0
-        self.fields: dict[str, Tensor] = {}  # name -> (mem_size, *example shape)
-
-    def __len__(self) -> int:
-        return min(self.seen, self.mem_size)
-
-    def add(self, **batch: Tensor) -> None:
-        """Offer every example of a batch (all tensors share the first dimension) to the memory."""
-        batch = {name: value.detach() for name, value in batch.items()}
-        if not self.fields:
-            self.fields = {
-                name: value.new_empty((self.mem_size, *value.shape[1:])) for name, value in batch.items()
-            }
-        size = len(next(iter(batch.values())))
-        for row in range(size):
-            if self.seen < self.mem_size:
-                slot = self.seen
-            else:
-                slot = int(torch.randint(0, self.seen + 1, (1,)))
-            self.seen += 1
-            if slot < self.mem_size:
-                for name, value in batch.items():
-                    self.fields[name][slot] = value[row]
-
-    def sample(self, size: int) -> dict[str, Tensor]:
-        """Up to ``size`` distinct stored examples, drawn uniformly. Each field ``(n, *example shape)``."""
-        rows = torch.randperm(len(self))[:size]
-        return {name: stored[rows.to(stored.device)] for name, stored in self.fields.items()}
 
 
 def masked_logit_mse(output: Tensor, stored: Tensor) -> Tensor:

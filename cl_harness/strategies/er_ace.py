@@ -10,7 +10,7 @@ from avalanche.models import avalanche_forward
 from torch import Tensor
 
 from cl_harness.models.classifier import MASKED_LOGIT
-from cl_harness.strategies.der import ReservoirBuffer
+from cl_harness.strategies.common.buffers import ReservoirBuffer
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 

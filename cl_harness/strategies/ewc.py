@@ -7,13 +7,12 @@ online mode: Schwarz et al. 2018, "Progress & Compress: A scalable framework for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
-import torch
 from avalanche.training.plugins import EWCPlugin
-from torch import Tensor, nn
 
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.strategies.common.importance import ewc_penalty
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -36,26 +35,6 @@ class EWCConfig:
     def check(self, source: Source, path: KeyPath) -> None:
         if self.mode == "separate" and self.decay != 1.0:
             raise source.error(path + ("decay",), "applies only to mode: online")
-
-
-def _tensor(value) -> Tensor:
-    """A stored anchor or importance as a tensor (Avalanche keeps them as ``ParamData``)."""
-    return value if isinstance(value, Tensor) else value.data
-
-
-def ewc_penalty(model: nn.Module, anchors: Mapping[str, object], importances: Mapping[str, object]) -> Tensor:
-    """``sum_k F_k (theta_k - theta*_k)^2`` over the model's parameters that have an anchor; a scalar tensor.
-
-    ``anchors`` and ``importances`` map parameter names to tensors (or ``ParamData``) of the parameter's shape.
-    Parameters without an anchor (added after it was taken) do not count.
-    """
-    penalty = torch.zeros((), device=next(model.parameters()).device)
-    for name, param in model.named_parameters():
-        if name not in anchors:
-            continue
-        anchor, importance = _tensor(anchors[name]), _tensor(importances[name])  # each: param.shape
-        penalty = penalty + (importance * (param - anchor).pow(2)).sum()
-    return penalty
 
 
 class EWC(EWCPlugin):

@@ -9,8 +9,8 @@ from avalanche.core import SupervisedPlugin
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cl_harness.strategies.common.buffers import make_storage_policy
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
-from cl_harness.strategies.replay import make_storage_policy
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from avalanche.training.plugins import GEMPlugin
 
-from cl_harness.strategies.agem import materialise_reference_grads
+from cl_harness.strategies.common.gradients import materialise_reference_grads
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 

@@ -8,32 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from avalanche.core import SupervisedPlugin
-
-from cl_harness.models.lora import train_only_adapter
+from cl_harness.strategies.common.lora import LoRAConfig, TaskAdapters, add_adapters
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
-from cl_harness.strategies.seq_lora import LoRAConfig, add_adapters
 
 
 @dataclass
 class IncLoRAConfig(LoRAConfig):
     """One LoRA adapter per task; the same options as seq_lora."""
-
-
-class TaskAdapters(SupervisedPlugin):
-    """Before each task, make only that task's adapter trainable (the heads stay trainable)."""
-
-    def __init__(self, by_task_label: bool) -> None:
-        super().__init__()
-        self.by_task_label = by_task_label  # task-incremental: adapter = task label; else adapter = training position
-
-    def adapter_index(self, strategy) -> int:
-        if self.by_task_label:
-            return int(strategy.experience.task_label)
-        return strategy.clock.train_exp_counter  # tasks already trained
-
-    def before_training_exp(self, strategy, **kwargs):
-        train_only_adapter(strategy.model, self.adapter_index(strategy))
 
 
 def prepare_model(config: IncLoRAConfig, model, context: BuildContext) -> None:
@@ -52,4 +33,5 @@ INFO = StrategyInfo(
     summary="a new LoRA adapter per task, earlier ones frozen; the task label picks the adapter in task-IL",
     paper="IncLoRA baseline in Wang et al. 2023 (EMNLP Findings)",
     prepare_model=prepare_model,
+    per_task_modules=True,
 )

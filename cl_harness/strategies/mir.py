@@ -8,8 +8,8 @@ from avalanche.training.plugins import MIRPlugin
 from avalanche.training.plugins.mir import cycle
 from torch.utils.data import DataLoader
 
+from cl_harness.strategies.common.buffers import make_storage_policy
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
-from cl_harness.strategies.replay import make_storage_policy
 
 
 @dataclass

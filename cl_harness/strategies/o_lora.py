@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from cl_harness.models.lora import lora_layers, orthogonality_loss
-from cl_harness.strategies.inc_lora import TaskAdapters
+from cl_harness.strategies.common.lora import LoRAConfig, TaskAdapters, add_adapters
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
-from cl_harness.strategies.seq_lora import LoRAConfig, add_adapters
 
 
 @dataclass
@@ -66,4 +65,5 @@ INFO = StrategyInfo(
     summary="a new LoRA adapter per task, its subspace kept orthogonal to the earlier ones' (loss on the A matrices)",
     paper="Wang et al. 2023, Orthogonal Subspace Learning for Language Model Continual Learning (EMNLP Findings)",
     prepare_model=prepare_model,
+    per_task_modules=True,
 )

@@ -49,6 +49,9 @@ class StrategyInfo:
     # Changes the model's structure (e.g. inserts LoRA adapters) before training and before a checkpoint is loaded:
     # prepare_model(config, model, context). At most one plugin of a strategy may do so.
     prepare_model: Callable[[Any, Any, BuildContext], None] | None = None
+    # Adds a module per task (an adapter the task label selects): the model differs from task to task, so task kinds
+    # trained outside the base loop on one shared model (mlm) cannot run under it.
+    per_task_modules: bool = False
 
 
 @dataclass
@@ -84,6 +87,11 @@ class StrategySpec:
     def adapts_model(self) -> bool:
         """True when a plugin inserts its own modules into the backbone (the LoRA strategies)."""
         return any(p.info is not None and p.info.prepare_model is not None for p in self.plugins)
+
+    @property
+    def per_task_modules(self) -> bool:
+        """True when a plugin adds a module per task (inc_lora, o_lora): see ``StrategyInfo.per_task_modules``."""
+        return any(p.info is not None and p.info.per_task_modules for p in self.plugins)
 
     @property
     def train_data(self) -> str:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avalanche.benchmarks.utils import _taskaware_classification_subset
 from avalanche.training.plugins import ReplayPlugin
-from avalanche.training.storage_policy import (
-    ClassBalancedBuffer,
-    ExemplarsBuffer,
-    ExperienceBalancedBuffer,
-    ReservoirSamplingBuffer,
-)
 
+from cl_harness.strategies.common.buffers import TaskClassBalancedBuffer, make_storage_policy  # noqa: F401 - checkpoints pickle the buffer under this module
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -30,41 +23,6 @@ class ReplayConfig:
     replay_batch_size: int | None = field(
         default=None, metadata={"help": "memory examples added to each minibatch (default: the training batch size)", "ge": 1}
     )
-
-
-class TaskClassBalancedBuffer(ClassBalancedBuffer):
-    """Avalanche's ClassBalancedBuffer keyed by (task label, target) instead of target alone.
-
-    In task-incremental streams targets are per-task unit indices (every task has a class 0), so
-    keying by target alone would merge different tasks' classes into one group.
-    """
-
-    def update_from_dataset(self, new_data, strategy=None):
-        if len(new_data) == 0:
-            return
-        indices: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, (target, task) in enumerate(zip(new_data.targets, new_data.targets_task_labels)):
-            indices[(int(task), int(target))].append(index)
-        self.seen_classes.update(indices)
-        lengths = dict(zip(sorted(self.seen_classes), self.get_group_lengths(len(self.seen_classes))))
-        for key, key_indices in indices.items():
-            subset = _taskaware_classification_subset(new_data, indices=key_indices)
-            group = self.buffer_groups.get(key) or ReservoirSamplingBuffer(lengths[key])
-            group.update_from_dataset(subset)
-            self.buffer_groups[key] = group
-        for key, group in self.buffer_groups.items():
-            group.resize(strategy, lengths[key])
-
-
-def make_storage_policy(policy: str, mem_size: int, scenario: str) -> ExemplarsBuffer:
-    """The Avalanche buffer for a policy name; class balance counts (task, class) pairs in task-incremental streams."""
-    if policy == "reservoir":
-        return ReservoirSamplingBuffer(max_size=mem_size)
-    if policy == "experience_balanced":
-        return ExperienceBalancedBuffer(max_size=mem_size, adaptive_size=True)
-    if scenario == "task_incremental":
-        return TaskClassBalancedBuffer(max_size=mem_size, adaptive_size=True)
-    return ClassBalancedBuffer(max_size=mem_size, adaptive_size=True)
 
 
 def build(config: ReplayConfig, context: BuildContext) -> list:

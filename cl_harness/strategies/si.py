@@ -11,7 +11,7 @@ import torch
 from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
 
-from cl_harness.strategies.ewc import ewc_penalty
+from cl_harness.strategies.common.importance import ewc_penalty
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 

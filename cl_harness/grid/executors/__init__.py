@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from cl_harness.errors import ConfigError
-from cl_harness.runner.experiment import Executor
+from cl_harness.grid.experiment import Executor
 
 EXECUTORS = ("local", "ray")
 
@@ -57,11 +57,11 @@ def make_executor(options: ExecutionOptions, tracking_uri: str) -> Executor:
     """The executor the options ask for, after checking them."""
     check_options(options, tracking_uri)
     if options.executor == "ray":
-        from cl_harness.runner.executors.ray_tasks import RayExecutor, require_ray
+        from cl_harness.grid.executors.ray_tasks import RayExecutor, require_ray
 
         require_ray()
         return RayExecutor(options.ray_address, options.max_retries, options.cpus_per_run or 1.0, options.gpus_per_run)
-    from cl_harness.runner.executors.local import ProcessExecutor, SequentialExecutor
+    from cl_harness.grid.executors.local import ProcessExecutor, SequentialExecutor
 
     if options.workers == 1:
         return SequentialExecutor(max(1, int(options.cpus_per_run)) if options.cpus_per_run else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from cl_harness.errors import ConfigError, TrackingStoreError
-from cl_harness.runner.experiment import GridContext, OnResult
+from cl_harness.grid.experiment import GridContext, OnResult
 from cl_harness.runner.run import RunResult
 
 RAY_EXTRA_HINT = 'install the extra: pip install "cl-harness[ray]"'
@@ -49,7 +49,7 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        from cl_harness.runner.worker import run_planned
+        from cl_harness.grid.worker import run_planned
         from cl_harness.tracking.store import is_store_failure
 
         started_here = self.connect()

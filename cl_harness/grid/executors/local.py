@@ -8,7 +8,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 
 from cl_harness.errors import TrackingStoreError
-from cl_harness.runner.experiment import GridContext, OnResult, RunSpec, run_sequentially
+from cl_harness.grid.experiment import GridContext, OnResult, RunSpec, run_sequentially
 from cl_harness.runner.run import RunResult
 
 
@@ -36,7 +36,7 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
 
     The experiment is loaded and tokenised once, for the first run, and serves every later run of this worker.
     """
-    from cl_harness.runner.worker import prepare_in_worker, run_planned
+    from cl_harness.grid.worker import prepare_in_worker, run_planned
     from cl_harness.tracking.store import is_store_failure
 
     signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the run KILLED, its checkpoint kept
@@ -117,12 +117,12 @@ class ProcessExecutor:
                     if on_result is not None:
                         on_result(payload)
         finally:
-            for conn, process in idle:
+            for conn, _process in idle:
                 try:
                     conn.send(None)
                 except OSError:  # it is gone already
                     pass
-            for conn, (process, _) in busy.items():
+            for _conn, (process, _) in busy.items():
                 process.terminate()
             for conn, process in [*idle, *((c, p) for c, (p, _) in busy.items())]:
                 process.join(timeout=30)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
-from cl_harness.data.benchmark import EncodedTask, LabelSpace, encode_tasks
+from cl_harness.data.benchmark import EncodedTask, LabelSpace
+from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
 from cl_harness.errors import HubUnreachableError
+from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
-from cl_harness.models.masked_lm import MaskingSpec
-from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
+from cl_harness.runner.run import ModelFactory, RunPlan
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
+from cl_harness.tasks import default_kinds
+from cl_harness.tasks.registry import TaskKindRegistry
 
 
 @dataclass
@@ -27,6 +31,27 @@ class CheckedExperiment:
     strategies: list[StrategySpec]
     tokenizer: object
     runs: list[PlannedRun]
+    kinds: TaskKindRegistry = field(default_factory=default_kinds)
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.loaded.config
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.loaded.config.training
+
+    @property
+    def backbone(self) -> BackboneConfig:
+        return self.loaded.config.backbone
+
+    @property
+    def name(self) -> str:
+        return self.loaded.config.name
+
+    @property
+    def stream_name(self) -> str:
+        return self.loaded.stream.config.name
 
     @property
     def scenario(self) -> str:
@@ -36,16 +61,9 @@ class CheckedExperiment:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    @property
-    def has_mlm(self) -> bool:
-        return any(t.kind == "mlm" for t in self.tasks)
-
-    def masking(self) -> MaskingSpec | None:
-        """What masked-LM tasks need from the tokenizer; None for a stream without them."""
-        if not self.has_mlm:
-            return None
-        tokenizer = self.tokenizer
-        return MaskingSpec(tokenizer.mask_token_id, tuple(tokenizer.all_special_ids), len(tokenizer))
+    def kind_resources(self) -> dict:
+        """What the stream's task kinds need from the tokenizer (e.g. mlm: its masking spec)."""
+        return self.kinds.resources([t.kind for t in self.tasks], self.tokenizer)
 
     def resolved_config(self) -> dict:
         data = self.loaded.resolved()
@@ -60,6 +78,42 @@ class PreparedExperiment:
     checked: CheckedExperiment
     encoded: list[EncodedTask]
     cache: TokenCache | None = None  # its hits and misses tell whether tokenising was skipped
+    resources: dict = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
+
+    # One hop to what runs read (``experiment.training.lr``) instead of ``experiment.checked.loaded.config.training.lr``.
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.checked.config
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.checked.training
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        return self.checked.runs
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.checked.task_names
+
+    @property
+    def scenario(self) -> str:
+        return self.checked.scenario
+
+    def model_factory(self) -> ModelFactory:
+        """How every run of the grid builds its model."""
+        checked = self.checked
+        kinds = [(k.prepare_model, self.resources.get(k.name)) for k in checked.kinds.used_by([t.kind for t in checked.tasks])
+                 if k.prepare_model is not None]
+        return ModelFactory(checked.backbone, checked.space.head_sizes, checked.scenario, checked.training.precision, kinds)
+
+    def run_plan(self, planned: PlannedRun) -> RunPlan:
+        """What one planned run needs, and nothing more of the experiment."""
+        return RunPlan(
+            planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
+            self.training, self.scenario, self.checked.kinds, self.resources,
+        )
 
 
 @dataclass
@@ -93,9 +147,9 @@ def check_stream(path, data_root=None) -> CheckedStream:
     return CheckedStream(loaded, tasks, unreachable)
 
 
-def cap_test_per_class(task: TaskData, cap: int | None) -> TaskData:
-    """Keep at most ``cap`` test examples per class (``training.eval_per_class``), chosen with a fixed seed."""
-    if cap is None or task.kind == "mlm":
+def cap_test_per_class(task: TaskData, cap: int | None, kinds: TaskKindRegistry | None = None) -> TaskData:
+    """Keep at most ``cap`` test examples per class (``training.eval_per_class``) of a labelled task, chosen with a fixed seed."""
+    if cap is None or not (kinds or default_kinds()).get(task.kind).labelled:
         return task
     kept = sample_per_class(task.test_labels, task.label_names, cap, "eval_per_class")
     return dataclasses.replace(
@@ -147,46 +201,42 @@ def check_lora_targets(loaded: LoadedExperiment, strategies: list[StrategySpec],
             )
 
 
-def check_mlm_tasks(loaded: LoadedExperiment, strategies: list[StrategySpec], tokenizer) -> None:
-    """Masked-LM tasks need a [MASK] token, a strategy that trains task by task, and no per-task LoRA adapters."""
-    mlm = [i for i, t in enumerate(loaded.stream.config.tasks) if t.type == "mlm"]
-    if not mlm:
-        return
-    if tokenizer.mask_token_id is None:
-        raise loaded.stream.source.error(("tasks", mlm[0], "type"), "the backbone's tokenizer has no mask token for an mlm task")
-    for index, spec in enumerate(strategies):
-        names = {p.name for p in spec.plugins}
-        if spec.train_data != "current" or names & {"inc_lora", "o_lora"}:
-            raise loaded.source.error(
-                ("strategies", index),
-                f"strategy {spec.label!r} cannot train a stream with mlm tasks: they are trained task by task on the shared "
-                "backbone (or its single adapter), outside joint/cumulative data and per-task adapters",
-                hint="use full fine-tuning, a backbone.peft method or seq_lora, with any plugins",
-            )
+def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], tokenizer, kinds: TaskKindRegistry) -> None:
+    """Each task kind of the stream checks what it needs (e.g. mlm: a [MASK] token, strategies that train task by task)."""
+    for kind in kinds.used_by([t.type for t in loaded.stream.config.tasks]):
+        if kind.check is not None:
+            kind.check(loaded, strategies, tokenizer)
 
 
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
     """Validate strategies, data and backbone without training or writing anything."""
     registry = registry or default_registry()
+    kinds = default_kinds()
     config = loaded.config
     scenario = loaded.stream.config.scenario
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders)
-    tasks = [cap_test_per_class(t, config.training.eval_per_class) for t in load_stream_tasks(loaded.stream)]
+    tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
     model_config = load_model_config(config.backbone)
     check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
     check_lora_targets(loaded, strategies, model_config)
-    check_mlm_tasks(loaded, strategies, tokenizer)
-    return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
+    check_task_kinds(loaded, strategies, tokenizer, kinds)
+    return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs, kinds)
 
 
 def prepare_experiment(checked: CheckedExperiment, cache: TokenCache | None | str = "environment") -> PreparedExperiment:
     """Tokenise every task once, through the token cache (``$CL_HARNESS_CACHE`` unless ``cache`` is given)."""
     if cache == "environment":
         cache = TokenCache.from_environment(checked.tokenizer)
-    max_length = checked.loaded.config.training.max_length
-    encoded = encode_tasks(checked.tasks, checked.space, checked.tokenizer, max_length, cache)
-    return PreparedExperiment(checked, encoded, cache)
+    max_length = checked.training.max_length
+
+    def encode(texts: list) -> object:
+        if cache is None:
+            return encode_texts(checked.tokenizer, texts, max_length)
+        return cache.encode(texts, max_length, lambda t, n: encode_texts(checked.tokenizer, t, n))
+
+    encoded = checked.kinds.encode_tasks(checked.tasks, checked.space, encode)
+    return PreparedExperiment(checked, encoded, cache, checked.kind_resources())

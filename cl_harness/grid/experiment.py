@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
-from cl_harness.runner.grid import PlannedRun
-from cl_harness.runner.prepare import PreparedExperiment
-from cl_harness.runner.run import RunResult, train_and_evaluate
+from cl_harness.grid.plan import PlannedRun
+from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
+from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
+from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.tracking import writer
 from cl_harness.tracking.schema import FAILED, FINISHED, KILLED
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
@@ -57,7 +57,7 @@ class GridContext:
     runs: list[PlannedRun] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runs = list(self.prepared.checked.runs)
+        self.runs = list(self.prepared.runs)
 
     def run_here(self, planned: PlannedRun) -> RunResult:
         """Train and log one planned run in this process."""
@@ -75,7 +75,7 @@ class GridContext:
     def lost(self, planned: PlannedRun, error: str) -> RunResult:
         """A run whose worker gave up or died: its MLflow run, if one was created and is still open, is marked FAILED."""
         run_id = writer.close_lost_child(self.client, self.experiment_id, self.parent_run_id, planned.name, error)
-        tasks = [self.prepared.checked.task_names[i] for i in planned.order]
+        tasks = [self.prepared.task_names[i] for i in planned.order]
         return RunResult(planned.strategy.label, planned.seed, tasks, [], planned.order_index, status=FAILED, error=error, run_id=run_id)
 
 
@@ -110,7 +110,7 @@ def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str
     checked = prepared.checked
     return writer.child_tags(
         planned.strategy.label, planned.seed, planned.order_index, [checked.task_names[i] for i in planned.order],
-        checked.loaded.stream.config.name, checked.scenario, checked.loaded.config.backbone.name,
+        checked.stream_name, checked.scenario, checked.backbone.name,
     )
 
 
@@ -119,8 +119,8 @@ def grid_folder(prepared: PreparedExperiment) -> Path:
     config = prepared.checked.resolved_config()
     config.pop("tracking", None)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    root = Path(prepared.checked.loaded.config.checkpoint_dir)
-    return root / safe_name(prepared.checked.loaded.config.name) / digest
+    root = Path(prepared.config.checkpoint_dir)
+    return root / safe_name(prepared.config.name) / digest
 
 
 def safe_name(text: str) -> str:
@@ -143,13 +143,13 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
     logger = writer.reopen_run(client, state.run_id) if state else None
     if logger is None:
         config = prepared.checked.resolved_config()
-        config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
+        config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.task_names[i] for i in planned.order]}
         logger = writer.open_child(client, experiment_id, planned.name, {**tags, **run_tags(prepared, planned)}, parent_id, config)
         state = state or RunState()
         state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
         save_state(folder, state)
     try:
-        result = train_and_evaluate(prepared, planned, logger, show_progress, folder=folder)
+        result = train_and_evaluate(prepared.run_plan(planned), logger, show_progress, folder=folder)
     except KeyboardInterrupt:
         end_quietly(logger, KILLED)
         raise
@@ -176,7 +176,7 @@ def run_experiment(
     The experiment and the parent run are created here, before any worker starts; ``executor``
     (default: one run after another in this process) runs the children.
     """
-    config = prepared.checked.loaded.config
+    config = prepared.config
     uri, client = open_store(tracking_uri or config.tracking.uri)
     name = config.tracking.experiment or config.name
     experiment_id = experiment_for(client, uri, name)
@@ -208,8 +208,8 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
             return parent
     names = [p.name for p in checked.runs]
     parent = writer.open_parent(
-        client, experiment_id, checked.loaded.config.name,
-        {**tags, **writer.parent_tags(checked.loaded.stream.config.name, checked.scenario)}, checked.resolved_config(), names,
+        client, experiment_id, checked.name, {**tags, **writer.parent_tags(checked.stream_name, checked.scenario)},
+        checked.resolved_config(), names,
     )
     payload = json.dumps({"parent_run_id": parent.run_id, "runs": names}, indent=1).encode()
     atomic_write_bytes(marker, lambda f: f.write(payload))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cl_harness.errors import ConfigError
-from cl_harness.runner.experiment import RunSpec, grid_folder, run_child, run_folder
-from cl_harness.runner.prepare import PreparedExperiment
+from cl_harness.grid.experiment import RunSpec, grid_folder, run_child, run_folder
+from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult
 
 
@@ -15,12 +15,12 @@ def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
     import torch
 
     from cl_harness.config.loader import load_experiment
-    from cl_harness.runner.prepare import check_experiment, prepare_experiment
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     prepared = prepare_experiment(check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root)))
-    names = tuple(p.name for p in prepared.checked.runs)
+    names = tuple(p.name for p in prepared.runs)
     if names != spec.run_names or grid_folder(prepared).name != Path(spec.grid).name:
         raise ConfigError(
             f"the worker loaded {spec.experiment} into a different grid than the parent process",
@@ -34,7 +34,7 @@ def run_planned(spec: RunSpec, index: int, prepared: PreparedExperiment | None =
     from cl_harness.tracking.store import connect
 
     prepared = prepared or prepare_in_worker(spec)
-    planned = prepared.checked.runs[index]
+    planned = prepared.runs[index]
     client = connect(spec.tracking_uri)
     folder = run_folder(Path(spec.grid), planned)
     return run_child(prepared, planned, client, spec.experiment_id, spec.parent_run_id, spec.tags, spec.show_progress, folder)

@@ -1,0 +1,1 @@
+"""A grid of runs: planning (strategies x seeds x orders), preparation, the parent run and the executors."""

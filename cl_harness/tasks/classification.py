@@ -1,0 +1,25 @@
+"""Classification tasks: labelled texts, trained by the strategy's Avalanche loop, scored by accuracy."""
+
+from __future__ import annotations
+
+from cl_harness.evaluation.evaluator import task_accuracy
+from cl_harness.tasks.registry import TaskKindInfo, TrainStep
+
+
+def train(step: TrainStep) -> None:
+    """The strategy's base loop and plugins train on the step's experience."""
+    step.strategy.train(step.experience, num_workers=0)
+
+
+def score(model, task, env, on_batch) -> tuple[float, dict[str, float]]:
+    """Accuracy on the task's test split."""
+    return task_accuracy(model, task.test_inputs, task.test_targets, task.index, env.eval_batch_size, env.device, on_batch), {}
+
+
+INFO = TaskKindInfo(
+    name="classification",
+    summary="labelled texts; the strategy's loop trains on them; the column holds test accuracy",
+    column_metric="accuracy",
+    train=train,
+    score=score,
+)

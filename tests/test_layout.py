@@ -25,3 +25,19 @@ def test_the_check_sees_an_import(tmp_path):
     assert MLFLOW_IMPORT.search("x = 1\n    from mlflow import MlflowClient\n")
     assert MLFLOW_IMPORT.search("import mlflow\n")
     assert not MLFLOW_IMPORT.search("import mlflowish\n# see mlflow docs\n")
+
+
+def test_imports_point_down_the_layers_without_cycles():
+    """pyproject's [tool.importlinter] contracts: layers (no upward import), no cycles, strategies and kinds independent."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("lint-imports") is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(["lint-imports"], cwd=PACKAGE.parent, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout

@@ -155,7 +155,12 @@ def grid_folder(prepared: PreparedExperiment) -> Path:
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    """A single folder name: other characters become ``_``, and leading dots too (``..`` never leaves the parent)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    name = re.sub(r"^\.+", lambda m: "_" * len(m.group()), name)
+    if len(name) > 120:  # file systems allow 255 bytes; a hash keeps long names distinct
+        name = name[:100] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return name or "_"
 
 
 def run_folder(grid: Path, planned: PlannedRun) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,18 +15,21 @@ from typing import Protocol
 
 from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
 from cl_harness.runner.grid import PlannedRun
+from cl_harness.runner.locks import RunBusy, grid_lock, run_lock
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
 from cl_harness.tracking.mlflow_logger import (
     RunLogger,
     check_tracking_reachable,
+    choose_tracking_uri,
     default_artifact_location,
     default_tags,
     get_or_create_experiment,
     resolve_tracking_uri,
     sqlite_db_path,
 )
+from cl_harness.tracking.store_guard import probe_store, store_creation_lock
 
 PARENT, CHILD = "parent", "child"
 PLANNED_RUNS_ARTIFACT = "planned_runs.json"
@@ -66,10 +70,10 @@ class GridContext:
     def __post_init__(self) -> None:
         self.runs = list(self.prepared.checked.runs)
 
-    def run_here(self, planned: PlannedRun) -> RunResult:
-        """Train and log one planned run in this process."""
+    def run_here(self, planned: PlannedRun, wait: bool = True) -> RunResult:
+        """Train and log one planned run in this process (RunBusy if another process holds it and not ``wait``)."""
         return run_child(self.prepared, planned, self.client, self.experiment_id, self.parent_run_id, self.tags,
-                         self.show_progress, run_folder(self.grid, planned))
+                         self.show_progress, run_folder(self.grid, planned), wait=wait)
 
     def spec(self, threads: int | None = None) -> RunSpec:
         """The picklable description of this grid that workers load the experiment from again."""
@@ -102,14 +106,23 @@ class Executor(Protocol):
 
 
 def run_sequentially(context: GridContext, on_result: OnResult | None) -> list[RunResult]:
-    """The local executor: one run after another in this process."""
-    results = []
-    for planned in context.runs:
-        result = context.run_here(planned)
-        results.append(result)
+    """The local executor: one run after another in this process; runs another process holds are done last."""
+    results: dict[int, RunResult] = {}
+    busy = []
+    for index, planned in enumerate(context.runs):
+        try:
+            results[index] = context.run_here(planned, wait=False)
+        except RunBusy:
+            print(f"{planned.name}: another process is training this run; doing the others first", file=sys.stderr, flush=True)
+            busy.append(index)
+            continue
         if on_result is not None:
-            on_result(result)
-    return results
+            on_result(results[index])
+    for index in busy:
+        results[index] = context.run_here(context.runs[index])
+        if on_result is not None:
+            on_result(results[index])
+    return [results[index] for index in range(len(context.runs))]
 
 
 def absolute_uri(uri: str) -> str:
@@ -167,8 +180,17 @@ def run_folder(grid: Path, planned: PlannedRun) -> Path:
     return grid / safe_name(planned.name.replace("/", "-"))
 
 
-def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
-    """One tracked run, resumed if its folder holds an unfinished one; a training failure marks it FAILED, the grid goes on."""
+def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path, wait: bool = True) -> RunResult:
+    """One tracked run, resumed if its folder holds an unfinished one; a training failure marks it FAILED, the grid goes on.
+
+    The run folder's lock is held throughout, so another process running the same grid waits for this run and then
+    finds it finished, instead of training it a second time.
+    """
+    with run_lock(folder, planned.name, wait):
+        return _run_child_locked(prepared, planned, client, experiment_id, parent_id, tags, show_progress, folder)
+
+
+def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
     state = load_state(folder)
     if state and state.status == "FINISHED":
         note = f"already finished in {folder}: skipped (--restart runs the grid again)"
@@ -180,12 +202,16 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
         logger = RunLogger.reopen(client, state.run_id)
     else:
         logger = RunLogger(client, experiment_id, planned.name, tags={**tags, **run_tags(prepared, planned)}, parent_run_id=parent_id)
-        config = prepared.checked.resolved_config()
-        config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
-        logger.log_config(config)
-        state = state or RunState()
-        state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
-        save_state(folder, state)
+        try:
+            config = prepared.checked.resolved_config()
+            config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.checked.task_names[i] for i in planned.order]}
+            logger.log_config(config)
+            state = state or RunState()
+            state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
+            save_state(folder, state)
+        except BaseException as exc:
+            end_quietly(logger, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
     try:
         result = train_and_evaluate(prepared, planned, logger, show_progress, folder=folder)
     except KeyboardInterrupt:
@@ -194,9 +220,13 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
     except BaseException:
         end_quietly(logger, "FAILED")
         raise
-    log_results(logger, result)
-    if result.error:
-        logger.set_tags({"error": result.error[:4000]})
+    try:
+        log_results(logger, result)
+        if result.error:
+            logger.set_tags({"error": result.error[:4000]})
+    except BaseException as exc:
+        end_quietly(logger, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     logger.end(result.status)
     return result
 
@@ -218,26 +248,31 @@ def run_experiment(
 
     checked = prepared.checked
     config = checked.loaded.config
-    uri = resolve_tracking_uri(tracking_uri or config.tracking.uri)
+    chosen = choose_tracking_uri(tracking_uri or config.tracking.uri)
+    probe_store(chosen)
+    db = sqlite_db_path(chosen)
+    uri = resolve_tracking_uri(chosen)
     check_tracking_reachable(uri)
     name = config.tracking.experiment or config.name
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = get_or_create_experiment(client, name, default_artifact_location(uri, name))
+    with store_creation_lock(db):  # concurrent first writers of a new SQLite store take turns creating it
+        experiment_id = get_or_create_experiment(client, name, default_artifact_location(uri, name))
     tags = default_tags(None)
     grid = grid_folder(prepared)
-    if restart and grid.exists():  # keep the old folder, out of the way
-        grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
-    parent = open_parent(client, experiment_id, prepared, grid, tags)
+    with grid_lock(grid):
+        if restart and grid.exists():  # keep the old folder, out of the way
+            grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
+        parent = open_parent(client, experiment_id, prepared, grid, tags)
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
+        finish_parent(client, parent, name, results)
     except KeyboardInterrupt:
         end_quietly(parent, "KILLED")
         raise
     except BaseException:
         end_quietly(parent, "FAILED")
         raise
-    finish_parent(client, parent, name, results)
     return results
 
 
@@ -272,10 +307,14 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
         checked.loaded.config.name,
         tags={**tags, "cl_harness.role": PARENT, "stream": checked.loaded.stream.config.name, "scenario": checked.scenario},
     )
-    parent.log_config(checked.resolved_config())
-    parent.log_dict({"runs": [p.name for p in checked.runs]}, PLANNED_RUNS_ARTIFACT)  # the report names runs that never started
-    payload = json.dumps({"parent_run_id": parent.run_id, "runs": [p.name for p in checked.runs]}, indent=1).encode()
-    atomic_write_bytes(marker, lambda f: f.write(payload))
+    try:
+        parent.log_config(checked.resolved_config())
+        parent.log_dict({"runs": [p.name for p in checked.runs]}, PLANNED_RUNS_ARTIFACT)  # the report names runs that never started
+        payload = json.dumps({"parent_run_id": parent.run_id, "runs": [p.name for p in checked.runs]}, indent=1).encode()
+        atomic_write_bytes(marker, lambda f: f.write(payload))
+    except BaseException as exc:
+        end_quietly(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     return parent
 
 

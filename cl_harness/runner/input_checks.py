@@ -8,6 +8,7 @@ from pathlib import Path
 from cl_harness.config.loader import LoadedExperiment
 from cl_harness.errors import clip
 from cl_harness.tracking.mlflow_logger import metric_key
+from cl_harness.tracking.store_guard import can_create_in
 
 # Models whose position ids start after the padding index (the last two embeddings are unusable).
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
@@ -75,7 +76,7 @@ def check_metric_keys(loaded: LoadedExperiment) -> None:
 
 
 def check_checkpoint_dir(loaded: LoadedExperiment) -> None:
-    """``checkpoint_dir`` must be, or be creatable as, a writable folder (nothing is created here)."""
+    """``checkpoint_dir`` must be, or be creatable as, a writable folder (a probe file is created and removed)."""
     folder = Path(loaded.config.checkpoint_dir).expanduser()
     path = ("checkpoint_dir",)
     probe = folder
@@ -85,5 +86,20 @@ def check_checkpoint_dir(loaded: LoadedExperiment) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise loaded.source.error(path, f"{clip(probe, 160)} is a file, so run folders cannot be created under it")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise loaded.source.error(path, f"cannot create run folders in {clip(probe, 160)}: it is not writable")
+    if probe.is_dir():
+        why = can_create_in(probe)
+        if why is not None:
+            raise loaded.source.error(path, f"cannot create run folders in {clip(probe, 160)}: it is not writable ({why})")
+
+
+def check_tracking_uri(loaded: LoadedExperiment, cli_uri: str | None) -> None:
+    """The tracking URI in use (``--tracking-uri``, ``tracking.uri`` or $MLFLOW_TRACKING_URI) must be one a store accepts."""
+    from cl_harness.tracking.store_guard import check_store_uri
+
+    if cli_uri is not None:
+        check_store_uri(cli_uri, key="--tracking-uri")
+    elif loaded.config.tracking.uri is not None:
+        path = ("tracking", "uri")
+        check_store_uri(loaded.config.tracking.uri, "tracking.uri", loaded.source.file, loaded.source.line_of(path))
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        check_store_uri(os.environ["MLFLOW_TRACKING_URI"], key="$MLFLOW_TRACKING_URI")

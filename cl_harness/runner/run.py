@@ -24,7 +24,7 @@ from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.models.masked_lm import MaskedLMHead, MaskingSpec, masked_token_accuracy, pseudo_perplexity, train_masked_lm
 from cl_harness.models.peft_backbone import apply_peft
-from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
+from cl_harness.runner.checkpoint import RunState, load_checkpoint, load_state, remove_checkpoints, restore_rng_states, save_checkpoint, save_state
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
@@ -352,5 +352,5 @@ def train_and_evaluate(
         state.status, state.metrics, state.error = result.status, result.metrics, result.error
         save_state(folder, state)
         if result.status == "FINISHED":  # its results live in state.json and MLflow; the weights are not needed again
-            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+            remove_checkpoints(folder)
     return (result, strategy) if keep_strategy else result

@@ -42,9 +42,12 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 
 def is_store_failure(exc: BaseException) -> bool:
     """Whether an exception means the tracking store (database, server, disk) failed, rather than the run."""
-    from requests.exceptions import RequestException
+    import sqlite3
 
-    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError))
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError, SQLAlchemyError, sqlite3.Error))
 
 
 SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,10 +39,12 @@ def wait_for(pattern: str, root: Path, count: int = 1, timeout: float = 300.0) -
 
 
 @pytest.mark.slow
-def test_two_concurrent_invocations_of_one_grid_train_every_run_once(tmp_path, tiny_bert):
-    """The first process is held inside its first run; the second, started then, leaves that run to it and trains
-    another; both then finish the grid. Every child run exists once, FINISHED, with steps 0, 1, 2 logged once each."""
+def test_two_concurrent_invocations_of_one_grid_train_every_run_once(tmp_path, tiny_bert, monkeypatch, capsys):
+    """The first process is held inside its first run; the second, started then (in this process), leaves that run to
+    it and trains another; both then finish the grid. Every child run exists once, FINISHED, with steps 0, 1, 2 logged once each."""
     from mlflow import MlflowClient
+
+    from cl_harness.cli import main
 
     flag = tmp_path / "hold"
     flag.touch()
@@ -56,15 +59,23 @@ def test_two_concurrent_invocations_of_one_grid_train_every_run_once(tmp_path, t
 
     first = start(experiment, uri, tmp_path)
     wait_for("checkpoint.pt", tmp_path / "runs")  # the first process holds run 1, paused before its task 2
-    second = start(experiment, uri, tmp_path)
-    wait_for("checkpoint.pt", tmp_path / "runs", count=2)  # the second holds another run
-    flag.unlink()
-    outputs = [process.communicate(timeout=600) for process in (first, second)]
 
-    for process, (out, err) in zip((first, second), outputs):
-        assert process.returncode == 0, err[-3000:]
-        assert "Traceback" not in err
-    assert "another process is training this run" in outputs[1][1]
+    def release_once_both_hold_a_run() -> None:
+        wait_for("checkpoint.pt", tmp_path / "runs", count=2)
+        flag.unlink()
+
+    releaser = threading.Thread(target=release_once_both_hold_a_run, daemon=True)
+    releaser.start()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    # The second invocation runs in this process (one interpreter fewer to start), concurrently with the first.
+    code = main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"])
+    second = capsys.readouterr()
+    outputs = [first.communicate(timeout=600), (second.out, second.err)]
+
+    assert first.returncode == 0 and code == 0, outputs[0][1][-3000:] + second.err[-3000:]
+    assert all("Traceback" not in err for _, err in outputs)
+    assert "another process is training this run" in second.err
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
@@ -103,7 +114,7 @@ def test_concurrent_first_writers_of_a_fresh_store_take_turns(tmp_path):
     db.parent.mkdir()
     processes = [
         subprocess.Popen([sys.executable, "-c", PROBE, str(db)], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
+        for _ in range(2)
     ]
     outputs = [process.communicate(timeout=300) for process in processes]
     for process, (out, err) in zip(processes, outputs):

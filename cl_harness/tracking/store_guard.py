@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from cl_harness.errors import ConfigError, TrackingStoreError, clip
 
 # Schemes MLflow's tracking stores accept (a ``+driver`` suffix is allowed on database schemes).
-STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks", "uc")
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
 SQLITE_HEADER = b"SQLite format 3\x00"
 STORE_LOCK_TIMEOUT_S = 120.0
 
@@ -37,8 +37,12 @@ def check_store_uri(uri: str, key: str = "tracking.uri", file: str | None = None
     """Refuse a tracking URI no store accepts: an unknown scheme, a bare path, or a sqlite URI without ``sqlite:///``."""
     if not uri or not uri.strip():
         raise uri_error(uri, "the tracking URI is empty", key, file, line)
+    if uri.strip().lower() in ("databricks", "databricks-uc", "uc"):  # a profile from the environment
+        return
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower().split("+", 1)[0]
+    if scheme == "file":
+        raise uri_error(uri, "MLflow 3 no longer writes to a file store; use a database store", key, file, line)
     if not parsed.scheme or len(parsed.scheme) == 1:  # a bare path (or a Windows drive letter)
         raise uri_error(uri, "the tracking URI has no scheme; a bare folder is not a store MLflow accepts", key, file, line)
     if scheme not in STORE_SCHEMES:

@@ -27,7 +27,7 @@ class YamlGuardError(Exception):
 
 
 def _key_text(node: yaml.Node) -> Any:
-    return node.value if isinstance(node, yaml.ScalarNode) else f"<{node.tag}>"
+    return node.value if isinstance(node, yaml.ScalarNode) else f"<{node.tag} at line {node.start_mark.line + 1}>"
 
 
 def check_tree(root: yaml.Node) -> None:
@@ -52,11 +52,12 @@ def check_tree(root: yaml.Node) -> None:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     stack.append((value_node, path, depth + 1))
                     continue
-                if key in seen:
+                identity = (key_node.tag, key)  # `1` and `"1"` are different keys
+                if identity in seen:
                     raise YamlGuardError(
-                        f"duplicate key {str(key)[:60]!r} (lines {seen[key]} and {line}); give each key once", line, path + (key,)
+                        f"duplicate key {str(key)[:60]!r} (lines {seen[identity]} and {line}); give each key once", line, path + (key,)
                     )
-                seen[key] = line
+                seen[identity] = line
                 stack.append((value_node, path + (key,), depth + 1))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):

@@ -82,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from cl_harness.config.loader import is_stream_file, load_experiment
+    from cl_harness.grid.input_checks import check_tracking_uri
     from cl_harness.grid.prepare import check_experiment
 
     if is_stream_file(args.experiment):
         return validate_stream(args)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    check_tracking_uri(checked.loaded, None)
     config = checked.config
     print(f"experiment {config.name!r}: OK")
     print(f"  stream   {checked.stream_name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
@@ -133,10 +135,13 @@ def cmd_run(args) -> int:
     from cl_harness.grid.experiment import run_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
     from cl_harness.report.terminal import run_summary
+    from cl_harness.grid.input_checks import check_tracking_uri
     from cl_harness.tracking.store import choose_tracking_uri
+    from cl_harness.tracking.store_guard import probe_store
 
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    check_tracking_uri(checked.loaded, args.tracking_uri)
     uri = choose_tracking_uri(args.tracking_uri or checked.config.tracking.uri)
     executor = make_executor(options, uri)
     if args.dry_run:
@@ -144,6 +149,7 @@ def cmd_run(args) -> int:
         for planned in checked.runs:
             print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
         return EXIT_OK
+    probe_store(uri)  # before tokenising: fail fast
     prepared = prepare_experiment(checked)
     if prepared.cache is not None and prepared.cache.hits:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
@@ -224,9 +230,18 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.debug or args.command != "run":
             raise
+        from cl_harness.tracking.store_guard import StoreUnavailableError
+
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             print(f"error: no space left on the device ({exc.filename or ''}); finished tasks' checkpoints are intact. "
                   "Free space and run the same command again to resume.", file=sys.stderr)
+            return EXIT_TRACKING
+        if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EROFS, errno.EDQUOT):
+            print(f"error: cannot write {str(exc.filename or '')[:200]} ({exc.strerror}); finished tasks' checkpoints are "
+                  "intact. Fix the disk and run the same command again to resume.", file=sys.stderr)
+            return EXIT_TRACKING
+        if isinstance(exc, StoreUnavailableError):
+            print(f"error: {str(exc)[:500]}", file=sys.stderr)
             return EXIT_TRACKING
         if not is_store_failure(exc):
             raise

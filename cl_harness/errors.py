@@ -4,6 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_MESSAGE_CHARS = 400  # a message never echoes more than a short excerpt of a user's file
+MAX_KEY_CHARS = 120
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters (marked with ``...``)."""
+    text = " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a message may quote of a user's value."""
+    if isinstance(value, (str, bytes)) and len(value) > 4 * limit:
+        value = value[: 4 * limit]  # never repr a whole file
+    elif isinstance(value, (list, dict)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
+    return clip(text, limit)
+
 
 class ConfigError(Exception):
     """Bad user input, reported as ``file:line: key.path: message (hint)`` and exit code 2."""
@@ -28,9 +50,9 @@ class ConfigError(Exception):
         where = ""
         if self.file:
             where = self.file + (f":{self.line}" if self.line else "") + ": "
-        key = f"{self.key}: " if self.key else ""
-        hint = f"\n  hint: {self.hint}" if self.hint else ""
-        return f"{where}{key}{self.message}{hint}"
+        key = f"{clip(self.key, MAX_KEY_CHARS)}: " if self.key else ""
+        hint = f"\n  hint: {clip(self.hint, MAX_MESSAGE_CHARS)}" if self.hint else ""
+        return f"{where}{key}{clip(self.message, MAX_MESSAGE_CHARS)}{hint}"
 
 
 class HubUnreachableError(ConfigError):

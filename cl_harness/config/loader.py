@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from cl_harness.config.experiment import ExperimentConfig
+from cl_harness.config.limits import check_name, check_numbers
 from cl_harness.config.schema import parse, to_dict
 from cl_harness.config.stream import StreamConfig
 from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load_yaml
@@ -57,6 +58,7 @@ def load_stream(path: str | Path, variables: Mapping[str, str] | None = None) ->
     variables = make_variables() if variables is None else variables
     data, source = load_yaml(path, "stream")
     data = expand_vars(data, variables, source)
+    check_numbers(data, source)
     return LoadedStream(parse(StreamConfig, data, source), source, Path(path).resolve())
 
 
@@ -82,7 +84,11 @@ def load_experiment(
     data = expand_vars(data, variables, source)
     if isinstance(data.get("backbone"), str):  # shorthand: `backbone: path-or-id`
         data["backbone"] = {"name": data["backbone"]}
+    check_numbers(data, source)
     config = parse(ExperimentConfig, data, source)
+    check_name(config.name, source, ("name",), "experiment name")
+    if config.tracking.experiment is not None:
+        check_name(config.tracking.experiment, source, ("tracking", "experiment"), "MLflow experiment name")
     beside = Path(path).resolve().parent / Path(config.backbone.name).expanduser()
     if not Path(config.backbone.name).is_absolute() and beside.exists():  # a model folder next to the experiment
         config.backbone.name = str(beside)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
 
+from cl_harness.config.limits import check_finite, check_seed_key
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.errors import short_repr
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str | None:
@@ -50,7 +53,7 @@ def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPat
         ("le", lambda v, b: v <= b, "<="),
     ):
         if key in meta and value is not None and not ok(value, meta[key]):
-            raise source.error(path, f"must be {word} {meta[key]}, got {value!r}")
+            raise source.error(path, f"must be {word} {meta[key]}, got {short_repr(value)}")
 
 
 def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
@@ -72,32 +75,32 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
-        raise source.error(path, f"expected {_type_name(tp)}, got {value!r}")
+        raise source.error(path, f"expected {_type_name(tp)}, got {short_repr(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed:
             return value
         hint = did_you_mean(value, [str(a) for a in allowed])
-        raise source.error(path, f"must be one of {', '.join(map(str, allowed))}; got {value!r}", hint=hint)
+        raise source.error(path, f"must be one of {', '.join(map(str, allowed))}; got {short_repr(value)}", hint=hint)
     if origin in (list, tuple):
         (arg, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise source.error(path, f"expected {_type_name(tp)}, got {value!r}")
+            raise source.error(path, f"expected {_type_name(tp)}, got {short_repr(value)}")
         return [coerce(arg, v, source, path + (i,)) for i, v in enumerate(value)]
     if origin is dict:
         _, arg = typing.get_args(tp) or (str, Any)
         if not isinstance(value, dict):
-            raise source.error(path, f"expected a mapping, got {value!r}")
+            raise source.error(path, f"expected a mapping, got {short_repr(value)}")
         return {str(k): coerce(arg, v, source, path + (k,)) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, source, path)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise source.error(path, f"expected true/false, got {value!r}")
+        raise source.error(path, f"expected true/false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise source.error(path, f"expected an integer, got {value!r}")
+            raise source.error(path, f"expected an integer, got {short_repr(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -107,24 +110,26 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
                 number = float(value)
             except ValueError:
                 number = None
-            if number is not None and number.is_integer():
+            if number is not None and math.isfinite(number) and number.is_integer():
                 return int(number)
-        raise source.error(path, f"expected an integer, got {value!r}")
+        raise source.error(path, f"expected an integer, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise source.error(path, f"expected a number, got {value!r}")
+            raise source.error(path, f"expected a number, got {short_repr(value)}")
         if isinstance(value, (int, float)):
-            return float(value)
+            return check_finite(float(value), source, path)
         if isinstance(value, str):  # PyYAML reads 1e-3 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise source.error(path, f"expected a number, got {value!r}")
+            else:
+                return check_finite(number, source, path)
+        raise source.error(path, f"expected a number, got {short_repr(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise source.error(path, f"expected a string, got {value!r}")
+        raise source.error(path, f"expected a string, got {short_repr(value)}")
     raise TypeError(f"unsupported config type {tp!r} at {path}")
 
 
@@ -134,7 +139,7 @@ def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise source.error(path, f"expected a mapping with keys {', '.join(field_names(cls))}; got {data!r}")
+        raise source.error(path, f"expected a mapping with keys {', '.join(field_names(cls))}; got {short_repr(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -149,6 +154,7 @@ def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()
         if name in data:
             value = coerce(hints[name], data[name], source, path + (name,))
             _check_bounds(value, fld.metadata, source, path + (name,))
+            check_seed_key(name, value, source, path + (name,))
             kwargs[name] = value
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise source.error(path + (name,) if not path else path, f"missing required key {name!r}")

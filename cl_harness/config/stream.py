@@ -75,6 +75,10 @@ class TaskConfig:
     test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0, "help": "held out when one split is missing"})
     split_seed: int = field(default=0, metadata={"help": "seed of sampling and of carving a missing split"})
     drop_unknown_labels: bool = field(default=False, metadata={"help": "drop rows whose label is not declared"})
+    drop_empty_texts: bool = field(default=False, metadata={"help": "drop rows whose text is empty or blank (else refused)"})
+    allow_test_only_labels: bool = field(
+        default=False, metadata={"help": "accept test labels that no train example has (else refused)"}
+    )
     train_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N train texts"})
     test_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N held-out texts"})
 
@@ -86,7 +90,8 @@ class TaskConfig:
         if self.type == "mlm":
             if len(fields) != 1:
                 raise source.error(path + ("text_field",), "an mlm task reads one text field")
-            for key in ("label_field", "label_names", "classes", "train_per_class", "test_per_class", "drop_unknown_labels"):
+            for key in ("label_field", "label_names", "classes", "train_per_class", "test_per_class", "drop_unknown_labels",
+                        "allow_test_only_labels"):
                 if getattr(self, key) != getattr(defaults, key):
                     raise source.error(
                         path + (key,), "does not apply to an mlm task (unlabelled text); use train_examples / test_examples"

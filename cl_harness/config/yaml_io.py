@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from cl_harness.config.yaml_guard import MAX_YAML_BYTES, MAX_YAML_DEPTH, YamlGuardError, compose_checked
 from cl_harness.errors import ConfigError
 
 KeyPath = tuple  # e.g. ("training", "lr") or ("tasks", 0, "name")
@@ -64,19 +65,30 @@ def load_yaml(path: str | Path, what: str = "config") -> tuple[Any, Source]:
     if not path.is_file():
         raise ConfigError(f"{what} file not found", file=path, hint=f"check the path (cwd is {Path.cwd()})")
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(
+                f"{what} file is {size} bytes; a YAML {what} file may hold at most {MAX_YAML_BYTES}",
+                file=path, hint="is this the right file? data belongs in data files named by the stream",
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} file: {exc}", file=path) from None
+        raise ConfigError(f"cannot read {what} file: {type(exc).__name__}", file=path) from None
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data, node = compose_checked(text)
+    except YamlGuardError as exc:
+        raise ConfigError(str(exc), file=path, line=exc.line, key=format_path(exc.key_path) or None) from None
+    except RecursionError:
+        raise ConfigError(f"YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)", file=path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
         col = f", column {mark.column + 1}" if mark else ""
         raise ConfigError(
-            f"YAML syntax error{col}: {exc.problem or exc}", file=path, line=line
+            f"YAML syntax error{col}: {str(exc.problem or exc)[:200]}", file=path, line=line
         ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {str(exc)[:200]}", file=path) from None
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _walk_lines(node, (), lines)

@@ -226,9 +226,47 @@ def read_file(path: Path) -> RawSplit:
         return _read_csv(path, text)
     if suffix == ".txt":
         return rows_to_split([{"text": line.strip()} for line in text.splitlines() if line.strip()], str(path))
-    if suffix == ".json" and text.lstrip()[:1] == "[":
-        return rows_to_split(_parse_json_array(path, text), str(path))
+    try:
+        return _read_json(path, suffix, text)
+    except RecursionError:
+        raise _FileProblem(f"{path}: JSON nested too deeply") from None
+
+
+def _read_json(path: Path, suffix: str, text: str) -> RawSplit:
+    """Rows of a .json file (an array of objects, or JSON lines) or a .jsonl file."""
+    if suffix == ".json":
+        document = _whole_json(text)
+        if document is not _NOT_ONE_DOCUMENT:
+            return rows_to_split(_json_rows(path, document), str(path))
+        if text.lstrip()[:1] == "[":
+            return rows_to_split(_parse_json_array(path, text), str(path))
     return rows_to_split(_parse_json_lines(path, text), str(path))
+
+
+_NOT_ONE_DOCUMENT = object()
+
+
+def _whole_json(text: str) -> object:
+    """The file's text as one JSON document, or ``_NOT_ONE_DOCUMENT`` (e.g. JSON lines in a .json file)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return _NOT_ONE_DOCUMENT
+
+
+def json_type_name(value: object) -> str:
+    """How a JSON value is called in messages: an object, an array, a string, a number, true/false, null."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
 
 
 def _read_text(path: Path) -> str:
@@ -252,8 +290,14 @@ def _parse_json_array(path: Path, text: str) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _FileProblem(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    return _json_rows(path, data)
+
+
+def _json_rows(path: Path, data: object) -> list[dict]:
+    """The rows of a parsed JSON document, which must be an array of objects."""
     if not isinstance(data, list):
-        raise _FileProblem(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+        raise _FileProblem(f"{path}: expected a JSON array of objects, got {json_type_name(data)}",
+                           hint="write [{...}, {...}], or one object per line in a .jsonl file")
     return [_check_row(path, row, f"item {index}") for index, row in enumerate(data)]
 
 

@@ -71,7 +71,11 @@ class _TaskCutter:
     def cut_texts(self) -> TaskData:
         """An mlm task: the text field of each split, a missing split carved, both sampled (seeded)."""
         task = self.task
-        splits = {name: self.texts(split, name) for name, split in self.read().items() if split is not None}
+        splits = {}
+        for name, split in self.read().items():
+            if split is not None:
+                texts = self.texts(split, name)
+                splits[name] = [texts[i] for i in self.non_empty(texts, split, name)]
         if "train" in splits and "test" in splits:
             train, test = splits["train"], splits["test"]
         else:
@@ -94,8 +98,9 @@ class _TaskCutter:
             return self.cut_texts()
         raw = self.read()
         declared, inferred = self.label_names(raw)
+        by_value = inferred or self.labels_are_names(raw, declared)
         splits = {
-            name: self.examples(split, declared, inferred, name) for name, split in raw.items() if split is not None
+            name: self.examples(split, declared, by_value, name) for name, split in raw.items() if split is not None
         }
         names, splits = self.subset_classes(declared, splits)
         train, test = self.carve(splits, names)
@@ -142,17 +147,50 @@ class _TaskCutter:
 
     # -- one split ---------------------------------------------------------------------------------
 
-    def examples(self, split: RawSplit, names: list[str], inferred: bool, split_name: str) -> _Examples:
-        """Texts and label ids of one split (rows with an unknown label: an error, or dropped)."""
+    def labels_are_names(self, raw: dict[str, RawSplit | None], names: list[str]) -> bool:
+        """Whether integer labels are the declared names themselves (ratings 1..5 named "1".."5"), not indices into them."""
+        if self.task.label_names is None:  # a ClassLabel's integers are always indices
+            return False
+        values = [
+            v for name, s in raw.items() if s is not None for v in self.column(s, self.task.label_field, ("label_field",), name)
+        ]
+        ints = {v for v in values if isinstance(v, int) and not isinstance(v, bool)}
+        return bool(ints) and all(str(v) in names for v in ints)
+
+    def examples(self, split: RawSplit, names: list[str], by_value: bool, split_name: str) -> _Examples:
+        """Texts and label ids of one split (rows with an unknown label: an error, or dropped; empty labels: an error)."""
         texts = self.texts(split, split_name)
         raw_labels = self.column(split, self.task.label_field, ("label_field",), split_name)
+        empty = [i for i, value in enumerate(raw_labels) if value is None or (isinstance(value, str) and not value.strip())]
+        if empty:
+            raise self.fail(
+                ("label_field",),
+                f"{len(empty)} of {len(raw_labels)} rows of the {split_name} split ({split.origin}) have an empty "
+                f"{self.task.label_field!r} (first: row {empty[0]})",
+                hint="fill in or remove those rows",
+            )
         lookup = {name: i for i, name in enumerate(names)}
-        ids = [label_id(value, names, lookup, by_name_only=inferred) for value in raw_labels]
+        ids = [label_id(value, names, lookup, by_name_only=by_value) for value in raw_labels]
         unknown = [i for i, label in enumerate(ids) if label is None]
         if unknown and not self.task.drop_unknown_labels:
             raise self.unknown_labels_error(split, split_name, [raw_labels[i] for i in unknown], names)
-        keep = [i for i, label in enumerate(ids) if label is not None]
+        keep = set(self.non_empty(texts, split, split_name))
+        keep = [i for i, label in enumerate(ids) if label is not None and i in keep]
         return _Examples([texts[i] for i in keep], [ids[i] for i in keep])
+
+    def non_empty(self, texts: list, split: RawSplit, split_name: str) -> list[int]:
+        """Indices of rows whose text (each text of a pair) is not blank; blank ones are refused unless ``drop_empty_texts``."""
+        keep = [i for i, text in enumerate(texts) if all((t or "").strip() for t in (text if isinstance(text, tuple) else (text,)))]
+        if len(keep) < len(texts) and not self.task.drop_empty_texts:
+            kept = set(keep)
+            first = next(i for i in range(len(texts)) if i not in kept)
+            raise self.fail(
+                ("text_field",),
+                f"{len(texts) - len(keep)} of {len(texts)} rows of the {split_name} split ({split.origin}) have an empty "
+                f"or blank text (first: row {first})",
+                hint="set drop_empty_texts: true on the task to drop them, or fix the data",
+            )
+        return keep
 
     def texts(self, split: RawSplit, split_name: str) -> list:
         """The split's texts: strings, or (str, str) tuples for two text fields."""
@@ -166,10 +204,20 @@ class _TaskCutter:
     def text_column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list[str]:
         """One text column as strings; a missing value is an error naming the row."""
         values = self.column(split, name, keys, split_name)
+        structured = [row for row, value in enumerate(values) if isinstance(value, (dict, list, tuple))]
+        if structured:
+            kind = "a JSON object" if isinstance(values[structured[0]], dict) else "a list"
+            raise self.fail(
+                keys,
+                f"{len(structured)} rows of the {split_name} split ({split.origin}) hold {kind} instead of text in "
+                f"{name!r} (first: row {structured[0]})",
+                hint="text_field must name a column of plain strings",
+            )
         for row, value in enumerate(values):
-            if value is None:
-                raise self.fail(keys, f"row {row} of the {split_name} split ({split.origin}) has no value for {name!r}")
-        return [v if isinstance(v, str) else str(v) for v in values]
+            if value is None and not self.task.drop_empty_texts:
+                raise self.fail(keys, f"row {row} of the {split_name} split ({split.origin}) has no value for {name!r}",
+                                hint="set drop_empty_texts: true on the task to drop such rows")
+        return [v if isinstance(v, str) else ("" if v is None else str(v)) for v in values]
 
     def column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list:
         """A column of the split; a missing field is an error listing the fields that exist."""
@@ -252,6 +300,14 @@ class _TaskCutter:
         for split_name, ex in (("train", train), ("test", test)):
             if not ex.labels:
                 raise self.fail((), f"the {split_name} split is empty after filtering", hint=_EMPTY_HINT)
+        test_only = sorted(set(test.labels) - set(train.labels))
+        if test_only and not self.task.allow_test_only_labels:
+            shown = ", ".join(repr(names[i]) for i in test_only[:5]) + (" ..." if len(test_only) > 5 else "")
+            raise self.fail(
+                ("label_field",) if self.task.classes is None else ("classes",),
+                f"{len(test_only)} label(s) occur in the test split but in no train example: {shown}",
+                hint="fix the splits, keep only trained classes with `classes`, or set allow_test_only_labels: true",
+            )
         present = len(set(train.labels))
         if self.stream.config.scenario == "class_incremental" and present < 2:
             raise self.fail(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from cl_harness.tracking import writer
 from cl_harness.tracking.schema import FAILED, FINISHED, KILLED
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
+from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
+from cl_harness.tracking.writer import closed_on_failure
 
 OnResult = Callable[[RunResult], None]
 
@@ -59,10 +62,10 @@ class GridContext:
     def __post_init__(self) -> None:
         self.runs = list(self.prepared.runs)
 
-    def run_here(self, planned: PlannedRun) -> RunResult:
-        """Train and log one planned run in this process."""
+    def run_here(self, planned: PlannedRun, wait: bool = True) -> RunResult:
+        """Train and log one planned run in this process (RunBusy if another process holds it and not ``wait``)."""
         return run_child(self.prepared, planned, self.client, self.experiment_id, self.parent_run_id, self.tags,
-                         self.show_progress, run_folder(self.grid, planned))
+                         self.show_progress, run_folder(self.grid, planned), wait=wait)
 
     def spec(self, threads: int | None = None) -> RunSpec:
         """The picklable description of this grid that workers load the experiment from again."""
@@ -86,14 +89,23 @@ class Executor(Protocol):
 
 
 def run_sequentially(context: GridContext, on_result: OnResult | None) -> list[RunResult]:
-    """The local executor: one run after another in this process."""
-    results = []
-    for planned in context.runs:
-        result = context.run_here(planned)
-        results.append(result)
+    """The local executor: one run after another in this process; runs another process holds are done last."""
+    results: dict[int, RunResult] = {}
+    busy = []
+    for index, planned in enumerate(context.runs):
+        try:
+            results[index] = context.run_here(planned, wait=False)
+        except RunBusy:
+            print(f"{planned.name}: another process is training this run; doing the others first", file=sys.stderr, flush=True)
+            busy.append(index)
+            continue
         if on_result is not None:
-            on_result(result)
-    return results
+            on_result(results[index])
+    for index in busy:
+        results[index] = context.run_here(context.runs[index])
+        if on_result is not None:
+            on_result(results[index])
+    return [results[index] for index in range(len(context.runs))]
 
 
 def log_results(logger: RunLogger, result: RunResult) -> None:
@@ -124,15 +136,29 @@ def grid_folder(prepared: PreparedExperiment) -> Path:
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    """A single folder name: other characters become ``_``, and leading dots too (``..`` never leaves the parent)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    name = re.sub(r"^\.+", lambda m: "_" * len(m.group()), name)
+    if len(name) > 120:  # file systems allow 255 bytes; a hash keeps long names distinct
+        name = name[:100] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return name or "_"
 
 
 def run_folder(grid: Path, planned: PlannedRun) -> Path:
     return grid / safe_name(planned.name.replace("/", "-"))
 
 
-def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
-    """One tracked run, resumed if its folder holds an unfinished one; a training failure marks it FAILED, the grid goes on."""
+def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path, wait: bool = True) -> RunResult:
+    """One tracked run, resumed if its folder holds an unfinished one; a training failure marks it FAILED, the grid goes on.
+
+    The run folder's lock is held throughout, so another process running the same grid waits for this run and then
+    finds it finished, instead of training it a second time.
+    """
+    with run_lock(folder, planned.name, wait):
+        return _run_child_locked(prepared, planned, client, experiment_id, parent_id, tags, show_progress, folder)
+
+
+def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
     state = load_state(folder)
     if state and state.status == FINISHED:
         note = f"already finished in {folder}: skipped (--restart runs the grid again)"
@@ -156,9 +182,10 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
     except BaseException:
         end_quietly(logger, FAILED)
         raise
-    log_results(logger, result)
-    if result.error:
-        writer.record_error(logger, result.error)
+    with closed_on_failure(logger):
+        log_results(logger, result)
+        if result.error:
+            writer.record_error(logger, result.error)
     logger.end(result.status)
     return result
 
@@ -182,19 +209,20 @@ def run_experiment(
     experiment_id = experiment_for(client, uri, name)
     tags = default_tags(None)
     grid = grid_folder(prepared)
-    if restart and grid.exists():  # keep the old folder, out of the way
-        grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
-    parent = open_parent(client, experiment_id, prepared, grid, tags)
+    with grid_lock(grid):
+        if restart and grid.exists():  # keep the old folder, out of the way
+            grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
+        parent = open_parent(client, experiment_id, prepared, grid, tags)
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
+        finish_parent(client, parent, name, results)
     except KeyboardInterrupt:
         end_quietly(parent, KILLED)
         raise
     except BaseException:
         end_quietly(parent, FAILED)
         raise
-    finish_parent(client, parent, name, results)
     return results
 
 

@@ -15,6 +15,7 @@ from cl_harness.errors import HubUnreachableError
 from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
+from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
 from cl_harness.tasks import default_kinds
@@ -218,12 +219,16 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders)
+    check_device(loaded)
+    check_metric_keys(loaded)
+    check_checkpoint_dir(loaded)
     tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
     tokenizer = load_tokenizer(config.backbone)
     model_config = load_model_config(config.backbone)
     check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
     check_lora_targets(loaded, strategies, model_config)
     check_task_kinds(loaded, strategies, tokenizer, kinds)
+    check_max_length(loaded, model_config, tokenizer)
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs, kinds)
 
 

@@ -2,13 +2,20 @@
 
 Written atomically (a temporary file, then a rename) into the run's own folder, so a crash while
 writing never leaves a corrupt checkpoint in place. Only files in that folder are ever loaded.
+Beside each checkpoint, ``<file>.json`` records its size and sha256, checked on loading; the
+previous checkpoint is kept as ``checkpoint.prev.pt`` until the new one is complete, and a damaged
+checkpoint falls back to it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from cl_harness.errors import ConfigError
+
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
+DIGEST_SUFFIX = ".json"  # checkpoint.pt.json: {"size": bytes, "sha256": hex, "step": k}
+RESTART_HINT = "run the same command with --restart to start this grid over (the old run folder is kept, renamed)"
 STATE_FILE = "state.json"
 
 
@@ -59,7 +71,10 @@ def load_state(folder: Path) -> RunState | None:
     path = folder / STATE_FILE
     if not path.is_file():
         return None
-    return RunState(**json.loads(path.read_text()))
+    try:
+        return RunState(**json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        raise ConfigError("the run's state file is damaged", file=path, hint=RESTART_HINT) from None
 
 
 def rng_states() -> dict[str, Any]:
@@ -88,12 +103,117 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, cl
         "rng": rng_states(),
         "loss_scale": loss_scale.state_dict() if loss_scale else None,
     }
-    atomic_write_bytes(folder / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
+    write_verified(folder, step, lambda f: torch.save(payload, f))
+
+
+def file_digest(path: Path) -> dict:
+    """Size and sha256 of a file."""
+    sha = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return {"size": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _as_os_error(exc: RuntimeError, folder: Path) -> OSError:
+    """torch.save reports a failed write (a full disk) as RuntimeError; the harness handles it as the OSError it is."""
+    try:
+        full = shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full or "write" in str(exc).lower() else errno.EIO
+    return OSError(code, f"{os.strerror(code)} while writing a checkpoint", str(folder / CHECKPOINT_FILE))
+
+
+def write_verified(folder: Path, step: int, write) -> None:
+    """Write ``checkpoint.pt`` atomically with its digest beside it, keeping the previous one until the new one is whole."""
+    path = folder / CHECKPOINT_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            try:
+                write(file)
+                file.flush()
+            except RuntimeError as exc:
+                raise _as_os_error(exc, folder) from exc
+            os.fsync(file.fileno())
+        digest = {**file_digest(tmp), "step": step}
+        previous = folder / PREVIOUS_CHECKPOINT_FILE
+        if path.is_file() and verify(path) is None:  # the last good one stays until the new one is in place
+            os.replace(path, previous)
+            os.replace(digest_path(path), digest_path(previous))
+        digest_path(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+        data = json.dumps(digest).encode()
+        atomic_write_bytes(digest_path(path), lambda f: f.write(data))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def verify(path: Path) -> str | None:
+    """None if ``path`` matches the size and sha256 recorded beside it, else what is wrong."""
+    try:
+        expected = json.loads(digest_path(path).read_text())
+    except FileNotFoundError:
+        return "its size and hash file is missing"
+    except (OSError, ValueError):
+        return "its size and hash file is damaged"
+    if not isinstance(expected, dict):
+        return "its size and hash file is damaged"
+    size = path.stat().st_size
+    if size != expected.get("size"):
+        return f"it has {size} bytes, {expected.get('size')} were written"
+    if file_digest(path)["sha256"] != expected.get("sha256"):
+        return "its sha256 differs from the one written"
+    return None
+
+
+def _try_load(path: Path) -> tuple[dict | None, str | None]:
+    if not path.is_file():
+        return None, None
+    problem = verify(path)
+    if problem is not None and digest_path(path).exists():
+        return None, problem
+    try:  # a checkpoint without a digest file (written by an older version, or just before it): it must load
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError... on a damaged file
+        return None, f"it cannot be read ({type(exc).__name__})"
+    if not isinstance(payload, dict) or "step" not in payload:
+        return None, "it holds no checkpoint"
+    return payload, None
 
 
 def load_checkpoint(folder: Path) -> dict | None:
-    """The run folder's checkpoint (trusted: the harness wrote it), or None."""
+    """The run folder's checkpoint, verified; a damaged one falls back to the previous one; None when there is none.
+
+    Raises ConfigError (naming the file and ``--restart``) when checkpoints exist but none is intact.
+    """
     path = folder / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    payload, problem = _try_load(path)
+    if payload is not None:
+        return payload
+    previous, previous_problem = _try_load(folder / PREVIOUS_CHECKPOINT_FILE)
+    if previous is not None:
+        if problem:
+            print(f"warning: {path} is damaged ({problem}); resuming from the previous checkpoint (after task "
+                  f"{previous['step']})", file=sys.stderr, flush=True)
+        return previous
+    if problem or previous_problem:
+        damaged = path if problem else folder / PREVIOUS_CHECKPOINT_FILE
+        raise ConfigError(f"the checkpoint is damaged ({problem or previous_problem}) and no earlier one is intact",
+                          file=damaged, hint=RESTART_HINT)
+    return None
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Delete the run folder's checkpoints and their digests (a finished run needs no weights)."""
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        (folder / name).unlink(missing_ok=True)
+        digest_path(folder / name).unlink(missing_ok=True)

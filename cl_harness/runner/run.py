@@ -26,10 +26,10 @@ from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import (
-    CHECKPOINT_FILE,
     RunState,
     load_checkpoint,
     load_state,
+    remove_checkpoints,
     restore_rng_states,
     save_checkpoint,
     save_state,
@@ -378,7 +378,7 @@ class TrainingRun:
         state.status, state.metrics, state.error = result.status, result.metrics, result.error
         save_state(self.folder, state)
         if result.status == "FINISHED":
-            (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+            remove_checkpoints(self.folder)
 
 
 def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:

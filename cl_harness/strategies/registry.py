@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 from cl_harness.config.schema import did_you_mean, parse, to_dict
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.errors import clip, short_repr
+from cl_harness.strategies.user_plugins import check_user_plugin
 
 ALL_SCENARIOS = ("class_incremental", "task_incremental", "domain_incremental")
 TRAIN_DATA_MODES = ("current", "cumulative", "joint")
@@ -142,14 +144,17 @@ class StrategyRegistry:
             ((name, params),) = entry.items()
             params = {} if params is None else params
         else:
-            raise source.error(path, f"a plugin is a name or a one-key mapping {{name: {{params}}}}; got {entry!r}")
+            raise source.error(path, f"a plugin is a name or a one-key mapping {{name: {{params}}}}; got {short_repr(entry)}")
         if ":" in str(name):
             if not isinstance(params, dict):
                 raise source.error(path + (name,), "a user plugin takes a mapping of keyword arguments")
             try:
-                load_user_plugin(name)
+                plugin = load_user_plugin(name)
             except (ImportError, AttributeError) as exc:
-                raise source.error(path, f"cannot import user plugin {name!r}: {exc}") from None
+                raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {clip(exc, 200)}") from None
+            except Exception as exc:  # noqa: BLE001 - the user's module may raise anything on import
+                raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {type(exc).__name__}: {clip(exc, 200)}") from None
+            check_user_plugin(plugin, name, dict(params), source, path)
             return PluginSpec(name, dict(params))
         if name not in self._entries:
             raise source.error(

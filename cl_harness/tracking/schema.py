@@ -6,7 +6,9 @@ Everything that writes to the store (``tracking/writer.py``) and everything that
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,9 +112,19 @@ COST_METRICS = (
 )
 
 
+def _key_part(part: str) -> str:
+    """One ``/``-separated part of a key: accents dropped (``café`` -> ``cafe``); where other characters had to go, a
+    short stable hash of the original is appended, so names in non-Latin scripts stay distinct (``Задача`` -> ``______-b9ce27``)."""
+    latin = "".join(c for c in unicodedata.normalize("NFKD", part) if not unicodedata.combining(c))
+    if latin.isascii() and not _BAD_KEY_CHARS.search(latin):
+        return latin
+    cleaned = _BAD_KEY_CHARS.sub("_", "".join(c if c.isascii() else "_" for c in latin))
+    return f"{cleaned}-{hashlib.sha256(part.encode()).hexdigest()[:6]}"
+
+
 def metric_key(name: str) -> str:
-    """An MLflow-valid metric/param key: other characters become ``_``; empty, ``.`` and ``..`` path parts dropped."""
-    cleaned = _BAD_KEY_CHARS.sub("_", str(name))
+    """An MLflow-valid metric/param key: other characters become ``_`` plus a short hash; ``.``/``..``/empty parts dropped."""
+    cleaned = "/".join(_key_part(p) for p in str(name).split("/"))
     parts = [p if p != ".." else "__" for p in cleaned.split("/") if p not in ("", ".")]
     key = "/".join(parts)[:KEY_CHARS].rstrip("/")
     if not key:

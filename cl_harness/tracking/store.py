@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.errors import ConfigError, TrackingStoreError
+from cl_harness.tracking.store_guard import probe_store, store_creation_lock
 
 SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
 
@@ -23,9 +24,12 @@ _BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 def is_store_failure(exc: BaseException) -> bool:
     """Whether an exception means the tracking store (database, server, disk) failed, rather than the run."""
-    from requests.exceptions import RequestException
+    import sqlite3
 
-    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError))
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (MlflowException, RequestException, TrackingStoreError, SQLAlchemyError, sqlite3.Error))
 
 
 def sqlite_db_path(uri: str) -> Path | None:
@@ -107,7 +111,9 @@ def connect(uri: str) -> MlflowClient:
 
 def open_store(uri: str | None) -> tuple[str, MlflowClient]:
     """Resolve ``uri`` (``choose_tracking_uri``), check the store answers, and connect: ``(uri, client)``."""
-    resolved = resolve_tracking_uri(uri)
+    chosen = choose_tracking_uri(uri)
+    probe_store(chosen)  # a local store that is read-only, damaged or in the way fails here, in milliseconds
+    resolved = resolve_tracking_uri(chosen)
     check_tracking_reachable(resolved)
     return resolved, connect(resolved)
 
@@ -134,7 +140,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, artifact_location:
 
 def experiment_for(client: MlflowClient, uri: str, name: str) -> str:
     """The id of experiment ``name``, created with the store's default artifact location when missing."""
-    return get_or_create_experiment(client, name, default_artifact_location(uri, name))
+    with store_creation_lock(sqlite_db_path(uri)):  # concurrent first writers of a new SQLite store take turns creating it
+        return get_or_create_experiment(client, name, default_artifact_location(uri, name))
 
 
 def run_exists(client: MlflowClient, run_id: str) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import subprocess
 import tempfile
 import time
@@ -268,7 +269,8 @@ def open_child(
 ) -> RunLogger:
     """A new child run of ``parent_run_id``, with its tags and resolved config logged."""
     logger = RunLogger(client, experiment_id, name, tags=tags, parent_run_id=parent_run_id)
-    logger.log_config(config)
+    with closed_on_failure(logger):
+        logger.log_config(config)
     return logger
 
 
@@ -286,8 +288,9 @@ def open_parent(
 ) -> RunLogger:
     """A new parent run: its config and the names of the runs it plans (the report names runs that never started)."""
     parent = RunLogger(client, experiment_id, name, tags=tags)
-    parent.log_config(config)
-    parent.log_dict(schema.planned_runs_dict(planned), schema.PLANNED_RUNS_ARTIFACT)
+    with closed_on_failure(parent):
+        parent.log_config(config)
+        parent.log_dict(schema.planned_runs_dict(planned), schema.PLANNED_RUNS_ARTIFACT)
     return parent
 
 
@@ -359,6 +362,16 @@ def _log_table(client: MlflowClient, run_id: str, table: Any) -> None:
         path = Path(tmp) / schema.COMPARISON_TABLE_ARTIFACT
         table.to_json(path, orient="split", index=False)
         client.log_artifact(run_id, str(path))
+
+
+@contextmanager
+def closed_on_failure(logger: RunLogger) -> Iterator[None]:
+    """Whatever fails inside ends ``logger``'s run (KILLED on Ctrl-C, else FAILED) before the error goes on: none stays RUNNING."""
+    try:
+        yield
+    except BaseException as exc:
+        end_quietly(logger, schema.KILLED if isinstance(exc, KeyboardInterrupt) else schema.FAILED)
+        raise
 
 
 def end_quietly(logger: RunLogger, status: str) -> None:

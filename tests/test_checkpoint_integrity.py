@@ -1,0 +1,174 @@
+"""Checkpoints survive corruption: size and sha256 beside each, the previous one kept as a fallback, a clear exit 2
+naming the file and --restart when none is intact, and a full disk during the write (torch's RuntimeError) handled."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import write_demo_stream, write_experiment
+
+from cl_harness.errors import ConfigError
+from cl_harness.runner.checkpoint import (
+    CHECKPOINT_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    digest_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+TESTS = Path(__file__).resolve().parent
+
+
+def save(folder: Path, step: int, weight: float) -> None:
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(folder, step, model, optimizer, [], SimpleNamespace(train_exp_counter=step))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_each_checkpoint_has_its_size_and_hash_and_the_previous_one_is_kept(tmp_path):
+    save(tmp_path, 1, 1.0)
+    save(tmp_path, 2, 2.0)
+    digest = json.loads(digest_path(tmp_path / CHECKPOINT_FILE).read_text())
+    assert digest["size"] == (tmp_path / CHECKPOINT_FILE).stat().st_size and len(digest["sha256"]) == 64 and digest["step"] == 2
+    assert json.loads(digest_path(tmp_path / PREVIOUS_CHECKPOINT_FILE).read_text())["step"] == 1
+    assert load_checkpoint(tmp_path)["step"] == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte], ids=["truncated", "flipped byte"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(damage, tmp_path, capsys):
+    save(tmp_path, 1, 1.0)
+    save(tmp_path, 2, 2.0)
+    damage(tmp_path / CHECKPOINT_FILE)
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint["step"] == 1 and float(checkpoint["model"]["weight"][0, 0]) == 1.0
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_no_intact_checkpoint_is_a_clear_error_naming_the_file_and_restart(tmp_path):
+    save(tmp_path, 1, 1.0)
+    save(tmp_path, 2, 2.0)
+    truncate(tmp_path / CHECKPOINT_FILE)
+    truncate(tmp_path / PREVIOUS_CHECKPOINT_FILE)
+    with pytest.raises(ConfigError) as raised:
+        load_checkpoint(tmp_path)
+    message = str(raised.value)
+    assert str(tmp_path / CHECKPOINT_FILE) in message and "--restart" in message and len(message) < 400
+
+
+def test_a_checkpoint_without_a_digest_file_still_loads(tmp_path):
+    save(tmp_path, 1, 1.0)
+    digest_path(tmp_path / CHECKPOINT_FILE).unlink()  # written by an older version
+    assert load_checkpoint(tmp_path)["step"] == 1
+
+
+def failing_save(original, after_bytes: int = 100):
+    """torch.save that writes ``after_bytes`` of a checkpoint and then fails as on a full disk."""
+
+    def fake(obj, f, *args, **kwargs):
+        if not (isinstance(obj, dict) and "step" in obj and "model" in obj):  # not a checkpoint (e.g. the token cache)
+            return original(obj, f, *args, **kwargs)
+        f.write(b"\0" * after_bytes)
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/3: file write failed")
+
+    return fake
+
+
+def test_a_full_disk_during_the_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    save(tmp_path, 1, 1.0)
+    monkeypatch.setattr(torch, "save", failing_save(torch.save))
+    with pytest.raises(OSError) as raised:
+        save(tmp_path, 2, 2.0)
+    assert raised.value.errno == errno.ENOSPC
+    assert load_checkpoint(tmp_path)["step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_during_a_run_exits_3_and_leaves_nothing_running(tmp_path, tiny_bert, monkeypatch, capsys):
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8)
+    experiment = write_experiment(tmp_path, tiny_bert, ["naive"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch, "save", failing_save(torch.save))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    message = err[err.find("error: "):]  # after MLflow's own lines about creating a new store
+    assert message.startswith("error: no space left") and "Traceback" not in err and message.count("\n") <= 3, err
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        statuses = [row[0] for row in db.execute("select status from runs")]
+    assert statuses and "RUNNING" not in statuses, statuses
+
+
+def cli(experiment: Path, uri: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cl_harness", "run", str(experiment), "--tracking-uri", uri, "--no-progress"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_a_damaged_checkpoint_resumes_from_the_previous_one(tmp_path, tiny_bert, monkeypatch, capsys):
+    """Killed before task 3 (checkpoints after tasks 1 and 2 on disk): both damaged gives exit 2 naming the file and
+    --restart; with only the last damaged, the run resumes after task 1 and logs every step exactly once."""
+    from mlflow import MlflowClient
+
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8, tasks=3)
+    kill = {"cl_test_plugins:KillProcessAtTask": {"task": 2, "marker_file": str(tmp_path / "killed")}}
+    experiment = write_experiment(tmp_path, tiny_bert, [{"name": "naive", "plugins": ["naive", kill]}])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    first = cli(experiment, uri, tmp_path)
+    assert first.returncode == -9, first.stderr[-2000:]
+    (folder,) = {p.parent for p in (tmp_path / "runs").rglob(CHECKPOINT_FILE)}
+    assert json.loads(digest_path(folder / CHECKPOINT_FILE).read_text())["step"] == 2
+    backup = tmp_path / "previous-backup"
+    shutil.copy(folder / PREVIOUS_CHECKPOINT_FILE, backup)
+    truncate(folder / CHECKPOINT_FILE)
+    truncate(folder / PREVIOUS_CHECKPOINT_FILE)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))  # the test plugins, as the subprocess had them
+    argv = ["run", str(experiment), "--tracking-uri", uri, "--no-progress"]
+    assert main(argv) == 2  # the same command, in this process: it saves starting another interpreter
+    refused = capsys.readouterr().err
+    assert "Traceback" not in refused and "--restart" in refused and str(folder / CHECKPOINT_FILE) in refused, refused
+
+    shutil.copy(backup, folder / PREVIOUS_CHECKPOINT_FILE)
+    assert main(argv) == 0
+    resumed = capsys.readouterr().err
+    assert "damaged" in resumed and "previous checkpoint (after task 1)" in resumed, resumed
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    (child,) = [r for r in runs if r.data.tags.get("cl_harness.role") == "child"]
+    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "acc/seen_avg"))
+    assert steps == [0, 1, 2, 3]

@@ -16,7 +16,9 @@ from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_stat
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult, train_and_evaluate
+from cl_harness.report.glance import child_description
 from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
+from cl_harness.tracking.glance import note
 from cl_harness.tracking.mlflow_logger import (
     RunLogger,
     check_tracking_reachable,
@@ -125,6 +127,7 @@ def log_results(logger: RunLogger, result: RunResult) -> None:
     if result.metrics:
         logger.log_final(result.metrics)
     logger.log_dict(accuracy_matrix_dict(result.tasks, result.initial, result.matrix, result.column_metrics), "accuracy_matrix.json")
+    logger.set_tags(note(child_description(result.run_name, result.tasks, result.initial, result.matrix, result.metrics, result.status)))
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "accuracy_matrix.png"
         plot_accuracy_matrix(result.tasks, result.initial, result.matrix, png, title=result.run_name)
@@ -203,11 +206,13 @@ def run_experiment(
     on_result: OnResult | None = None,
     restart: bool = False,
     executor: Executor | None = None,
+    on_finish: Callable | None = None,
 ) -> list[RunResult]:
     """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent.
 
     The experiment and the parent run are created here, before any worker starts; ``executor``
-    (default: one run after another in this process) runs the children.
+    (default: one run after another in this process) runs the children. ``on_finish`` gets the
+    grid's GridGlance (table, report, UI links) once the parent run is closed.
     """
     from mlflow import MlflowClient
 
@@ -232,7 +237,9 @@ def run_experiment(
     except BaseException:
         end_quietly(parent, "FAILED")
         raise
-    finish_parent(client, parent, name, results)
+    glance = finish_parent(client, parent, name, results)
+    if on_finish is not None:
+        on_finish(glance)
     return results
 
 
@@ -274,13 +281,8 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
     return parent
 
 
-def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]) -> None:
-    """Attach the comparison report to the parent run and close it."""
-    from cl_harness.report.compare import load_comparison
-    from cl_harness.report.html import log_report
+def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]):
+    """Summary metrics and description on the parent run, the run closed, then its comparison report (a GridGlance)."""
+    from cl_harness.runner.finish import finish_grid
 
-    parent.log_final({"runs_finished": float(sum(r.status == "FINISHED" for r in results)), "runs_total": float(len(results))})
-    comparison = load_comparison(client, experiment_name, parent.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        log_report(client, parent.run_id, comparison, tmp)
-    parent.end("FINISHED" if all(r.status == "FINISHED" for r in results) else "FAILED")
+    return finish_grid(client, parent, experiment_name, results)

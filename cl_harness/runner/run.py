@@ -30,6 +30,7 @@ from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBa
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
 from cl_harness.runner.prepare import PreparedExperiment
+from cl_harness.runner.quiet import known_warnings_silenced
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tracking.mlflow_logger import RunLogger, metric_key
 
@@ -144,10 +145,19 @@ def build_plugins(prepared: PreparedExperiment, spec: StrategySpec, model, devic
     return [plugin for p in spec.plugins for plugin in p.build(context)]
 
 
-def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, strategy_plugins, extra_plugins, show_progress):
+def run_label(prepared: PreparedExperiment, planned: PlannedRun) -> str:
+    """``run 2/9: replay/seed0/order0``: the run's position in its grid and its name."""
+    names = [p.name for p in prepared.checked.runs]
+    position = f"{names.index(planned.name) + 1}/{len(names)}" if planned.name in names else "?"
+    return f"run {position}: {planned.name}"
+
+
+def build_strategy(prepared: PreparedExperiment, spec: StrategySpec, model, device, tasks, strategy_plugins, extra_plugins, show_progress,
+                   describe: str | None = None):
     """Avalanche's training template with the strategy's plugins and the framework's own."""
     training = prepared.checked.loaded.config.training
-    plugins = [*strategy_plugins, FiniteLossGuard(spec.label, tasks), ProgressBar(spec.label, show_progress), *extra_plugins]
+    bar = ProgressBar(describe or spec.label, show_progress, task_names=tasks, train_data=spec.train_data)
+    plugins = [*strategy_plugins, FiniteLossGuard(spec.label, tasks), bar, *extra_plugins]
     optimizer = build_optimizer(model, training.lr, training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
@@ -213,10 +223,13 @@ class Evaluation:
         self.masking = masking
         self.total = sum(len(t.test_targets) for t in tasks)
         self.extra: dict[str, float] = {}
+        self.describe = ""  # the run's label, put before the bar's text
 
     def __call__(self, model, step: int) -> list[float]:
         row, self.extra = [], {}
-        with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
+        what = f"evaluate after task {step}/{len(self.tasks)}" if step else "evaluate the untrained model"
+        desc = f"{self.describe} · {what}" if self.describe else what
+        with tqdm(total=self.total, desc=desc, unit="ex", leave=False, disable=not self.show_progress) as bar, known_warnings_silenced():
             for task in self.tasks:
                 if task.kind == "mlm":
                     row.append(masked_token_accuracy(model, task.test_inputs, self.masking, self.batch_size, self.device, seed=task.index))
@@ -283,9 +296,11 @@ def train_and_evaluate(
         if checkpoint and checkpoint.get("loss_scale"):
             loss_scale.load_state_dict(checkpoint["loss_scale"])
         framework.append(LossScaling(loss_scale))  # last: after every plugin's penalty, before every update
-    strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
+    label = run_label(prepared, planned)
+    strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress, label)
     masking = checked.masking()
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
+    evaluate.describe = label
     logged = logger.logged_steps("acc/seen_avg") if logger else set()  # a run stopped before its first checkpoint has step 0 already
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
@@ -321,7 +336,8 @@ def train_and_evaluate(
             if ordered[step - 1].kind == "mlm":  # mlm tasks are refused with joint/cumulative data: step is the task
                 train_mlm_task(model, strategy, ordered[step - 1], masking, config.training, meter, device, loss_scale)
             else:
-                strategy.train(experience, num_workers=0)
+                with known_warnings_silenced():
+                    strategy.train(experience, num_workers=0)
             tasks_trained += 1
             row = evaluate(model, step)
             result.matrix.append(row)

@@ -15,7 +15,6 @@ import pandas as pd
 from cl_harness.report.compare import (
     HEADERS,
     Comparison,
-    display_rows,
     format_mean_std,
     shown_metrics,
 )
@@ -50,8 +49,8 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def compact_table(table: pd.DataFrame) -> str:
-    """The comparison as aligned text: strategy, runs, and mean ± std of the compact metrics (accuracies in %)."""
+def compact_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the compact comparison: strategy, runs, and mean ± std of COMPACT_METRICS (accuracies in %)."""
     metrics = [m for m in COMPACT_METRICS if m in shown_metrics(table)]
     headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics]
     rows = [
@@ -59,6 +58,12 @@ def compact_table(table: pd.DataFrame) -> str:
         + [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
         for _, row in table.iterrows()
     ]
+    return headers, rows
+
+
+def compact_table(table: pd.DataFrame) -> str:
+    """The compact comparison as aligned text for the terminal."""
+    headers, rows = compact_rows(table)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -79,8 +84,7 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def parent_description(comparison: Comparison, report_link: str | None = None) -> str:
     """The parent run's markdown description: the comparison table (accuracies in %), the report link, unfinished runs."""
-    table = comparison.table()
-    headers, rows = display_rows(table)
+    headers, rows = compact_rows(comparison.table())
     finished = len(comparison.finished())
     tags = comparison.parent_tags
     parts = [
@@ -93,7 +97,7 @@ def parent_description(comparison: Comparison, report_link: str | None = None) -
          "finished runs (seeds × task orders), the mean alone for one run or a constant value."),
     ]
     if report_link:
-        parts += ["", f"Full report with plots: [report.html]({report_link})"]
+        parts += ["", f"Every metric, per-run values and plots: [report.html]({report_link})"]
     problems = comparison.problems()
     if problems:
         listed = ", ".join(f"`{r.name}` ({r.status})" for r in problems[:10]) + (" ..." if len(problems) > 10 else "")

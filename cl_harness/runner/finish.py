@@ -12,6 +12,7 @@ from cl_harness.report.glance import (
     VIEW_COLUMNS,
     compact_table,
     parent_description,
+    summary_key,
     summary_metrics,
 )
 from cl_harness.report.html import log_report
@@ -29,6 +30,8 @@ from cl_harness.tracking.links import (
     ui_base_url,
 )
 from cl_harness.tracking.mlflow_logger import RunLogger
+
+MAX_VIEW_STRATEGIES = 8  # the parent's summary/acc/<strategy> columns in the shared runs-table view
 
 
 @dataclass
@@ -62,7 +65,8 @@ def finish_grid(client, parent: RunLogger, experiment_name: str, results: list) 
     experiment_id = comparison.experiment_id
     parent.log_final(summary_metrics(table))
     parent.set_tags(note(parent_description(comparison, artifact_path(experiment_id, parent.run_id, REPORT_ARTIFACT))))
-    share_key = share_view(client, experiment_id, f"cl-harness-{parent.run_id}", VIEW_COLUMNS)
+    parent_columns = [summary_key("acc", str(name)) for name in table["strategy"][:MAX_VIEW_STRATEGIES]]
+    share_key = share_view(client, experiment_id, f"cl-harness-{parent.run_id}", [*VIEW_COLUMNS, *parent_columns])
     status = "FINISHED" if all(r.status == "FINISHED" for r in results) else "FAILED"
     parent.end(status)
     comparison.parent_status = client.get_run(parent.run_id).info.status

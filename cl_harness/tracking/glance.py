@@ -31,10 +31,24 @@ def metric_column(key: str) -> str:
     return f"metrics.`{key}`"
 
 
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+FIXED_COLUMNS = ("runDateAndNestInfo", "duration")  # the UI's Created and Duration columns
+RUN_NAME_WIDTH_PX = 280  # wide enough for `<strategy>/seed<k>/order<m>`
+
+
+def view_state(metric_keys: Sequence[str]) -> dict:
+    """A runs-table view: full run names, then ``metric_keys`` as columns."""
+    metrics = [metric_column(k) for k in metric_keys]
+    return {
+        "selectedColumns": metrics,
+        "columnOrder": [RUN_NAME_COLUMN, *FIXED_COLUMNS, *metrics],
+        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH_PX},
+    }
+
+
 def share_view(client: MlflowClient, experiment_id: str, key: str, metric_keys: Sequence[str]) -> str:
     """Store a runs-table view showing ``metric_keys`` as columns, under ``key``; returns the key."""
-    state = {"selectedColumns": [metric_column(k) for k in metric_keys]}
-    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(state))
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(view_state(metric_keys)))
     return key
 
 

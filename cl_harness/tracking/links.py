@@ -34,7 +34,7 @@ def ui_base_url(tracking_uri: str) -> str:
 def experiment_path(experiment_id: str, share_key: str | None = None) -> str:
     """The UI route of an experiment's runs table (``#/...``), optionally with a shared view (columns)."""
     query = WORKFLOW_QUERY + (f"&viewStateShareKey={quote(share_key, safe='')}" if share_key else "")
-    return f"#/experiments/{quote(str(experiment_id), safe='')}?{query}"
+    return f"#/experiments/{quote(str(experiment_id), safe='')}/runs?{query}"  # the runs tab keeps the share key
 
 
 def run_path(experiment_id: str, run_id: str) -> str:

@@ -25,6 +25,8 @@ from cl_harness.tracking.links import (
     DEFAULT_UI_PORT,
     WORKFLOW_QUERY,
     local_ui_url,
+    store_serves_ui,
+    ui_base_url,
 )
 
 DEFAULT_WORKERS = 1
@@ -155,6 +157,10 @@ def start(options: UIOptions, log: Path) -> subprocess.Popen:
 
 def serve(options: UIOptions, say: Callable[[str], None] = print) -> int:
     """Run the UI until Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt) or until the server exits; its exit code."""
+    if store_serves_ui(options.tracking_uri):  # an MLflow server: it serves its own UI
+        say(f"the tracking store is an MLflow server with its own UI: open {ui_base_url(options.tracking_uri)}"
+            f"/#/experiments?{WORKFLOW_QUERY}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="cl-harness-ui-") as tmp:
         log = Path(tmp) / "mlflow-server.log"
         say(f"starting the MLflow UI for {options.tracking_uri} on {options.host}:{options.port} ...")

@@ -244,3 +244,9 @@ def test_the_parent_run_carries_the_answer(two_strategy_run, tmp_path):
     view = json.loads(experiment.tags[f"mlflow.sharedViewState.cl-harness-{parent.info.run_id}"])
     assert view["selectedColumns"][:2] == ["metrics.`acc`", "metrics.`forgetting`"]
     assert "metrics.`summary/acc/naive`" in view["selectedColumns"]
+
+
+def test_ui_on_a_tracking_server_points_at_its_own_ui(capsys):
+    assert main(["ui", "--tracking-uri", "http://user:pw@mlflow.example:8080"]) == 0
+    out = capsys.readouterr().out
+    assert "open http://mlflow.example:8080/#/experiments?workflowType=machine_learning" in out and "pw" not in out

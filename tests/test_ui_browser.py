@@ -179,6 +179,8 @@ def test_the_browser_shows_parent_children_description_and_heatmap(ui, grid, tmp
         pytest.skip(reason)
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=60_000)  # a loaded CI machine renders slowly
+
     base = local_ui_url(port=ui.port)
     shots = Path(os.environ.get("CL_HARNESS_SCREENSHOTS") or tmp_path)
     with sync_playwright() as playwright:

@@ -47,9 +47,22 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N", help="GPUs each run asks Ray for (default 0)")
 
 
+def _version() -> str:
+    """The installed distribution's version, or the package's own when run from a checkout."""
+    from importlib import metadata
+
+    from cl_harness import __version__
+
+    try:
+        return metadata.version("cl-harness")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cl-harness", description="Continual-learning experiments on pretrained transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"cl-harness {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train every strategy and seed of an experiment, tracked in MLflow")
@@ -74,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="folder for report.html, CSV and plots (default: reports/<experiment>/<parent id>)")
     compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
-    ui = sub.add_parser("ui", help="start the MLflow UI on the tracking store (127.0.0.1)")
-    ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints its address once it answers")
+    ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000); a busy port is refused")
+    ui.add_argument("--workers", type=int, default=1, metavar="N", help="server worker processes (default 1)")
+    ui.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                    help="seconds to wait for the server to answer before giving up (default 120)")
     return parser
 
 
@@ -84,6 +101,7 @@ def cmd_validate(args) -> int:
     from cl_harness.config.loader import is_stream_file, load_experiment
     from cl_harness.grid.input_checks import check_tracking_uri
     from cl_harness.grid.prepare import check_experiment
+    from cl_harness.report.glance import count
 
     if is_stream_file(args.experiment):
         return validate_stream(args)
@@ -94,11 +112,13 @@ def cmd_validate(args) -> int:
     print(f"  stream   {checked.stream_name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
     width = max(len(task.name) for task in checked.tasks)
     for task in checked.tasks:
-        kind = f"{len(task.label_names)} classes" if checked.kinds.get(task.kind).labelled else f"{task.kind:<9}"
-        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
+        labelled = checked.kinds.get(task.kind).labelled
+        kind = f"{len(task.label_names)} classes" if labelled else f"{task.kind:<9}"
+        names = f"  {', '.join(map(str, task.label_names))}" if labelled else ""
+        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}{names}")
     peft = config.backbone.peft
     print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
-    print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")
+    print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {count(len(checked.runs), 'run')}")
     return EXIT_OK
 
 
@@ -118,7 +138,8 @@ def validate_stream(args) -> int:
         if data is None:
             print(f"  {task.name:<{width}}  hub dataset {task.source.name!r}: not read (hub unreachable)")
         else:
-            print(f"  {task.name:<{width}}  {len(data.label_names)} classes  train {len(data.train_labels):>6}  test {len(data.test_labels):>6}")
+            print(f"  {task.name:<{width}}  {len(data.label_names)} classes  train {len(data.train_labels):>6}  "
+                  f"test {len(data.test_labels):>6}  {', '.join(map(str, data.label_names))}")
     if checked.unreachable is None:
         print(f"  output units: {sum(checked.space.head_sizes)} in {len(checked.space.head_sizes)} head(s)")
     else:
@@ -134,6 +155,7 @@ def cmd_run(args) -> int:
     from cl_harness.grid.executors import ExecutionOptions, make_executor
     from cl_harness.grid.experiment import run_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
+    from cl_harness.report.glance import count
     from cl_harness.report.terminal import run_summary
     from cl_harness.grid.input_checks import check_tracking_uri
     from cl_harness.tracking.store import choose_tracking_uri
@@ -145,7 +167,7 @@ def cmd_run(args) -> int:
     uri = choose_tracking_uri(args.tracking_uri or checked.config.tracking.uri)
     executor = make_executor(options, uri)
     if args.dry_run:
-        print(f"{len(checked.runs)} planned runs of experiment {checked.name!r}:")
+        print(f"{count(len(checked.runs), 'planned run')} of experiment {checked.name!r}:")
         for planned in checked.runs:
             print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
         return EXIT_OK
@@ -154,11 +176,15 @@ def cmd_run(args) -> int:
     if prepared.cache is not None and prepared.cache.hits:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
+    glance = []
     results = run_experiment(
-        prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor
+        prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor,
+        on_finish=glance.append,
     )
     failed = [r for r in results if r.status != "FINISHED"]
-    print(f"\n{len(results) - len(failed)} of {len(results)} runs finished; results in MLflow ({uri}). Browse: cl-harness ui")
+    print(f"\n{len(results) - len(failed)} of {count(len(results), 'run')} finished; results in MLflow ({uri}).")
+    if glance:
+        print(glance[0].closing_text())
     return EXIT_FAILED_RUNS if failed else EXIT_OK
 
 
@@ -197,9 +223,18 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from cl_harness.ui import serve_ui
+    from cl_harness.tracking.store import resolve_tracking_uri
+    from cl_harness.ui import UIError, UIOptions, serve
 
-    return serve_ui(args.tracking_uri, args.port)
+    options = UIOptions(resolve_tracking_uri(args.tracking_uri), args.host, args.port, args.workers, args.timeout)
+    try:
+        return serve(options, say=lambda text: print(text, flush=True))
+    except UIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG if exc.busy_port else EXIT_FAILED_RUNS
+    except KeyboardInterrupt:  # stopped while the server was starting (it is stopped too)
+        print("stopped the MLflow UI before it answered", file=sys.stderr)
+        return EXIT_OK
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}

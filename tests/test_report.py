@@ -123,7 +123,7 @@ def test_markdown_shows_percent_mean_and_std(comparison):
     lines = text.strip().splitlines()
     assert lines[0].startswith("| strategy | runs | acc (%) |") and "peak memory" not in lines[0]
     assert lines[2].startswith("| replay | 2/2 | 70.0 ± 14.1 | -25.0 ± 21.2 |")
-    assert lines[3].startswith("| naive | 2/3 | 45.0 ± 7.1 |") and "1,000 ± 0" in lines[3]
+    assert lines[3].startswith("| naive | 2/3 | 45.0 ± 7.1 |") and "| 1,000 |" in lines[3]  # constant: no ±
 
 
 def test_csv_round_trips_the_raw_table(comparison, tmp_path):
@@ -137,7 +137,7 @@ def test_html_report_is_self_contained(comparison, tmp_path):
     path = write_report(comparison, tmp_path / "report")
     text = path.read_text(encoding="utf-8")
     assert path.name == schema.REPORT_HTML_ARTIFACT and "data:image/png;base64," in text
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.IGNORECASE)
+    assert not re.search(r"""src\s*=\s*["']?\s*(https?:)?//""", text, re.IGNORECASE)  # links to MLflow are fine
     assert "<link" not in text and "@import" not in text and "<script" not in text
     assert comparison.parent_run_id in text and "cl-test" in text and "70.0 ± 14.1" in text
     assert "naive/seed2/order0" in text and "FAILED" in text and "backward transfer" in text
@@ -175,7 +175,7 @@ def test_default_parent_is_the_latest_and_orders_are_compared_by_position(store)
     assert naive.labels == ["task 1", "task 2"] and naive.rows == pytest.approx(np.array([[0.8, 0.5], [0.4, 0.9]]))
     assert joint.steps == [2] and joint.row_label(0) == "all tasks"
     text = markdown(comparison.table())
-    assert "| joint | 1/1 | 70.0 ± - |" in text  # one run: no std; joint logs no bwt
+    assert "| joint | 1/1 | 70.0 | - |" in text  # one run: no ±; joint logs no bwt
     assert load_comparison(store["client"], "orders", store["old"]).runs[0].tasks == ["t1", "t2"]
 
 
@@ -215,4 +215,25 @@ def test_cost_columns_sit_beside_accuracy_and_forgetting():
         row[f"{metric}_mean"], row[f"{metric}_std"] = values.get(metric, math.nan), math.nan
     headers, rows = display_rows(pd.DataFrame([row]))
     assert headers == ["strategy", "runs", "acc (%)", "forgetting (%)", "trainable params", "train time/task (s)", "extra memory (MB)"]
-    assert rows == [["o_lora", "1/1", "54.0 ± -", "8.0 ± -", "75,268 ± -", "46.6 ± -", "448 ± -"]]
+    assert rows == [["o_lora", "1/1", "54.0", "8.0", "75,268", "46.6", "448"]]  # one run: no ±
+
+
+def test_html_links_child_runs_to_mlflow_scrolls_wide_tables_and_grids_heatmaps(comparison, tmp_path, monkeypatch):
+    monkeypatch.delenv("CL_HARNESS_UI_URL", raising=False)
+    text = write_report(comparison, tmp_path).read_text(encoding="utf-8")
+    for run in comparison.runs:  # every child id is a link to its page in `cl-harness ui` (a local store's UI)
+        url = f"http://127.0.0.1:5000/#/experiments/{comparison.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
+        assert f'<a href="{url}">{run.run_id}</a>' in text
+    assert text.count("<table") == text.count('<div class="scroll"><table')  # every table inside a scroller
+    assert ".scroll { overflow-x: auto;" in text
+    grid = text[text.index('<div class="grid">'):]
+    assert grid.count("<img") == 2 and "replay: accuracy matrix" in grid and "naive: accuracy matrix" in grid
+    assert "5 child runs" in text and " ± -" not in text
+
+
+def test_html_links_go_to_the_tracking_server_when_there_is_one(comparison, tmp_path):
+    from dataclasses import replace
+
+    served = replace(comparison, tracking_uri="http://mlflow.example:8080/")
+    text = write_report(served, tmp_path).read_text(encoding="utf-8")
+    assert f'href="http://mlflow.example:8080/#/experiments/{comparison.experiment_id}/runs/' in text

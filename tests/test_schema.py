@@ -21,7 +21,7 @@ def test_task_metrics_round_trip_and_are_valid_mlflow_keys():
     assert schema.parse_task_metric(schema.pppl_metric("wiki")) == ("pppl", "wiki")
     assert schema.parse_task_metric(schema.SEEN_AVG_METRIC) is None
     assert schema.parse_task_metric("acc") is None
-    assert schema.task_acc_metric("a:b?") == "acc/a_b_"
+    assert schema.task_acc_metric("a:b?").startswith("acc/a_b_-")  # refused characters: _ plus a short hash of the name
     with pytest.raises(ValueError):
         schema.metric_key("//")
 

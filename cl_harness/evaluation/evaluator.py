@@ -107,8 +107,9 @@ class Evaluator:
     metrics, kept in ``extra`` as ``<prefix>/<task>`` (e.g. ``pppl/wiki``) until the next call.
     """
 
-    def __init__(self, tasks: Sequence, kinds, env, show_progress: bool = False) -> None:
+    def __init__(self, tasks: Sequence, kinds, env, show_progress: bool = False, describe: str = "") -> None:
         self.tasks = list(tasks)  # EncodedTask, in training order
+        self.describe = describe  # the run's label, put before the bar's text
         self.kinds = kinds  # a TaskKindRegistry
         self.env = env  # the kinds' KindEnv
         self.show_progress = show_progress
@@ -118,7 +119,9 @@ class Evaluator:
     def __call__(self, model: nn.Module, step: int) -> list[float]:
         """One row of the accuracy matrix: every task's column value after ``step``."""
         row, self.extra = [], {}
-        with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
+        what = f"evaluate after task {step}/{len(self.tasks)}" if step else "evaluate the untrained model"
+        desc = f"{self.describe} · {what}" if self.describe else what
+        with tqdm(total=self.total, desc=desc, unit="ex", leave=False, disable=not self.show_progress) as bar:
             for task in self.tasks:
                 value, extra = self.kinds.get(task.kind).score(model, task, self.env, bar.update)
                 row.append(value)

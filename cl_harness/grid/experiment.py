@@ -6,7 +6,6 @@ import hashlib
 import json
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
 from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
 from cl_harness.tracking.writer import closed_on_failure
+from cl_harness.report.glance import child_description
+from cl_harness.tracking.glance import note
 
 OnResult = Callable[[RunResult], None]
 
@@ -116,6 +117,7 @@ def log_results(logger: RunLogger, result: RunResult) -> None:
         logger, result.tasks, result.initial, result.matrix, result.column_metrics,
         draw=lambda path: plot_accuracy_matrix(result.tasks, result.initial, result.matrix, path, title=result.run_name),
     )
+    logger.set_tags(note(child_description(result.run_name, result.tasks, result.initial, result.matrix, result.metrics, result.status)))
 
 
 def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str]:
@@ -197,11 +199,13 @@ def run_experiment(
     on_result: OnResult | None = None,
     restart: bool = False,
     executor: Executor | None = None,
+    on_finish: Callable | None = None,
 ) -> list[RunResult]:
     """Every planned run of the experiment as a child of one parent run, then the comparison report on the parent.
 
     The experiment and the parent run are created here, before any worker starts; ``executor``
-    (default: one run after another in this process) runs the children.
+    (default: one run after another in this process) runs the children. ``on_finish`` gets the
+    grid's GridGlance (table, report, UI links) once the parent run is closed.
     """
     config = prepared.config
     uri, client = open_store(tracking_uri or config.tracking.uri)
@@ -216,13 +220,15 @@ def run_experiment(
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
-        finish_parent(client, parent, name, results)
+        glance = finish_parent(client, parent, name, results)
     except KeyboardInterrupt:
         end_quietly(parent, KILLED)
         raise
     except BaseException:
         end_quietly(parent, FAILED)
         raise
+    if on_finish is not None:
+        on_finish(glance)
     return results
 
 
@@ -244,13 +250,8 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
     return parent
 
 
-def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]) -> None:
-    """Attach the comparison report to the parent run and close it."""
-    from cl_harness.report.compare import load_comparison
-    from cl_harness.report.html import log_report
+def finish_parent(client, parent: RunLogger, experiment_name: str, results: list[RunResult]):
+    """Summary metrics and description on the parent run, the run closed, then its comparison report (a GridGlance)."""
+    from cl_harness.grid.finish import finish_grid
 
-    writer.log_grid_counts(parent, sum(r.status == FINISHED for r in results), len(results))
-    comparison = load_comparison(client, experiment_name, parent.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        log_report(client, parent.run_id, comparison, tmp)
-    parent.end(FINISHED if all(r.status == FINISHED for r in results) else FAILED)
+    return finish_grid(client, parent, experiment_name, results)

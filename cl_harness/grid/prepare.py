@@ -114,6 +114,7 @@ class PreparedExperiment:
         return RunPlan(
             planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
             self.training, self.scenario, self.checked.kinds, self.resources,
+            position=f"{self.runs.index(planned) + 1}/{len(self.runs)}" if planned in self.runs else "",
         )
 
 

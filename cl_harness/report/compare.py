@@ -69,7 +69,7 @@ DEFINITIONS = {
     "train_time_per_task_s": "mean training seconds per task (evaluation excluded).",
     "peak_memory_mb": "peak memory of the run in MB (CUDA: allocated; CPU: the process's peak resident memory).",
     "extra_memory_mb": "peak memory minus the memory held once the model and data were loaded: what training adds (optimizer state, activations, buffers).",
-    "mean ± std": "mean and sample standard deviation (ddof=1) over the finished runs; '-' where undefined (a single run, or a metric the strategy does not log).",
+    "mean ± std": "mean and sample standard deviation (ddof=1) over the finished runs; the mean alone where there is one run or the value is constant; '-' where the strategy does not log the metric.",
 }
 
 
@@ -228,10 +228,12 @@ def format_value(value: float | None, metric: str) -> str:
 
 
 def format_mean_std(mean: float | None, std: float | None, metric: str) -> str:
-    """``mean ± std`` in the metric's unit; ``-`` for an undefined mean or std."""
+    """``mean ± std`` in the metric's unit; the mean alone for one value or a constant (std NaN or 0); ``-`` for no mean."""
     if mean is None or math.isnan(mean):
         return "-"
-    return f"{_number(mean, metric)} ± {format_value(std, metric)}"
+    if std is None or math.isnan(std) or std == 0.0:
+        return _number(mean, metric)
+    return f"{_number(mean, metric)} ± {_number(std, metric)}"
 
 
 def shown_metrics(table: pd.DataFrame) -> list[str]:

@@ -19,9 +19,11 @@ from cl_harness.report.compare import (
     shown_metrics,
     write_csv,
 )
+from cl_harness.report.glance import count
 from cl_harness.report.plots import PlotFile, write_plots
 from cl_harness.tracking import schema
 from cl_harness.tracking.writer import log_report_files
+from cl_harness.tracking.links import run_url, ui_base_url
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -35,6 +37,9 @@ dl.defs dt { font-weight: 600; float: left; clear: left; margin-right: 0.5em; } 
 .ok { color: #2a7a2a; } .bad { color: #b02a2a; } code { font-size: 0.92em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; } footer { margin-top: 2em; font-size: 0.85em; color: #777; }
+.scroll { overflow-x: auto; max-width: 100%; } .scroll table { margin: 0; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 1em; }
+.grid figure { margin: 0; }
 """
 
 
@@ -61,7 +66,18 @@ def _table_html(headers: list[str], rows: list[list[str]], numeric_from: int = 1
                          for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _linked_ids(html_text: str, comparison: Comparison) -> str:
+    """``html_text`` with every child run id cell turned into a link to the run's MLflow page."""
+    base = ui_base_url(comparison.tracking_uri)
+    for run in comparison.runs:
+        if run.run_id:
+            cell = f"<td>{_e(run.run_id)}</td>"
+            link = f'<td><a href="{_e(run_url(base, comparison.experiment_id, run.run_id))}">{_e(run.run_id)}</a></td>'
+            html_text = html_text.replace(cell, link)
+    return html_text
 
 
 def _meta_html(comparison: Comparison) -> str:
@@ -87,9 +103,9 @@ def _problems_html(comparison: Comparison) -> str:
         return f'<p class="ok">None: all {len(comparison.runs)} runs finished.</p>'
     rows = [[r.name, r.status, r.run_id, r.error or ""] for r in problems]
     rows += [[r.name, r.status, r.run_id, f"left out of the plots: {r.note}"] for r in noted]
-    return '<p class="bad">These runs are not in the statistics or plots:</p>' + _table_html(
+    return '<p class="bad">These runs are not in the statistics or plots:</p>' + _linked_ids(_table_html(
         ["run", "status", "run id", "error"], rows, numeric_from=99
-    )
+    ), comparison)
 
 
 def _runs_html(comparison: Comparison) -> str:
@@ -101,21 +117,23 @@ def _runs_html(comparison: Comparison) -> str:
         [r["run"], r["status"], r["run_id"]] + [format_value(r[m], m) for m in metrics]
         for _, r in frame.iterrows()
     ]
-    return f"<details><summary>{len(rows)} child runs</summary>{_table_html(headers, rows, numeric_from=3)}</details>"
+    table = _linked_ids(_table_html(headers, rows, numeric_from=3), comparison)
+    return f"<details open><summary>{count(len(rows), 'child run')} (run ids link to MLflow)</summary>{table}</details>"
 
 
 def _plots_html(plots: list[PlotFile]) -> str:
     """The plots embedded as base64 PNG data URIs."""
     if not plots:
         return "<p>No plots: no run finished with an accuracy matrix.</p>"
-    figures = []
+    figures, heatmaps = [], []
     for plot in plots:
         data = base64.b64encode(plot.path.read_bytes()).decode("ascii")
-        figures.append(
+        html_figure = (
             f'<figure><img src="data:image/png;base64,{data}" alt="{_e(plot.caption)}">'
             f"<figcaption>{_e(plot.caption)}</figcaption></figure>"
         )
-    return "".join(figures)
+        (heatmaps if plot.path.name.startswith("accuracy_matrix_") else figures).append(html_figure)
+    return "".join(figures) + (f'<div class="grid">{"".join(heatmaps)}</div>' if heatmaps else "")
 
 
 def _definitions_html() -> str:
@@ -131,8 +149,9 @@ def render_html(comparison: Comparison, plots: list[PlotFile]) -> str:
         f"<h1>{_e(title)}</h1>",
         _meta_html(comparison),
         "<h2>Results</h2>",
-        "<p>Strategies sorted by mean final accuracy; cells are mean ± sample std over the finished runs "
-        "(seeds x task orders); '-' where undefined. Accuracy-based metrics in %.</p>",
+        ("<p>Strategies sorted by mean final accuracy; cells are mean ± sample std over the finished runs "
+         "(seeds x task orders), the mean alone for one run or a constant value; '-' where undefined. "
+         "Accuracy-based metrics in %.</p>"),
         _table_html(headers, rows),
         _runs_html(comparison),
         "<h2>Missing or failed runs</h2>",

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cl_harness.report.compare import Comparison, MeanMatrix
+from cl_harness.report.glance import count
 from cl_harness.tracking import schema
 
 MAX_LABEL_CHARS = 24
@@ -198,5 +199,5 @@ def write_plots(comparison: Comparison, out_dir: str | Path) -> list[PlotFile]:
     for mean in means:
         path = out / f"accuracy_matrix_{_file_stem(mean.strategy, taken)}.png"
         plots.append(PlotFile(save_png(heatmap_figure(mean), path),
-                              f"{mean.strategy}: accuracy matrix (%) averaged over {mean.n_runs} run(s), {where}."))
+                              f"{mean.strategy}: accuracy matrix (%) averaged over {count(mean.n_runs, 'run')}, {where}."))
     return plots

@@ -14,33 +14,66 @@ from cl_harness.errors import TrainingError
 
 
 class ProgressBar(SupervisedPlugin):
-    """A tqdm bar per task over all its training minibatches, showing the loss every ``loss_every`` batches.
+    """A tqdm bar per task over all its training minibatches: the run's position, the task's name and position, and
+    the running mean of the loss since the task began, shown every ``loss_every`` batches and at the task's end.
 
-    Reading the loss waits for the device; doing it every batch would stall a GPU's queue.
+    Losses are summed on the device; reading the sum waits for the device, so it happens only every ``loss_every`` batches.
     """
 
-    def __init__(self, describe: str, enabled: bool = True, loss_every: int = 20) -> None:
+    def __init__(self, describe: str, enabled: bool = True, loss_every: int = 5, task_names: list[str] | None = None,
+                 train_data: str = "current") -> None:
         super().__init__()
         self.describe = describe
         self.enabled = enabled
-        self.loss_every = loss_every
+        self.loss_every = max(1, loss_every)
+        self.task_names = task_names or []
+        self.train_data = train_data
         self.bar = None
+        self.loss_sum = None  # the summed detached losses of this task, on the device
+        self.batches = 0
+
+    def task_label(self, index: int) -> str:
+        """``task 2/5: name`` (``tasks 1-2/5``, or ``all 5 tasks`` for cumulative and joint data)."""
+        total = len(self.task_names)
+        name = self.task_names[index] if index < total else str(index + 1)
+        if self.train_data == "joint":
+            return f"all {total} tasks (joint)"
+        if self.train_data == "cumulative":
+            return f"tasks 1-{index + 1}/{total} (cumulative): {name}"
+        return f"task {index + 1}/{total}: {name}" if total else f"task {index + 1}"
 
     def before_training_exp(self, strategy, **kwargs):
+        self.loss_sum, self.batches = None, 0
         if not self.enabled:
             return
         total = strategy.train_epochs * len(strategy.dataloader)
-        task = strategy.experience.current_experience + 1
-        self.bar = tqdm(total=total, desc=f"{self.describe} train task {task}", unit="batch", leave=False)
+        task = self.task_label(strategy.experience.current_experience)
+        self.bar = tqdm(total=total, desc=f"{self.describe} · train {task}", unit="batch", leave=False)
 
     def after_training_iteration(self, strategy, **kwargs):
-        if self.bar is not None:
-            self.bar.update(1)
-            if self.bar.n % self.loss_every == 1 or self.loss_every == 1:
-                self.bar.set_postfix(loss=f"{float(strategy.loss.detach()):.3f}", refresh=False)
+        if self.bar is None:
+            return
+        loss = strategy.loss.detach().float().sum()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.batches += 1
+        self.bar.update(1)
+        if self.batches % self.loss_every == 0 or self.batches == 1:
+            self.show_loss()
+
+    def show_loss(self) -> None:
+        """Put the running mean loss on the bar (reads the device)."""
+        if self.bar is not None and self.batches:
+            self.bar.set_postfix(loss=f"{float(self.loss_sum) / self.batches:.3f}", refresh=False)
+
+    @property
+    def mean_loss(self) -> float | None:
+        """The running mean training loss of the current (or last) task, or None before its first batch."""
+        return float(self.loss_sum) / self.batches if self.batches else None
 
     def after_training_exp(self, strategy, **kwargs):
         if self.bar is not None:
+            self.show_loss()
+            self.bar.refresh()
             self.bar.close()
             self.bar = None
 

@@ -37,6 +37,7 @@ from cl_harness.runner.checkpoint import (
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
+from cl_harness.runner.quiet import known_warnings_silenced
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tasks.registry import KindEnv, TaskKindRegistry, TrainStep
 from cl_harness.tracking import schema
@@ -156,6 +157,12 @@ class RunPlan:
     scenario: str
     kinds: TaskKindRegistry
     resources: Mapping[str, Any] = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
+    position: str = ""  # "2/9": the run's place in its grid, for progress bars
+
+    @property
+    def label(self) -> str:
+        """``run 2/9: replay/seed0/order0``: the run's position in its grid and its name."""
+        return f"run {self.position}: {self.name}" if self.position else self.name
 
     @property
     def name(self) -> str:
@@ -193,7 +200,8 @@ def build_plugins(plan: RunPlan, model, device) -> list:
 def build_strategy(plan: RunPlan, model, device, strategy_plugins, extra_plugins, show_progress):
     """Avalanche's training template with the strategy's plugins and the framework's own."""
     training, label = plan.training, plan.strategy.label
-    plugins = [*strategy_plugins, FiniteLossGuard(label, plan.task_names), ProgressBar(label, show_progress), *extra_plugins]
+    bar = ProgressBar(plan.label, show_progress, task_names=plan.task_names, train_data=plan.strategy.train_data)
+    plugins = [*strategy_plugins, FiniteLossGuard(label, plan.task_names), bar, *extra_plugins]
     optimizer = build_optimizer(model, training.lr, training.weight_decay)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No loggers specified": the harness logs to MLflow itself
@@ -310,7 +318,7 @@ class TrainingRun:
             self.strategy.clock.__dict__.update(checkpoint["clock"])
             restore_rng_states(checkpoint["rng"])
         self.env = plan.kind_env(device, self.loss_scale)
-        self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress)
+        self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, describe=plan.label)
 
     def _log_step(self, step: int, row: list[float], extra: dict) -> None:
         if self.logger and step not in self.logged:
@@ -328,7 +336,9 @@ class TrainingRun:
             note = f"resumed after task {state.steps_done} from {self.folder}"
         else:
             note = None
-            state.initial, state.matrix, state.steps_done = self.evaluate(self.model, 0), [], 0
+            with known_warnings_silenced():
+                state.initial = self.evaluate(self.model, 0)
+            state.matrix, state.steps_done = [], 0
             if self.folder:
                 save_state(self.folder, state)
         self._log_step(0, state.initial, self._extra())
@@ -343,9 +353,11 @@ class TrainingRun:
             if step <= state.steps_done:
                 continue
             task = plan.tasks[step - 1]  # joint/cumulative data is refused with kinds trained outside the loop
-            plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
+            with known_warnings_silenced():
+                plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
             self.tasks_trained += 1
-            row = self.evaluate(self.model, step)
+            with known_warnings_silenced():
+                row = self.evaluate(self.model, step)
             result.matrix.append(row)
             if self.folder:
                 save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)

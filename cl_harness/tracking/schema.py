@@ -166,6 +166,15 @@ COMPARISON_CSV_ARTIFACT = "comparison.csv"
 COMPARISON_MD_ARTIFACT = "comparison.md"
 COMPARISON_TABLE_ARTIFACT = "comparison_table.json"
 PLOTS_ARTIFACT_DIR = "plots"
+NOTE_TAG = "mlflow.note.content"  # MLflow shows this tag as the run's description (markdown) on the run page
+# An experiment tag ``<prefix><key>`` holds a runs-table view that ``#/experiments/<id>?viewStateShareKey=<key>`` opens.
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SUMMARY_PREFIX = "summary"  # on the parent: summary/<measure>/<strategy>, the strategy's mean of the measure
+
+
+def summary_key(measure: str, strategy: str) -> str:
+    """The parent's metric name for one strategy's mean of ``measure``."""
+    return metric_key(f"{SUMMARY_PREFIX}/{measure}/{strategy}")
 ACCURACY_COLUMN, MASKED_TOKEN_COLUMN = "accuracy", "masked_token_accuracy"  # what a matrix column holds
 
 

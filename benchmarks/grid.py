@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-per-class", type=int, default=50, help="test examples per class")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="the harness's --workers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both sides (default cpu)")
     parser.add_argument("--harness-args", default="", help="more arguments for `cl-harness run`, e.g. '--no-prefix-sharing'")
     parser.add_argument("--skip-avalanche", action="store_true", help="time the harness alone")
     parser.add_argument("--dry-run", action="store_true", help="write and validate the experiment, print the plan, train nothing")
@@ -81,7 +82,7 @@ def write_experiment(folder: Path, args: argparse.Namespace) -> Path:
     (folder / "stream.yaml").write_text(yaml.safe_dump(stream, sort_keys=False))
     experiment = {
         "name": "grid-benchmark", "stream": "stream.yaml", "backbone": "bundled:all-MiniLM-L6-v2",
-        "training": {**TRAINING, "max_length": args.max_length},
+        "training": {**TRAINING, "max_length": args.max_length, "device": args.device},
         "strategies": [name if not STRATEGY_PARAMS[name] else {name: STRATEGY_PARAMS[name]} for name in args.strategies],
         "seeds": list(args.seeds),
     }
@@ -179,7 +180,7 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
             common = dict(
                 model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"]), criterion=nn.CrossEntropyLoss(),
                 train_mb_size=TRAINING["batch_size"], train_epochs=TRAINING["epochs"], eval_mb_size=TRAINING["eval_batch_size"],
-                device="cpu", evaluator=EvaluationPlugin(loggers=[]),
+                device=args.device, evaluator=EvaluationPlugin(loggers=[]),
             )
             params = STRATEGY_PARAMS[name]
             strategy = {
@@ -195,13 +196,13 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
                 strategy.train(experience, num_workers=0)
                 parts["train"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                padded_accuracies(model, splits, TRAINING["eval_batch_size"])
+                padded_accuracies(model, splits, TRAINING["eval_batch_size"], torch.device(args.device))
                 parts["evaluate"] += time.perf_counter() - tick
     parts["wall"] = time.perf_counter() - started
     return dict(parts)
 
 
-def padded_accuracies(model, splits: list, batch: int) -> list[float]:
+def padded_accuracies(model, splits: list, batch: int, device) -> list[float]:
     """Accuracy on every task's test tensors, batch by batch at full padded length."""
     import torch
 
@@ -209,6 +210,7 @@ def padded_accuracies(model, splits: list, batch: int) -> list[float]:
     scores = []
     with torch.inference_mode():
         for _, _, test_x, test_y in splits:
+            test_x, test_y = test_x.to(device), test_y.to(device)
             right = sum(int((model(test_x[s : s + batch]).argmax(1) == test_y[s : s + batch]).sum()) for s in range(0, len(test_y), batch))
             scores.append(right / len(test_y))
     return scores

@@ -1,7 +1,7 @@
 """Training and evaluation throughput of the harness against plain loops, as ratios measured in one process.
 
     python benchmarks/throughput.py --data-root ../shared/data/cl_benchmark [--examples 192] [--max-length 128]
-        [--rounds 2] [--eval-rounds 5] [--skip-training] [--skip-memory]
+        [--rounds 2] [--eval-rounds 5] [--skip-training] [--skip-memory] [--device cuda] [--precision bf16]
 
 Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   training examples/s of (a) a hand-written PyTorch loop padding every batch to max_length,
@@ -13,6 +13,8 @@ Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   replay (two AG News tasks, length bucketing off) of Avalanche's ReplayPlugin on padded tensors
   against the harness's replay;
   peak memory of a 5-task against a 2-task class-incremental replay run (DBpedia, 2 classes a task).
+With ``--precision bf16|fp16`` the plain loops and Avalanche run under torch.autocast (fp16 without loss
+scaling: a timing, not a recipe) and the harness's models use their own ``training.precision`` path.
 Absolute numbers on a shared machine are noise; read the ratios.
 """
 
@@ -24,6 +26,7 @@ import os
 import platform
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +43,7 @@ from cl_harness.evaluation.evaluator import Evaluator  # noqa: E402
 from cl_harness.models.backbone import load_encoder, load_tokenizer  # noqa: E402
 from cl_harness.models.classifier import TextClassifier  # noqa: E402
 from cl_harness.runner.hooks import LengthBucketing  # noqa: E402
+from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling  # noqa: E402
 from cl_harness.runner.optimizer import build_optimizer  # noqa: E402
 from cl_harness.tasks import default_kinds  # noqa: E402
 from cl_harness.tasks.registry import KindEnv  # noqa: E402
@@ -65,10 +69,23 @@ def load_agnews(data_root: Path, count: int) -> tuple[list[str], list[int]]:
     return [r["sentence"] for r in rows], [names.index(r["label"]) for r in rows]
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context a user would wrap a plain loop in for ``precision``."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def adamw(model: nn.Module, harness: bool) -> torch.optim.Optimizer:
@@ -90,7 +107,8 @@ def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, bat
 
 
 def avalanche_naive(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, plugins: list | None = None
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, plugins: list | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> None:
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.templates import SupervisedTemplate
@@ -101,12 +119,14 @@ def avalanche_naive(
     (experience,) = list(make_benchmark([task]).train_stream)
     strategy = SupervisedTemplate(
         model=model, optimizer=adamw(model, harness), criterion=nn.CrossEntropyLoss(),
-        train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=plugins,
+        train_mb_size=batch, train_epochs=1, device=device, evaluator=EvaluationPlugin(loggers=[]), plugins=plugins,
     )
     strategy.train(experience, num_workers=0)
 
 
-def two_task_replay(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool) -> None:
+def two_task_replay(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, device: torch.device = torch.device("cpu")
+) -> None:
     """Two tasks (the two halves of the data) with replay; the second task's batches mix in the memory.
 
     ``harness``: the harness's registered replay strategy; otherwise Avalanche's ReplayPlugin as is.
@@ -133,13 +153,13 @@ def two_task_replay(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
     ]
     strategy = SupervisedTemplate(
         model=model, optimizer=adamw(model, harness), criterion=nn.CrossEntropyLoss(),
-        train_mb_size=batch, train_epochs=1, device="cpu", evaluator=EvaluationPlugin(loggers=[]), plugins=[plugin],
+        train_mb_size=batch, train_epochs=1, device=device, evaluator=EvaluationPlugin(loggers=[]), plugins=[plugin],
     )
     for experience in make_benchmark(tasks).train_stream:
         strategy.train(experience, num_workers=0)
 
 
-def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class: int) -> dict[int, float]:
+def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class: int, device: str = "cpu") -> dict[int, float]:
     """Peak memory (MiB, reset before each run) of class-incremental replay runs over the first k DBpedia 2-class tasks."""
     import tempfile
 
@@ -161,7 +181,7 @@ def replay_peak_memory(data_root: Path, task_counts: tuple[int, ...], per_class:
             (folder / "stream.yaml").write_text(yaml.safe_dump({**stream, "tasks": tasks}))
             experiment = {
                 "name": f"memory-{count}", "stream": "stream.yaml", "backbone": "bundled:all-MiniLM-L6-v2",
-                "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "lr": 5e-5, "max_length": 128},
+                "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "lr": 5e-5, "max_length": 128, "device": device},
                 "strategies": [{"replay": {"mem_size": 100, "policy": "class_balanced"}}], "seeds": [0],
             }
             (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
@@ -203,6 +223,8 @@ def main() -> None:
     parser.add_argument("--eval-rounds", type=int, default=5, help="rounds for the evaluation, which is cheap and noisier")
     parser.add_argument("--skip-training", action="store_true", help="skip the training and replay throughput")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 5-task vs 2-task memory runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     args = parser.parse_args()
 
     config = BackboneConfig()
@@ -214,26 +236,45 @@ def main() -> None:
     lengths = inputs[:, 1].sum(1).float()
     print(f"AG News: {args.examples} training texts, median {lengths.median():.0f} tokens, max_length {args.max_length}")
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    dev_x, dev_y = train_x.to(device), train_y.to(device)  # the plain loops' tensors; Avalanche moves its minibatches itself
 
     def fresh_padded() -> nn.Module:
-        return PaddedClassifier(load_encoder(config), 4)
+        return PaddedClassifier(load_encoder(config), 4).to(device)
 
     def fresh_harness() -> nn.Module:
-        return TextClassifier(load_encoder(config), [4], "domain_incremental")
+        return TextClassifier(load_encoder(config), [4], "domain_incremental", precision=args.precision).to(device)
 
-    plain_loop(fresh_padded(), train_x[:32], train_y[:32], args.batch_size, False)  # warm-up
+    def amp(work):
+        """A baseline's work under the autocast a user would add for ``--precision``."""
+        def wrapped(model):
+            with autocast(device, args.precision):
+                return work(model)
+        return wrapped
+
+    def harness_plugins(extra: list) -> list:
+        return extra + [LossScaling(DynamicLossScale())] if args.precision == "fp16" else extra
+
+    with autocast(device, args.precision):
+        plain_loop(fresh_padded(), dev_x[:32], dev_y[:32], args.batch_size, False)  # warm-up
     if not args.skip_training:
         seconds = measure(
             {
-                "(a) plain loop, padded": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, False)),
-                "(b) plain loop, dynamic padding": (fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True)),
-                "(c) Avalanche Naive, padded": (fresh_padded, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, False)),
-                "(d) cl-harness naive": (fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True)),
+                "(a) plain loop, padded": (fresh_padded, amp(lambda m: plain_loop(m, dev_x, dev_y, args.batch_size, False))),
+                "(b) plain loop, dynamic padding": (fresh_padded, amp(lambda m: plain_loop(m, dev_x, dev_y, args.batch_size, True))),
+                "(c) Avalanche Naive, padded": (
+                    fresh_padded, amp(lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, False, device=device))
+                ),
+                "(d) cl-harness naive": (
+                    fresh_harness,
+                    lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True, harness_plugins([]), device=device),
+                ),
                 "(e) cl-harness naive, bucketing": (
-                    fresh_harness, lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True, [LengthBucketing()])
+                    fresh_harness,
+                    lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True, harness_plugins([LengthBucketing()]), device=device),
                 ),
                 "(f) plain loop, dynamic, fused AdamW": (
-                    fresh_padded, lambda m: plain_loop(m, train_x, train_y, args.batch_size, True, fused=True)
+                    fresh_padded, amp(lambda m: plain_loop(m, dev_x, dev_y, args.batch_size, True, fused=True))
                 ),
             },
             args.rounds,
@@ -247,8 +288,12 @@ def main() -> None:
 
         replay = measure(
             {
-                "Avalanche replay, padded": (fresh_padded, lambda m: two_task_replay(m, train_x, train_y, args.batch_size, False)),
-                "cl-harness replay, no bucketing": (fresh_harness, lambda m: two_task_replay(m, train_x, train_y, args.batch_size, True)),
+                "Avalanche replay, padded": (
+                    fresh_padded, amp(lambda m: two_task_replay(m, train_x, train_y, args.batch_size, False, device))
+                ),
+                "cl-harness replay, no bucketing": (
+                    fresh_harness, lambda m: two_task_replay(m, train_x, train_y, args.batch_size, True, device)
+                ),
             },
             args.rounds,
         )
@@ -258,15 +303,15 @@ def main() -> None:
         print(f"  Avalanche replay, padded           {examples / padded_s:6.1f} ex/s")
         print(f"  cl-harness replay, no bucketing    {examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
 
-    eval_x, eval_y = inputs[: args.eval_examples], targets[: args.eval_examples]
+    eval_x, eval_y = inputs[: args.eval_examples].to(device), targets[: args.eval_examples].to(device)
     padded_model, harness_model = fresh_padded(), fresh_harness()
     evaluation = measure(
         {
-            "padded": (lambda: padded_model, lambda m: padded_eval(m, eval_x, args.eval_batch_size)),
+            "padded": (lambda: padded_model, amp(lambda m: padded_eval(m, eval_x, args.eval_batch_size))),
             "harness": (
                 lambda: harness_model,
                 lambda m: Evaluator([EncodedTask("eval", 0, eval_x, eval_y, eval_x, eval_y)], default_kinds(),
-                                    KindEnv(torch.device("cpu"), args.batch_size, args.eval_batch_size))(m, 0),
+                                    KindEnv(device, args.batch_size, args.eval_batch_size))(m, 0),
             ),
         },
         args.eval_rounds,
@@ -277,11 +322,13 @@ def main() -> None:
     print(f"  cl-harness evaluator               {args.eval_examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
 
     if not args.skip_memory:
-        peaks = replay_peak_memory(args.data_root, (2, 5), args.memory_per_class)
+        peaks = replay_peak_memory(args.data_root, (2, 5), args.memory_per_class, args.device)
         print(f"\npeak memory, class-incremental replay (DBpedia, 2 classes a task, {args.memory_per_class} per class, memory 100):")
         for count, peak in peaks.items():
             print(f"  {count} tasks                            {peak:7.0f} MiB   x{peak / peaks[2]:4.2f}")
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}")
+    print(f"device {device}, precision {args.precision}")
 
 
 if __name__ == "__main__":

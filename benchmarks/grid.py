@@ -1,0 +1,259 @@
+"""Wall time of a whole small grid: the harness against plain Avalanche strategies in a sequential loop.
+
+    python benchmarks/grid.py --data-root ../shared/data/cl_benchmark [--strategies naive ewc lwf replay der]
+        [--seeds 0 1] [--per-class 40] [--test-per-class 50] [--max-length 64] [--workers 1]
+        [--harness-args "--no-prefix-sharing"] [--dry-run]
+
+Both sides train the same grid: every strategy x seed over 3 class-incremental DBpedia tasks of 2 classes
+(the bundled MiniLM, 1 epoch, batch 16, lr 1e-4), and score every task after every task.
+  harness:   one ``cl-harness run`` of a generated experiment (its own tracking store, a temporary folder);
+  avalanche: what a user would write by hand: texts padded to max_length once, Avalanche's Naive, EWC, LwF,
+             Replay and DER strategies on those tensors, a padded evaluation loop after every task, no tracking.
+It prints the wall-time ratio and where each side spent its time: tokenise, train, evaluate, and the rest
+(the harness's rest is process start, model loading, checkpoints and tracking). Read the ratio; absolute
+seconds on a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+REPO = Path(__file__).resolve().parents[1]
+CLASS_PAIRS = [["Company", "Educational Institution"], ["Artist", "Athlete"], ["Office Holder", "Mean of Transportation"]]
+AVALANCHE_STRATEGIES = ("naive", "ewc", "lwf", "replay", "der")
+# The same hyperparameters on both sides (the harness's shipped comparison values).
+STRATEGY_PARAMS = {
+    "naive": {},
+    "ewc": {"ewc_lambda": 1000.0},
+    "lwf": {"alpha": 1.0, "temperature": 2.0},
+    "replay": {"mem_size": 60},
+    "der": {"mem_size": 60, "alpha": 0.3, "beta": 0.5},
+}
+TRAINING = {"epochs": 1, "batch_size": 16, "eval_batch_size": 128, "lr": 1e-4}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "cl_benchmark")
+    parser.add_argument("--strategies", nargs="+", default=list(AVALANCHE_STRATEGIES), choices=AVALANCHE_STRATEGIES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--per-class", type=int, default=40, help="training examples per class")
+    parser.add_argument("--test-per-class", type=int, default=50, help="test examples per class")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="the harness's --workers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both sides (default cpu)")
+    parser.add_argument("--harness-args", default="", help="more arguments for `cl-harness run`, e.g. '--no-prefix-sharing'")
+    parser.add_argument("--skip-avalanche", action="store_true", help="time the harness alone")
+    parser.add_argument("--dry-run", action="store_true", help="write and validate the experiment, print the plan, train nothing")
+    return parser.parse_args(argv)
+
+
+def write_experiment(folder: Path, args: argparse.Namespace) -> Path:
+    """The grid as a stream and an experiment YAML under ``folder``; returns the experiment's path."""
+    import yaml
+
+    tasks = []
+    for pair in CLASS_PAIRS:
+        tasks.append({
+            "name": "_".join(name.split()[0].lower() for name in pair),
+            "source": {"type": "files", "test_file": str(args.data_root / "dbpedia" / "test.json")},
+            "text_field": "sentence", "label_field": "label",
+            "label_names": str(args.data_root / "dbpedia" / "labels.json"),
+            "classes": pair, "train_per_class": args.per_class, "test_per_class": args.test_per_class,
+            "test_fraction": 0.2,
+        })
+    stream = {"name": "grid-benchmark", "scenario": "class_incremental", "tasks": tasks}
+    (folder / "stream.yaml").write_text(yaml.safe_dump(stream, sort_keys=False))
+    experiment = {
+        "name": "grid-benchmark", "stream": "stream.yaml", "backbone": "bundled:all-MiniLM-L6-v2",
+        "training": {**TRAINING, "max_length": args.max_length, "device": args.device},
+        "strategies": [name if not STRATEGY_PARAMS[name] else {name: STRATEGY_PARAMS[name]} for name in args.strategies],
+        "seeds": list(args.seeds),
+    }
+    path = folder / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+def run_harness(experiment: Path, folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One ``cl-harness run`` of the grid; its wall time and the parts its runs logged."""
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    command = [sys.executable, "-m", "cl_harness", "run", str(experiment), "--tracking-uri", uri, "--no-progress",
+               "--workers", str(args.workers), *shlex.split(args.harness_args)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"cl-harness run exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return {"wall": wall, **harness_parts(uri)}
+
+
+def harness_parts(uri: str) -> dict[str, float]:
+    """Seconds the grid's runs logged for training, evaluation and tokenising (summed over runs and steps)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (experiment,) = client.search_experiments(filter_string="name = 'grid-benchmark'")
+    parts: dict[str, float] = defaultdict(float)
+    for run in client.search_runs([experiment.experiment_id]):
+        for key, part in (("train_time_s", "train"), ("eval_time_s", "evaluate"), ("tokenise_time_s", "tokenise")):
+            if key in run.data.metrics:
+                parts[part] += sum(m.value for m in client.get_metric_history(run.info.run_id, key))
+    return dict(parts)
+
+
+def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
+    """The grid as a user would write it with Avalanche: padded tensors, one strategy object per run, no tracking."""
+    import torch
+    from avalanche.benchmarks import tensors_benchmark
+    from avalanche.training.plugins import EvaluationPlugin
+    from torch import nn
+
+    from cl_harness.config.experiment import BackboneConfig
+    from cl_harness.models.backbone import load_encoder, load_tokenizer
+
+    class PaddedClassifier(nn.Module):
+        """Encoder + one linear head over every class of the stream, on full-length padded tensors."""
+
+        def __init__(self, encoder: nn.Module, classes: int) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = nn.Linear(encoder.config.hidden_size, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 2, max_length)
+            hidden = self.encoder(input_ids=x[:, 0], attention_mask=x[:, 1]).last_hidden_state  # (batch, length, hidden)
+            mask = x[:, 1].unsqueeze(-1).float()
+            return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+    parts: dict[str, float] = defaultdict(float)
+    started = time.perf_counter()
+    rows = json.loads((args.data_root / "dbpedia" / "test.json").read_text())
+    tokenizer = load_tokenizer(BackboneConfig())
+    tick = time.perf_counter()
+    splits = []  # per task: (train x, train y, test x, test y)
+    for task, pair in enumerate(CLASS_PAIRS):
+        train_x, train_y, test_x, test_y = [], [], [], []
+        for offset, name in enumerate(pair):
+            texts = [r["sentence"] for r in rows if r["label"] == name]
+            random.Random(task).shuffle(texts)
+            cut = int(len(texts) * 0.8)
+            train_x += texts[:cut][: args.per_class]
+            test_x += texts[cut:][: args.test_per_class]
+            train_y += [2 * task + offset] * min(cut, args.per_class)
+            test_y += [2 * task + offset] * len(texts[cut:][: args.test_per_class])
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            batch = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
+            return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1)  # (n, 2, max_length)
+
+        splits.append((encode(train_x), torch.tensor(train_y), encode(test_x), torch.tensor(test_y)))
+    parts["tokenise"] += time.perf_counter() - tick
+
+    benchmark = tensors_benchmark(
+        train_tensors=[(x, y) for x, y, _, _ in splits], test_tensors=[(x, y) for _, _, x, y in splits], task_labels=[0] * len(splits)
+    )
+    classes = 2 * len(CLASS_PAIRS)
+    for seed in args.seeds:
+        for name in args.strategies:
+            torch.manual_seed(seed)
+            random.seed(seed)
+            tick = time.perf_counter()
+            model = PaddedClassifier(load_encoder(BackboneConfig()), classes)
+            parts["load model"] += time.perf_counter() - tick
+            common = dict(
+                model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"]), criterion=nn.CrossEntropyLoss(),
+                train_mb_size=TRAINING["batch_size"], train_epochs=TRAINING["epochs"], eval_mb_size=TRAINING["eval_batch_size"],
+                device=args.device, evaluator=EvaluationPlugin(loggers=[]),
+            )
+            strategy = avalanche_strategy(name, STRATEGY_PARAMS[name], common)
+            for experience in benchmark.train_stream:
+                tick = time.perf_counter()
+                strategy.train(experience, num_workers=0)
+                parts["train"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                padded_accuracies(model, splits, TRAINING["eval_batch_size"], torch.device(args.device))
+                parts["evaluate"] += time.perf_counter() - tick
+    parts["wall"] = time.perf_counter() - started
+    return dict(parts)
+
+
+def avalanche_strategy(name: str, params: dict, common: dict):
+    """Avalanche's own strategy class for ``name`` with the grid's hyperparameters."""
+    from avalanche.training import DER, EWC, LwF, Naive, Replay
+
+    if name == "ewc":
+        return EWC(ewc_lambda=params["ewc_lambda"], **common)
+    if name == "lwf":
+        return LwF(alpha=params["alpha"], temperature=params["temperature"], **common)
+    if name == "replay":
+        return Replay(mem_size=params["mem_size"], **common)
+    if name == "der":
+        return DER(mem_size=params["mem_size"], alpha=params["alpha"], beta=params["beta"], **common)
+    return Naive(**common)
+
+
+def padded_accuracies(model, splits: list, batch: int, device) -> list[float]:
+    """Accuracy on every task's test tensors, batch by batch at full padded length."""
+    import torch
+
+    model.eval()
+    scores = []
+    with torch.inference_mode():
+        for _, _, test_x, test_y in splits:
+            test_x, test_y = test_x.to(device), test_y.to(device)
+            right = sum(int((model(test_x[s : s + batch]).argmax(1) == test_y[s : s + batch]).sum()) for s in range(0, len(test_y), batch))
+            scores.append(right / len(test_y))
+    return scores
+
+
+def breakdown(parts: dict[str, float]) -> str:
+    rest = parts["wall"] - sum(v for k, v in parts.items() if k != "wall")
+    shown = {k: v for k, v in parts.items() if k != "wall"} | {"rest": max(rest, 0.0)}
+    return ", ".join(f"{k} {v:.1f} s" for k, v in shown.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = len(args.strategies) * len(args.seeds)
+    print(f"grid: {', '.join(args.strategies)} x seeds {args.seeds} = {runs} runs, 3 DBpedia tasks of 2 classes, "
+          f"{args.per_class} train / {args.test_per_class} test per class, max_length {args.max_length}")
+    with tempfile.TemporaryDirectory(prefix="cl-grid-bench-") as tmp:
+        folder = Path(tmp)
+        experiment = write_experiment(folder, args)
+        if args.dry_run:
+            command = [sys.executable, "-m", "cl_harness", "validate", str(experiment), "--data-root", str(args.data_root)]
+            done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+            print(done.stdout.strip() or done.stderr.strip()[-2000:])
+            print(f"dry run: would run `cl-harness run` with --workers {args.workers} {args.harness_args}, "
+                  f"then the same {runs} runs as plain Avalanche strategies")
+            return done.returncode
+        harness = run_harness(experiment, folder, args)
+        print(f"\nharness      {harness['wall']:7.1f} s   ({breakdown(harness)})")
+        if not args.skip_avalanche:
+            avalanche = run_avalanche(args)
+            print(f"avalanche    {avalanche['wall']:7.1f} s   ({breakdown(avalanche)})")
+            print(f"\nwhole grid: harness / avalanche wall time = x{harness['wall'] / avalanche['wall']:.2f} (target <= 0.5)")
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

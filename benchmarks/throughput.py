@@ -108,7 +108,7 @@ def plain_loop(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, bat
 
 def avalanche_naive(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, plugins: list | None = None,
-    device: torch.device = torch.device("cpu"),
+    device: str | torch.device = "cpu",
 ) -> None:
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.templates import SupervisedTemplate
@@ -125,7 +125,7 @@ def avalanche_naive(
 
 
 def two_task_replay(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, device: torch.device = torch.device("cpu")
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int, harness: bool, device: str | torch.device = "cpu"
 ) -> None:
     """Two tasks (the two halves of the data) with replay; the second task's batches mix in the memory.
 

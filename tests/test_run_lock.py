@@ -117,7 +117,7 @@ def test_concurrent_first_writers_of_a_fresh_store_take_turns(tmp_path):
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     assert len({out.strip() for out, _ in outputs}) == 1  # one experiment, found by all
     with sqlite3.connect(db) as connection:

@@ -149,7 +149,7 @@ def test_a_local_worker_that_always_dies_fails_its_run_after_the_retries(tmp_pat
     doomed = {"name": "doomed", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 0}}]}
     experiment = grid_experiment(tmp_path, tiny_bert, "doomed", [doomed], [0])
     assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress", "--workers", "2", "--max-retries", "0"]) == 1
-    assert "0 of 1 runs finished" in capsys.readouterr().out
+    assert "0 of 1 run finished" in capsys.readouterr().out
     (run,) = children(uri, "doomed").values()
     assert run.info.status == "FAILED" and "died on all 1 attempts (exit code -9)" in run.data.tags["error"]
     comparison = load_comparison(MlflowClient(tracking_uri=uri), "doomed")

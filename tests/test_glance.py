@@ -16,7 +16,12 @@ from conftest import write_demo_stream, write_experiment
 
 from cl_harness.cli import main
 from cl_harness.report.compare import TABLE_METRICS, format_mean_std
-from cl_harness.report.glance import child_description, compact_table, count, summary_metrics
+from cl_harness.report.glance import (
+    child_description,
+    compact_table,
+    count,
+    summary_metrics,
+)
 from cl_harness.runner.hooks import ProgressBar
 from cl_harness.runner.quiet import known_warnings_silenced
 from cl_harness.tracking.links import experiment_url, run_url, ui_base_url

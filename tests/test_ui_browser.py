@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 from conftest import write_demo_stream, write_experiment
 
-from cl_harness.tracking.links import artifact_url, experiment_url, local_ui_url, run_url
+from cl_harness.tracking.links import (
+    artifact_url,
+    experiment_url,
+    local_ui_url,
+    run_url,
+)
 
 STRATEGIES = ["naive", {"replay": {"mem_size": 8}}, "lwf"]
 UI_START_TIMEOUT_S = 180.0

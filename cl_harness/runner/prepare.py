@@ -165,12 +165,24 @@ def check_mlm_tasks(loaded: LoadedExperiment, strategies: list[StrategySpec], to
             )
 
 
+def check_backbone_kind(loaded: LoadedExperiment, strategies: list[StrategySpec]) -> None:
+    """Refuse strategies that need another backbone kind (see ``strategies.generative``)."""
+    from cl_harness.runner.generative import check_backbone_kind as check
+
+    check(loaded, strategies)
+
+
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
     """Validate strategies, data and backbone without training or writing anything."""
     registry = registry or default_registry()
     config = loaded.config
+    if config.backbone.kind != "encoder":  # instruction tasks on a causal or seq2seq LM
+        from cl_harness.runner.generative import check_generative_experiment
+
+        return check_generative_experiment(loaded, registry)
     scenario = loaded.stream.config.scenario
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
+    check_backbone_kind(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders)
@@ -185,6 +197,10 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
 
 def prepare_experiment(checked: CheckedExperiment, cache: TokenCache | None | str = "environment") -> PreparedExperiment:
     """Tokenise every task once, through the token cache (``$CL_HARNESS_CACHE`` unless ``cache`` is given)."""
+    if checked.loaded.config.backbone.kind != "encoder":
+        from cl_harness.runner.generative import encode_generative
+
+        return PreparedExperiment(checked, encode_generative(checked))
     if cache == "environment":
         cache = TokenCache.from_environment(checked.tokenizer)
     max_length = checked.loaded.config.training.max_length

@@ -172,6 +172,8 @@ def experiences_to_train(benchmark, mode: str) -> list[tuple[int, object]]:
     tasks merged, trained once, at step T.
     """
     stream = list(benchmark.train_stream)
+    if mode == "none":  # zero_shot, in_context: nothing is trained
+        return []
     if mode == "current":
         return [(index + 1, exp) for index, exp in enumerate(stream)]
     if mode == "cumulative":
@@ -193,7 +195,7 @@ def merge_experiences(experiences: list) -> object:
 
 def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) -> dict[str, float]:
     """The summary metrics; a joint run has one row, so only its final ``acc`` is defined."""
-    if mode == "joint":
+    if mode in ("joint", "none"):
         return {"acc": acc(np.array(matrix))}
     return summary(np.array(matrix), np.array(initial))
 
@@ -261,6 +263,10 @@ def train_and_evaluate(
     """
     checked = prepared.checked
     config = checked.loaded.config
+    if config.backbone.kind != "encoder":
+        from cl_harness.runner.generative import train_and_evaluate_generative
+
+        return train_and_evaluate_generative(prepared, planned, logger, show_progress, keep_strategy, folder)
     spec = planned.strategy
     device = resolve_device(config.training.device)
     ordered = [prepared.encoded[i] for i in planned.order]
@@ -334,6 +340,9 @@ def train_and_evaluate(
         result.status, result.error = "FAILED", str(exc)
     else:
         result.status = "FINISHED"
+    if spec.train_data == "none":  # zero_shot: the one row is the initial model's, logged as the last step
+        result.matrix = [list(state.initial)]
+        log_step(len(ordered), state.initial, {})
     result.wall_time_s = time.perf_counter() - started
     if result.matrix:
         result.metrics = final_metrics(result.matrix, result.initial, spec.train_data)

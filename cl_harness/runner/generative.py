@@ -185,7 +185,10 @@ def train_task(learner: Learner, plugins: list, inputs: torch.Tensor, targets: t
 
 def train_and_evaluate_generative(prepared, planned: PlannedRun, logger=None, show_progress: bool = True,
                                   keep_strategy: bool = False, folder: Path | None = None):
-    """The zero-shot row, then each task in the run's order, all tasks scored after each (no mid-run resume)."""
+    """The zero-shot row, then each task in the run's order, all tasks scored after each (no mid-run resume).
+
+    Returns the RunResult, or ``(result, learner)`` with ``keep_strategy`` (the trained model and plugins).
+    """
     from cl_harness.runner.run import (
         RunResult,
         current_memory_mb,
@@ -210,7 +213,7 @@ def train_and_evaluate_generative(prepared, planned: PlannedRun, logger=None, sh
     context = BuildContext(checked.scenario, len(ordered), config.training.batch_size, config.training.eval_batch_size, device, model)
     plugins = [p for plugin in spec.plugins for p in GENERATIVE[plugin.name].build(plugin.config, context)]
     optimizer = build_optimizer(model, config.training.lr, config.training.weight_decay)
-    learner = Learner(model, optimizer, device, config.training.batch_size)
+    learner = Learner(model, optimizer, device, config.training.batch_size, plugins=plugins)
     in_context = any(p.name == "in_context" for p in spec.plugins)
     evaluate = GenerativeEvaluation(ordered, checked.tokenizer, config.training.eval_batch_size, device, show_progress, in_context)
 
@@ -259,4 +262,4 @@ def train_and_evaluate_generative(prepared, planned: PlannedRun, logger=None, sh
     if folder:
         state = RunState(result.run_id, result.status, len(result.matrix), tasks, initial, result.matrix, result.metrics, result.error)
         save_state(folder, state)
-    return (result, plugins) if keep_strategy else result
+    return (result, learner) if keep_strategy else result

@@ -7,7 +7,7 @@ being trained (0-based).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ class Learner:
     batch_size: int
     position: int = 0  # tasks trained before this one
     task: Any = None  # the EncodedInstructionTask being trained
+    plugins: list = field(default_factory=list)  # the strategy's GenerativePlugins
 
 
 class GenerativePlugin:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from cl_harness.errors import ConfigError
-from generative_helpers import build_tiny_llama, build_tiny_t5, run_generative, write_generative_experiment
+from generative_helpers import (
+    build_tiny_llama,
+    build_tiny_t5,
+    run_generative,
+    write_generative_experiment,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +89,10 @@ def test_the_loss_falls_on_answer_tokens_only_and_equals_the_hand_computed_cross
 
 @pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
 def test_rank_classification_scores_each_label_text_by_its_hand_computed_log_likelihood(kind, tmp_path, tiny_llama, tiny_t5):
-    from cl_harness.evaluation.rank_classification import label_scores, rank_classification_accuracy
+    from cl_harness.evaluation.rank_classification import (
+        label_scores,
+        rank_classification_accuracy,
+    )
     from cl_harness.models.generative import IGNORE
 
     backbone = tiny_llama if kind == "causal_lm" else tiny_t5

@@ -53,7 +53,7 @@ def check_backbone_kind(loaded: LoadedExperiment, strategies: list[StrategySpec]
             reason = refusal(plugin.name, kind)
             if reason:
                 raise loaded.source.error(
-                    ("strategies", index), f"strategy {plugin.name!r} cannot run on a {kind} backbone: {reason}",
+                    ("strategies", index), f"strategy {plugin.name!r} cannot run on backbone.kind {kind}: {reason}",
                     hint="`cl-harness strategies` lists the backbone kinds of each strategy",
                 )
     in_context = {(p.config.shots, p.config.seed) for s in strategies for p in s.plugins if p.name == "in_context"}

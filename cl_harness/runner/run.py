@@ -22,6 +22,7 @@ from cl_harness.evaluation.evaluator import task_accuracy
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
+from cl_harness.models.head_init import init_heads_from_label_names
 from cl_harness.models.masked_lm import MaskedLMHead, MaskingSpec, masked_token_accuracy, pseudo_perplexity, train_masked_lm
 from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, load_state, restore_rng_states, save_checkpoint, save_state
@@ -129,6 +130,8 @@ def build_model(prepared: PreparedExperiment, spec: StrategySpec, device) -> Tex
     model = TextClassifier(
         load_encoder(config.backbone), checked.space.head_sizes, checked.scenario, config.backbone.pooling, config.training.precision
     )
+    if config.backbone.head_init == "label_names":  # before PEFT: the plain backbone embeds the names
+        init_heads_from_label_names(model, checked.tokenizer, checked.space, config.training.max_length)
     apply_peft(model, config.backbone.peft)
     if checked.has_mlm:  # before the adapters, so that the head ties to the plain embedding table
         model.mlm_head = MaskedLMHead(model.encoder.get_input_embeddings(), model.encoder.config.hidden_size)

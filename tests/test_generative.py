@@ -144,6 +144,7 @@ def test_causal_lm_learns_the_first_task(tmp_path, tiny_llama):
 
 def test_a_generative_run_keeps_the_mlflow_layout(tmp_path, tiny_llama, capsys):
     import json
+    from pathlib import Path
 
     from mlflow import MlflowClient
 
@@ -160,10 +161,11 @@ def test_a_generative_run_keeps_the_mlflow_layout(tmp_path, tiny_llama, capsys):
     for key in ("acc/t1", "acc/t2", "acc/t3", "acc/seen_avg", "em/t1"):
         assert sorted(m.step for m in client.get_metric_history(naive.info.run_id, key)) == [0, 1, 2, 3], key
     assert {"acc", "bwt", "fwt", "forgetting"} <= set(naive.data.metrics)
-    matrix = json.loads(open(client.download_artifacts(naive.info.run_id, "accuracy_matrix.json", str(tmp_path))).read())
+    matrix = json.loads(Path(client.download_artifacts(naive.info.run_id, "accuracy_matrix.json", str(tmp_path))).read_text())
     assert matrix["tasks"] == ["t1", "t2", "t3"] and len(matrix["matrix"]) == 3 and matrix["column_metrics"] == ["accuracy"] * 3
     zero_shot = children["zero_shot/seed0/order0"]
-    zs_matrix = json.loads(open(client.download_artifacts(zero_shot.info.run_id, "accuracy_matrix.json", str(tmp_path / "zs"))).read())
+    (tmp_path / "zs").mkdir()
+    zs_matrix = json.loads(Path(client.download_artifacts(zero_shot.info.run_id, "accuracy_matrix.json", str(tmp_path / "zs"))).read_text())
     assert zs_matrix["matrix"] == [zs_matrix["initial"]] == [matrix["initial"]]  # the same untrained model, one row
 
 

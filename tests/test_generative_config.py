@@ -129,6 +129,8 @@ def test_strategies_that_cannot_apply_are_refused_with_a_reason(tmp_path, tiny_l
     assert error.key == "strategies[1]" and "cannot run on backbone.kind causal_lm" in error.message
     error = refused(write_generative_experiment(tmp_path, tiny_bert, "encoder", ["in_context"]))
     assert error.key == "strategies[0]" and "need a generative backbone" in error.message
+    error = refused(write_generative_experiment(tmp_path, tiny_bert, "encoder", ["naive"], instruction={"template": "{text}"}))
+    assert error.key == "tasks[0].instruction" and "generative backbones only" in error.message
 
 
 def test_strategies_lists_the_backbone_kinds_of_each(capsys):

@@ -48,6 +48,13 @@ EXACT_MATCH_METRIC = "em/{task}"  # free-generation exact match beside a column 
 def check_backbone_kind(loaded: LoadedExperiment, strategies: list[StrategySpec]) -> None:
     """Refuse a strategy (or one of its plugins) that cannot run on ``backbone.kind``, with the reason."""
     kind = loaded.config.backbone.kind
+    if kind == "encoder":
+        for index, task in enumerate(loaded.stream.config.tasks):
+            if task.instruction is not None:
+                raise loaded.stream.source.error(
+                    ("tasks", index, "instruction"), "applies to generative backbones only; the experiment's backbone.kind is encoder",
+                    hint="set backbone.kind: causal_lm or seq2seq, or remove the instruction block",
+                )
     for index, spec in enumerate(strategies):
         for plugin in spec.plugins:
             reason = refusal(plugin.name, kind)

@@ -15,6 +15,7 @@ Prints one JSON object. Absolute numbers on a shared machine are noise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -74,10 +75,8 @@ def main() -> None:
     test, targets = task.test_inputs[: args.eval_examples], task.test_targets[: args.eval_examples]
     device = torch.device("cpu")
 
-    def fresh() -> GenerativeClassifier:
-        return GenerativeClassifier(load_generative_model(config.backbone, tokenizer), config.backbone.kind, tokenizer.pad_token_id)
-
-    model = fresh()
+    model = GenerativeClassifier(load_generative_model(config.backbone, tokenizer), config.backbone.kind, tokenizer.pad_token_id)
+    pristine = copy.deepcopy(model)  # for the LoRA measurement: loading a GGUF again costs minutes
     started = time.perf_counter()
     accuracy = rank_classification_accuracy(model, test, targets, task.candidates, task.candidate_units, config.training.eval_batch_size, device)
     scoring = len(test) / (time.perf_counter() - started)
@@ -93,7 +92,7 @@ def main() -> None:
         "zero_shot_accuracy": accuracy,
         "train_full_examples_per_s": train_rate(model, train, config.training.batch_size, 1e-5),
     }
-    lora = fresh()
+    lora = pristine
     names = linear_names(lora.lm)
     targets_lora = next(t for t in ATTENTION_TARGETS if set(t) <= names)
     inject_lora(lora.lm, targets_lora, 1, 8, 16.0, 0.0)

@@ -19,6 +19,7 @@ def test_task_metrics_round_trip_and_are_valid_mlflow_keys():
     assert schema.task_acc_metric("sst2") == "acc/sst2"
     assert schema.parse_task_metric(schema.task_acc_metric("sst2")) == ("acc", "sst2")
     assert schema.parse_task_metric(schema.pppl_metric("wiki")) == ("pppl", "wiki")
+    assert schema.parse_task_metric(schema.em_metric("agnews")) == ("em", "agnews")
     assert schema.parse_task_metric(schema.SEEN_AVG_METRIC) is None
     assert schema.parse_task_metric("acc") is None
     assert schema.task_acc_metric("a:b?").startswith("acc/a_b_-")  # refused characters: _ plus a short hash of the name
@@ -39,3 +40,9 @@ def test_artifact_payloads_round_trip():
     with pytest.raises(ValueError):
         schema.parse_matrix({**payload, "matrix": [[0.9]]})
     assert schema.parse_planned_runs(schema.planned_runs_dict(["naive/seed0/order0"])) == ["naive/seed0/order0"]
+
+
+def test_kinds_extra_prefixes_are_the_schema_names():
+    from cl_harness.tasks import instruction, mlm
+
+    assert (mlm.PPPL_PREFIX, instruction.EM_PREFIX) == (schema.PPPL_PREFIX, schema.EM_PREFIX)

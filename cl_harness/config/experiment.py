@@ -49,10 +49,21 @@ class BackboneConfig:
     pooling: str = field(default="mean", metadata={"help": "cls | mean"})
     revision: str | None = None
     peft: PeftConfig = field(default_factory=PeftConfig)
+    kind: Literal["encoder", "causal_lm", "seq2seq"] = field(
+        default="encoder", metadata={"help": "encoder (+ heads) | causal_lm | seq2seq (instruction tasks, label-text answers)"}
+    )
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF weights file inside `name` (needs the gguf package)"})
+    head_init: Literal["random", "label_names"] = field(
+        default="random", metadata={"help": "encoder heads: random | label_names (each class row from its name's embedding)"}
+    )
 
     def check(self, source: Source, path: KeyPath) -> None:
         if self.pooling not in ("cls", "mean"):
             raise source.error(path + ("pooling",), f"must be cls or mean, got {self.pooling!r}")
+        if self.kind != "encoder" and self.head_init != "random":
+            raise source.error(path + ("head_init",), f"applies to encoder backbones only (backbone.kind is {self.kind})")
+        if self.gguf_file is not None and self.kind == "encoder":
+            raise source.error(path + ("gguf_file",), "GGUF weights load as causal_lm backbones; set backbone.kind: causal_lm")
 
 
 @dataclass

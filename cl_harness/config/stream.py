@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cl_harness.config.instruction import InstructionConfig
 from cl_harness.config.yaml_io import KeyPath, Source
 
 Scenario = Literal["class_incremental", "task_incremental", "domain_incremental"]
@@ -81,6 +82,9 @@ class TaskConfig:
     )
     train_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N train texts"})
     test_examples: int | None = field(default=None, metadata={"ge": 1, "help": "mlm: sample at most N held-out texts"})
+    instruction: InstructionConfig | None = field(
+        default=None, metadata={"help": "generative backbones: prompt template and label texts (default template if absent)"}
+    )
 
     def check(self, source: Source, path: KeyPath) -> None:
         fields = [self.text_field] if isinstance(self.text_field, str) else self.text_field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig
@@ -12,13 +13,20 @@ from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
 from cl_harness.errors import HubUnreachableError
+from cl_harness.data.instruction import EncodedInstructionTask
+from cl_harness.grid.generative import check_backbone_kind, check_generative_backbone, encode_generative
 from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
+from cl_harness.models.generative import context_length, load_generative_config, load_generative_tokenizer
+from cl_harness.models.head_init import init_heads_from_label_names
+from cl_harness.runner.generative import GenerativeModelFactory, GenerativeRun
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
 from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
 from cl_harness.tasks import default_kinds
+from cl_harness.tasks.instruction import NAME as INSTRUCTION
+from cl_harness.tasks.instruction import InstructionResources
 from cl_harness.tasks.registry import TaskKindRegistry
 
 
@@ -33,10 +41,17 @@ class CheckedExperiment:
     tokenizer: object
     runs: list[PlannedRun]
     kinds: TaskKindRegistry = field(default_factory=default_kinds)
+    generative_context: int | None = None  # generative backbones: the LM's context length (prompts must fit)
+    generative_encoded: list[EncodedInstructionTask] | None = None  # generative backbones: the tasks' prompt rows, once
 
     @property
     def config(self) -> ExperimentConfig:
         return self.loaded.config
+
+    @property
+    def generative(self) -> bool:
+        """Instruction tasks on a causal or seq2seq LM (runner/generative.py), not an encoder with heads."""
+        return self.loaded.config.backbone.kind != "encoder"
 
     @property
     def training(self) -> TrainingConfig:
@@ -102,12 +117,19 @@ class PreparedExperiment:
     def scenario(self) -> str:
         return self.checked.scenario
 
-    def model_factory(self) -> ModelFactory:
+    def model_factory(self) -> ModelFactory | GenerativeModelFactory:
         """How every run of the grid builds its model."""
         checked = self.checked
+        if checked.generative:
+            return GenerativeModelFactory(checked.backbone, checked.tokenizer)
+        head_init = None
+        if checked.backbone.head_init == "label_names":
+            head_init = functools.partial(
+                init_heads_from_label_names, tokenizer=checked.tokenizer, space=checked.space, max_length=checked.training.max_length
+            )
         kinds = [(k.prepare_model, self.resources.get(k.name)) for k in checked.kinds.used_by([t.kind for t in checked.tasks])
                  if k.prepare_model is not None]
-        return ModelFactory(checked.backbone, checked.space.head_sizes, checked.scenario, checked.training.precision, kinds)
+        return ModelFactory(checked.backbone, checked.space.head_sizes, checked.scenario, checked.training.precision, kinds, head_init)
 
     def run_plan(self, planned: PlannedRun) -> RunPlan:
         """What one planned run needs, and nothing more of the experiment."""
@@ -115,6 +137,7 @@ class PreparedExperiment:
             planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
             self.training, self.scenario, self.checked.kinds, self.resources,
             position=f"{self.runs.index(planned) + 1}/{len(self.runs)}" if planned in self.runs else "",
+            loop=GenerativeRun if self.checked.generative else None,
         )
 
 
@@ -210,13 +233,38 @@ def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], t
             kind.check(loaded, strategies, tokenizer)
 
 
+def check_generative_experiment(loaded: LoadedExperiment, registry: StrategyRegistry, kinds: TaskKindRegistry) -> CheckedExperiment:
+    """Validate a generative experiment: strategies against the kind, weights against the kind, tasks and lengths."""
+    config = loaded.config
+    stream = loaded.stream.config
+    strategies = registry.parse_strategies(config.strategies, stream.scenario, loaded.source)
+    check_backbone_kind(loaded, strategies)
+    check_generative_backbone(loaded)
+    orders = resolve_orders(config, [t.name for t in stream.tasks], loaded.source)
+    runs = plan_runs(strategies, config.seeds, orders)
+    check_device(loaded)
+    check_metric_keys(loaded)
+    check_checkpoint_dir(loaded)
+    tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
+    tokenizer = load_generative_tokenizer(config.backbone)
+    checked = CheckedExperiment(
+        loaded, tasks, LabelSpace.build(stream.scenario, tasks), strategies, tokenizer, runs, kinds,
+        generative_context=context_length(load_generative_config(config.backbone)),
+    )
+    encode_generative(checked)  # every template, label text and prompt length checked before any run
+    return checked
+
+
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
     """Validate strategies, data and backbone without training or writing anything."""
     registry = registry or default_registry()
     kinds = default_kinds()
     config = loaded.config
+    if config.backbone.kind != "encoder":  # instruction tasks on a causal or seq2seq LM
+        return check_generative_experiment(loaded, registry, kinds)
     scenario = loaded.stream.config.scenario
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
+    check_backbone_kind(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders)
@@ -235,6 +283,8 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
 
 def prepare_experiment(checked: CheckedExperiment, cache: TokenCache | None | str = "environment") -> PreparedExperiment:
     """Tokenise every task once, through the token cache (``$CL_HARNESS_CACHE`` unless ``cache`` is given)."""
+    if checked.generative:  # prompt rows, tokenised at check time; scoring decodes with the tokenizer
+        return PreparedExperiment(checked, encode_generative(checked), None, {INSTRUCTION: InstructionResources(checked.tokenizer)})
     if cache == "environment":
         cache = TokenCache.from_environment(checked.tokenizer)
     max_length = checked.training.max_length

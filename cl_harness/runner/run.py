@@ -135,9 +135,12 @@ class ModelFactory:
     scenario: str
     precision: str = "fp32"
     kind_modules: list[tuple[Any, Any]] = field(default_factory=list)  # (kind.prepare_model, its resources)
+    head_init: Any = None  # model -> None: head rows set before PEFT (backbone.head_init: label_names)
 
     def __call__(self) -> TextClassifier:
         model = TextClassifier(load_encoder(self.backbone), self.head_sizes, self.scenario, self.backbone.pooling, self.precision)
+        if self.head_init is not None:  # before PEFT: the plain backbone embeds the label names
+            self.head_init(model)
         apply_peft(model, self.backbone.peft)
         for prepare_model, resources in self.kind_modules:  # before a strategy's adapters: an MLM head ties to the plain embeddings
             prepare_model(model, resources)
@@ -158,6 +161,7 @@ class RunPlan:
     kinds: TaskKindRegistry
     resources: Mapping[str, Any] = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
     position: str = ""  # "2/9": the run's place in its grid, for progress bars
+    loop: Any = None  # the run's class; None: TrainingRun. Generative backbones: runner.generative.GenerativeRun
 
     @property
     def label(self) -> str:
@@ -226,6 +230,8 @@ def experiences_to_train(benchmark, mode: str) -> list[tuple[int, object]]:
     tasks merged, trained once, at step T.
     """
     stream = list(benchmark.train_stream)
+    if mode == "none":  # zero_shot, in_context: nothing is trained
+        return []
     if mode == "current":
         return [(index + 1, exp) for index, exp in enumerate(stream)]
     if mode == "cumulative":
@@ -247,7 +253,7 @@ def merge_experiences(experiences: list) -> object:
 
 def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) -> dict[str, float]:
     """The summary metrics; a joint run has one row, so only its final ``acc`` is defined."""
-    if mode == "joint":
+    if mode in ("joint", "none"):
         return {"acc": acc(np.array(matrix))}
     return summary(np.array(matrix), np.array(initial))
 
@@ -292,6 +298,9 @@ class TrainingRun:
             result.status, result.error = "FAILED", str(exc)
         else:
             result.status = "FINISHED"
+        if plan.strategy.train_data == "none":  # zero_shot: the one row is the untrained model's, logged as the last step
+            result.matrix.append(list(state.initial))  # state.matrix too: a finished run read back has its row
+            self._log_step(len(plan.tasks), state.initial, {})
         result.wall_time_s = time.perf_counter() - started
         result.metrics = self._metrics(result, self.tasks_trained)
         self._save_outcome(state, result)
@@ -395,4 +404,4 @@ class TrainingRun:
 
 def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:
     """Train and score one run (see TrainingRun)."""
-    return TrainingRun(plan, logger, show_progress, folder).execute()
+    return (plan.loop or TrainingRun)(plan, logger, show_progress, folder).execute()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from cl_harness.strategies import cumulative, joint, naive
+from cl_harness.strategies import cumulative, in_context, joint, naive, zero_shot
 from cl_harness.strategies import agem, der, er_ace, gdumb, gem, mir, replay
 from cl_harness.strategies import ewc, lfl, lwf, mas, rwalk, si
 from cl_harness.strategies import inc_lora, o_lora, seq_lora
 from cl_harness.strategies.registry import StrategyRegistry
 
 # Each family lists its modules here; every module exposes INFO (a StrategyInfo).
-BASELINE_MODULES = (naive, joint, cumulative)
+BASELINE_MODULES = (naive, joint, cumulative, zero_shot, in_context)
 REGULARIZATION_MODULES = (ewc, si, mas, rwalk, lwf, lfl)
 REHEARSAL_MODULES = (replay, der, agem, gem, gdumb, mir, er_ace)
 PARAMETER_EFFICIENT_MODULES = (seq_lora, inc_lora, o_lora)

@@ -22,7 +22,7 @@ from cl_harness.errors import clip, short_repr
 from cl_harness.strategies.user_plugins import check_user_plugin
 
 ALL_SCENARIOS = ("class_incremental", "task_incremental", "domain_incremental")
-TRAIN_DATA_MODES = ("current", "cumulative", "joint")
+TRAIN_DATA_MODES = ("current", "cumulative", "joint", "none")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class StrategyInfo:
     summary: str
     paper: str = ""
     scenarios: tuple[str, ...] = ALL_SCENARIOS
-    train_data: str = "current"  # current | cumulative | joint: what the base loop trains on at each step
+    train_data: str = "current"  # current | cumulative | joint | none: what the base loop trains on at each step
     # Changes the model's structure (e.g. inserts LoRA adapters) before training and before a checkpoint is loaded:
     # prepare_model(config, model, context). At most one plugin of a strategy may do so.
     prepare_model: Callable[[Any, Any, BuildContext], None] | None = None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cl_harness.tasks import classification, mlm
+from cl_harness.tasks import classification, instruction, mlm
 from cl_harness.tasks.registry import TaskKindRegistry
 
 # Every module exposes INFO (a TaskKindInfo).
-KIND_MODULES = (classification, mlm)
+KIND_MODULES = (classification, mlm, instruction)
 
 
 def default_kinds() -> TaskKindRegistry:

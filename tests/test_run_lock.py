@@ -48,7 +48,7 @@ def test_two_concurrent_invocations_of_one_grid_train_every_run_once(tmp_path, t
 
     flag = tmp_path / "hold"
     flag.touch()
-    hold = {"cl_test_plugins:PauseBeforeTask": {"flag_file": str(flag), "seconds": 120}}
+    hold = {"cl_test_plugins:PauseBeforeTask": {"flag_file": str(flag), "seconds": 900}}  # released by the flag, not the clock
     write_demo_stream(tmp_path, per_class=8)
     strategies = [{"name": "naive", "plugins": ["naive", hold]}, {"name": "naive-2", "plugins": ["naive", hold]}]
     experiment = write_experiment(tmp_path, tiny_bert, strategies)

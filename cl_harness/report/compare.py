@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 
 from cl_harness.config.schema import did_you_mean
 from cl_harness.errors import ConfigError
+from cl_harness.report.statistics import STAT_DEFINITIONS, statistics_columns, statistics_display
 
 ROLE_TAG = "cl_harness.role"
 PARENT_ROLE, CHILD_ROLE = "parent", "child"
@@ -86,6 +87,7 @@ DEFINITIONS = {
     "peak_memory_mb": "peak memory of the run in MB (CUDA: allocated; CPU: the process's peak resident memory).",
     "extra_memory_mb": "peak memory minus the memory held once the model and data were loaded: what training adds (optimizer state, activations, buffers).",
     "mean ± std": "mean and sample standard deviation (ddof=1) over the finished runs; '-' where undefined (a single run, or a metric the strategy does not log).",
+    **STAT_DEFINITIONS,
 }
 
 
@@ -189,7 +191,10 @@ class Comparison:
         columns = ["strategy", "n_finished", "n_runs"] + [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "std")]
         table = pd.DataFrame(rows, columns=columns)
         table = table.sort_values(["acc_mean", "strategy"], ascending=[False, True], na_position="last")
-        return table.reset_index(drop=True)
+        table = table.reset_index(drop=True)
+        keyed = {name: {(r.seed, r.order): r.metrics.get("acc", math.nan) for r in self.finished() if r.strategy == name}
+                 for name in table["strategy"]}
+        return pd.concat([table, statistics_columns(keyed, list(table["strategy"]))], axis=1)
 
     def by_position(self) -> bool:
         """True when the finished runs trained the tasks in different orders (columns then mean positions)."""
@@ -489,12 +494,12 @@ def shown_metrics(table: pd.DataFrame) -> list[str]:
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells of a ``Comparison.table()``: strategy, runs, then ``mean ± std`` per metric."""
     metrics = shown_metrics(table)
-    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics]
-    rows = [
-        [str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"]
-        + [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
-        for _, row in table.iterrows()
-    ]
+    extra_headers, extra_cells = statistics_display(table, lambda v: format_value(v, "acc"))
+    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics[:1]] + extra_headers + [HEADERS.get(m, m) for m in metrics[1:]]
+    rows = []
+    for index, (_, row) in enumerate(table.iterrows()):
+        cells = [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
+        rows.append([str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"] + cells[:1] + extra_cells[index] + cells[1:])
     return headers, rows
 
 

@@ -30,6 +30,31 @@ def length_sorted_batches(inputs: Tensor, batch_size: int, min_fill: float = 0.9
 
 
 @torch.inference_mode()
+def task_correct(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    task_index: int,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Whether each test example's top logit is the right unit: ``(n,)`` booleans on the CPU, in test-set order."""
+    if len(targets) == 0 or (hasattr(model, "can_predict") and not model.can_predict(targets)):
+        return torch.zeros(len(targets), dtype=torch.bool)  # a class-incremental head never predicts unseen classes
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(len(targets), dtype=torch.bool, device=device)  # (n,)
+    for index in length_sorted_batches(inputs, batch_size):
+        x = inputs[index].to(device, non_blocking=True)  # (batch, 3, length)
+        logits = model(x, task_index)  # (batch, width)
+        correct[index.to(device)] = logits.argmax(dim=1) == targets[index].to(device, non_blocking=True)
+        if on_batch is not None:
+            on_batch(len(index))
+    model.train(was_training)
+    return correct.cpu()
+
+
 def task_accuracy(
     model: nn.Module,
     inputs: Tensor,
@@ -42,19 +67,7 @@ def task_accuracy(
     """Fraction of test examples of one task whose top logit is the right unit."""
     if len(targets) == 0:
         return float("nan")
-    if hasattr(model, "can_predict") and not model.can_predict(targets):
-        return 0.0  # a class-incremental head never predicts classes it has not seen: nothing to compute
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for index in length_sorted_batches(inputs, batch_size):
-        x = inputs[index].to(device, non_blocking=True)  # (batch, 3, length)
-        logits = model(x, task_index)  # (batch, width)
-        correct += (logits.argmax(dim=1) == targets[index].to(device, non_blocking=True)).sum()
-        if on_batch is not None:
-            on_batch(len(index))
-    model.train(was_training)
-    return int(correct) / len(targets)
+    return int(task_correct(model, inputs, targets, task_index, batch_size, device, on_batch).sum()) / len(targets)
 
 
 def evaluate_all(

@@ -46,6 +46,7 @@ TABLE_METRICS = (
     "bwt",
     "fwt",
     "forgetting",
+    "nfr",
     "learning_acc",
     "wall_time_s",
     "train_examples_per_s",
@@ -55,7 +56,7 @@ TABLE_METRICS = (
     "extra_memory_mb",
 )
 #: Metrics that are fractions in [0, 1] (or differences of them), shown in percent.
-PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"})
+PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", "nfr"})
 
 #: Column headers of the formatted tables, by metric.
 HEADERS = {
@@ -63,6 +64,7 @@ HEADERS = {
     "bwt": "bwt (%)",
     "fwt": "fwt (%)",
     "forgetting": "forgetting (%)",
+    "nfr": "neg. flip rate (%)",
     "learning_acc": "learning acc (%)",
     "wall_time_s": "wall time (s)",
     "train_examples_per_s": "train ex/s",
@@ -79,6 +81,7 @@ DEFINITIONS = {
     "bwt": "backward transfer: mean over tasks 1..T-1 of (final accuracy - accuracy right after training on the task); negative means forgetting.",
     "fwt": "forward transfer: mean over tasks 2..T of (accuracy on the task before training on it - the untrained model's accuracy on it).",
     "forgetting": "average forgetting: mean over tasks 1..T-1 of (best accuracy before the last step - final accuracy).",
+    "nfr": "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",

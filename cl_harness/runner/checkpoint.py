@@ -31,6 +31,7 @@ class RunState:
     tasks: list[str] = field(default_factory=list)
     initial: list[float] = field(default_factory=list)
     matrix: list[list[float]] = field(default_factory=list)
+    correct: list[list[str | None]] = field(default_factory=list)  # [step][task]: packed per-example test correctness
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
-from cl_harness.evaluation.evaluator import task_accuracy
+from cl_harness.evaluation.evaluator import task_correct
+from cl_harness.evaluation.flips import flip_metrics, pack_correct, summary_flip_rate
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
@@ -213,9 +214,10 @@ class Evaluation:
         self.masking = masking
         self.total = sum(len(t.test_targets) for t in tasks)
         self.extra: dict[str, float] = {}
+        self.correct: list[str | None] = []  # per task: packed per-example correctness of the last call (None: mlm)
 
     def __call__(self, model, step: int) -> list[float]:
-        row, self.extra = [], {}
+        row, self.extra, self.correct = [], {}, []
         with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
             for task in self.tasks:
                 if task.kind == "mlm":
@@ -223,9 +225,16 @@ class Evaluation:
                     ppl = pseudo_perplexity(model, task.test_inputs, self.masking, self.batch_size, self.device)
                     self.extra[metric_key(f"pppl/{task.name}")] = ppl
                     bar.update(len(task.test_targets))
+                    self.correct.append(None)
                 else:
-                    row.append(task_accuracy(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update))
+                    hits = task_correct(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update)
+                    row.append(int(hits.sum()) / len(hits) if len(hits) else float("nan"))
+                    self.correct.append(pack_correct(hits.numpy()))
         return row
+
+    def sizes(self) -> list[int]:
+        """The number of test examples of each task, in training order."""
+        return [len(t.test_targets) for t in self.tasks]
 
 
 def column_metrics(tasks: list[EncodedTask]) -> list[str]:
@@ -290,7 +299,7 @@ def train_and_evaluate(
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
         if logger and step not in logged:
-            logger.log_step(step, {**step_metrics(tasks, row, step), **extra})
+            logger.log_step(step, {**step_metrics(tasks, row, step), **flip_metrics(state.correct, evaluate.sizes(), step), **extra})
 
     started = time.perf_counter()
     tasks_trained = 0
@@ -299,11 +308,13 @@ def train_and_evaluate(
         strategy.clock.__dict__.update(checkpoint["clock"])
         restore_rng_states(checkpoint["rng"])
         state.matrix = state.matrix[: checkpoint["step"]]
+        state.correct = state.correct[: checkpoint["step"] + 1]
         state.steps_done = checkpoint["step"]
         resumed_note = f"resumed after task {state.steps_done} from {folder}"
     else:
         resumed_note = None
         state.initial, state.matrix, state.steps_done = evaluate(model, 0), [], 0
+        state.correct = [evaluate.correct]
         if folder:
             save_state(folder, state)
     log_step(0, state.initial, dict(evaluate.extra))
@@ -325,6 +336,7 @@ def train_and_evaluate(
             tasks_trained += 1
             row = evaluate(model, step)
             result.matrix.append(row)
+            state.correct.append(evaluate.correct)
             if folder:
                 save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock, loss_scale)
                 state.steps_done = step
@@ -337,6 +349,8 @@ def train_and_evaluate(
     result.wall_time_s = time.perf_counter() - started
     if result.matrix:
         result.metrics = final_metrics(result.matrix, result.initial, spec.train_data)
+        if spec.train_data != "joint":
+            result.metrics.update(summary_flip_rate(state.correct, evaluate.sizes()))
     result.metrics.update(
         wall_time_s=result.wall_time_s,
         train_examples_per_s=meter.examples_per_second,

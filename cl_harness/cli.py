@@ -94,7 +94,8 @@ def cmd_validate(args) -> int:
     width = max(len(task.name) for task in checked.tasks)
     for task in checked.tasks:
         kind = "mlm      " if task.kind == "mlm" else f"{len(task.label_names)} classes"
-        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}")
+        valid = f"  valid {len(task.valid_labels):>6}" if task.valid_labels else ""
+        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}{valid}")
     peft = config.backbone.peft
     print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {len(checked.runs)} runs")

@@ -71,6 +71,8 @@ class EncodedTask:
     test_inputs: Tensor  # (n_test, 3, max_length)
     test_targets: Tensor  # (n_test,)
     kind: str = "classification"  # classification | mlm
+    valid_inputs: Tensor | None = None  # (n_valid, 3, max_length); None without a validation split
+    valid_targets: Tensor | None = None  # (n_valid,)
 
     def avalanche_dataset(self, split: str = "train"):
         """A task-aware Avalanche dataset (``task_set`` works, as LwF needs)."""
@@ -101,6 +103,8 @@ def encode_tasks(
             test_inputs=encode(task.test_texts),
             test_targets=space.targets(index, task.test_labels),
             kind=task.kind,
+            valid_inputs=encode(task.valid_texts) if task.valid_labels else None,
+            valid_targets=space.targets(index, task.valid_labels) if task.valid_labels else None,
         )
         for index, task in enumerate(tasks)
     ]

@@ -16,6 +16,7 @@ from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_stat
 from cl_harness.runner.grid import PlannedRun
 from cl_harness.runner.prepare import PreparedExperiment
 from cl_harness.runner.run import RunResult, train_and_evaluate
+from cl_harness.evaluation.validation import VALID_MATRIX_ARTIFACT, valid_matrix_dict
 from cl_harness.tracking.artifacts import accuracy_matrix_dict, plot_accuracy_matrix
 from cl_harness.tracking.mlflow_logger import (
     RunLogger,
@@ -129,6 +130,8 @@ def log_results(logger: RunLogger, result: RunResult) -> None:
         png = Path(tmp) / "accuracy_matrix.png"
         plot_accuracy_matrix(result.tasks, result.initial, result.matrix, png, title=result.run_name)
         logger.log_artifact(png)
+    if result.valid_matrix:
+        logger.log_dict(valid_matrix_dict(result.tasks, result.valid_initial, result.valid_matrix), VALID_MATRIX_ARTIFACT)
 
 
 def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str]:

@@ -20,6 +20,7 @@ from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
 from cl_harness.evaluation.evaluator import task_correct
 from cl_harness.evaluation.flips import flip_metrics, pack_correct, summary_flip_rate
+from cl_harness.evaluation.validation import VALID_ACC_METRIC, final_valid_acc, valid_step_metrics
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
@@ -52,6 +53,8 @@ class RunResult:
     wall_time_s: float = 0.0
     note: str | None = None  # e.g. "resumed after task 2" or "already finished: skipped"
     column_metrics: list[str] | None = None  # per task: accuracy | masked_token_accuracy
+    valid_initial: list[float] = field(default_factory=list)  # validation matrix (empty without validation splits)
+    valid_matrix: list[list[float]] = field(default_factory=list)
 
     @property
     def run_name(self) -> str:
@@ -206,28 +209,38 @@ class Evaluation:
     and its pseudo-perplexity goes to ``extra`` as ``pppl/<task>``.
     """
 
-    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool, masking: MaskingSpec | None = None) -> None:
+    def __init__(self, tasks: list[EncodedTask], batch_size: int, device: torch.device, show_progress: bool, masking: MaskingSpec | None = None,
+                 split: str = "test") -> None:
         self.tasks = tasks
+        self.split = split  # test | valid (tasks without a validation split score NaN there)
         self.batch_size = batch_size
         self.device = device
         self.show_progress = show_progress
         self.masking = masking
-        self.total = sum(len(t.test_targets) for t in tasks)
+        self.total = sum(len(targets) for _, targets in map(self.data, tasks) if targets is not None)
         self.extra: dict[str, float] = {}
         self.correct: list[str | None] = []  # per task: packed per-example correctness of the last call (None: mlm)
+
+    def data(self, task: EncodedTask) -> tuple:
+        """The task's ``(inputs, targets)`` of the evaluated split (``(None, None)`` when it has none)."""
+        return (task.test_inputs, task.test_targets) if self.split == "test" else (task.valid_inputs, task.valid_targets)
 
     def __call__(self, model, step: int) -> list[float]:
         row, self.extra, self.correct = [], {}, []
         with tqdm(total=self.total, desc=f"evaluate step {step}", unit="ex", leave=False, disable=not self.show_progress) as bar:
             for task in self.tasks:
-                if task.kind == "mlm":
+                inputs, targets = self.data(task)
+                if targets is None:
+                    row.append(float("nan"))
+                    self.correct.append(None)
+                elif task.kind == "mlm":
                     row.append(masked_token_accuracy(model, task.test_inputs, self.masking, self.batch_size, self.device, seed=task.index))
                     ppl = pseudo_perplexity(model, task.test_inputs, self.masking, self.batch_size, self.device)
                     self.extra[metric_key(f"pppl/{task.name}")] = ppl
                     bar.update(len(task.test_targets))
                     self.correct.append(None)
                 else:
-                    hits = task_correct(model, task.test_inputs, task.test_targets, task.index, self.batch_size, self.device, bar.update)
+                    hits = task_correct(model, inputs, targets, task.index, self.batch_size, self.device, bar.update)
                     row.append(int(hits.sum()) / len(hits) if len(hits) else float("nan"))
                     self.correct.append(pack_correct(hits.numpy()))
         return row
@@ -295,11 +308,18 @@ def train_and_evaluate(
     strategy = build_strategy(prepared, spec, model, device, tasks, strategy_plugins, framework, show_progress)
     masking = checked.masking()
     evaluate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking)
+    has_valid = any(t.valid_targets is not None for t in ordered)
+    validate = Evaluation(ordered, config.training.eval_batch_size, device, show_progress, masking, split="valid") if has_valid else None
+
+    def valid_row(step: int) -> list[float] | None:
+        rows = [state.valid_initial, *state.valid_matrix] if has_valid else []
+        return rows[step] if step < len(rows) and rows[step] else None
     logged = logger.logged_steps("acc/seen_avg") if logger else set()  # a run stopped before its first checkpoint has step 0 already
 
     def log_step(step: int, row: list[float], extra: dict) -> None:
         if logger and step not in logged:
-            logger.log_step(step, {**step_metrics(tasks, row, step), **flip_metrics(state.correct, evaluate.sizes(), step), **extra})
+            logger.log_step(step, {**step_metrics(tasks, row, step), **flip_metrics(state.correct, evaluate.sizes(), step),
+                                   **valid_step_metrics(tasks, valid_row(step), step, metric_key), **extra})
 
     started = time.perf_counter()
     tasks_trained = 0
@@ -309,12 +329,14 @@ def train_and_evaluate(
         restore_rng_states(checkpoint["rng"])
         state.matrix = state.matrix[: checkpoint["step"]]
         state.correct = state.correct[: checkpoint["step"] + 1]
+        state.valid_matrix = state.valid_matrix[: checkpoint["step"]]
         state.steps_done = checkpoint["step"]
         resumed_note = f"resumed after task {state.steps_done} from {folder}"
     else:
         resumed_note = None
         state.initial, state.matrix, state.steps_done = evaluate(model, 0), [], 0
         state.correct = [evaluate.correct]
+        state.valid_initial = validate(model, 0) if validate else []
         if folder:
             save_state(folder, state)
     log_step(0, state.initial, dict(evaluate.extra))
@@ -323,7 +345,7 @@ def train_and_evaluate(
 
     result = RunResult(
         spec.label, planned.seed, tasks, state.initial, planned.order_index, state.matrix, run_id=state.run_id, note=resumed_note,
-        column_metrics=column_metrics(ordered),
+        column_metrics=column_metrics(ordered), valid_initial=state.valid_initial, valid_matrix=state.valid_matrix,
     )
     try:
         for step, experience in experiences_to_train(make_benchmark(ordered), spec.train_data):
@@ -337,6 +359,8 @@ def train_and_evaluate(
             row = evaluate(model, step)
             result.matrix.append(row)
             state.correct.append(evaluate.correct)
+            if validate:
+                state.valid_matrix.append(validate(model, step))
             if folder:
                 save_checkpoint(folder, step, model, strategy.optimizer, strategy_plugins, strategy.clock, loss_scale)
                 state.steps_done = step
@@ -351,6 +375,8 @@ def train_and_evaluate(
         result.metrics = final_metrics(result.matrix, result.initial, spec.train_data)
         if spec.train_data != "joint":
             result.metrics.update(summary_flip_rate(state.correct, evaluate.sizes()))
+        if final_valid_acc(state.valid_matrix) is not None:
+            result.metrics[VALID_ACC_METRIC] = final_valid_acc(state.valid_matrix)
     result.metrics.update(
         wall_time_s=result.wall_time_s,
         train_examples_per_s=meter.examples_per_second,

@@ -12,6 +12,7 @@ from cl_harness.data.token_cache import TokenCache
 from cl_harness.errors import HubUnreachableError
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.models.masked_lm import MaskingSpec
+from cl_harness.search.config import parse_search
 from cl_harness.runner.grid import PlannedRun, plan_runs, resolve_orders
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
@@ -180,6 +181,7 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
     check_lora_targets(loaded, strategies, model_config)
     check_mlm_tasks(loaded, strategies, tokenizer)
+    parse_search(config.search, strategies, loaded.source, any(t.valid_labels for t in tasks))
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs)
 
 

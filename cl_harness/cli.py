@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue an interrupted grid (the default when its run folder exists)")
     resume.add_argument("--restart", action="store_true", help="start the grid over; the old run folder is renamed, not deleted")
+    search = run.add_mutually_exclusive_group()
+    search.add_argument("--search-only", action="store_true", help="run the experiment's `search:` block and stop (resumes a killed search)")
+    search.add_argument("--skip-search", action="store_true", help="do not search; the final runs use best_params.yaml if a search left one")
     _add_execution_args(run)
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = sub.add_parser("strategies", help="list the registered strategies and their parameters")
     strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
+
+    search_report = sub.add_parser("search-report", help="best trials, parameter importances and optimisation history of a search")
+    search_report.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
+    search_report.add_argument("--out", help="folder for the plots (default: reports/<experiment>/search)")
+    search_report.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
     compare = sub.add_parser("compare", help="comparison table and report.html for an experiment, read from MLflow")
     compare.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
@@ -150,6 +158,12 @@ def cmd_run(args) -> int:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
     uri = resolve_tracking_uri(args.tracking_uri or checked.loaded.config.tracking.uri)  # as run_experiment resolves it
+    if checked.loaded.config.search is not None:
+        from cl_harness.search.cli_hooks import search_before_runs
+
+        prepared = search_before_runs(prepared, uri, args)
+        if prepared is None:
+            return EXIT_OK
     results = run_experiment(
         prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor
     )
@@ -205,7 +219,13 @@ def cmd_ui(args) -> int:
     return subprocess.call(command)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
+def cmd_search_report(args) -> int:
+    from cl_harness.search.cli_hooks import search_report
+
+    return search_report(args)
+
+
+COMMANDS = {"search-report": cmd_search_report, "run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -151,3 +151,37 @@ def test_the_reporter_forwards_to_a_logger_and_ignores_step_zero():
     reporter.log_step(1, {"valid_acc/seen_avg": 0.7, "acc/t1": 0.1})
     assert logged == [0, 1] and reporter.logged_steps("x") == {0} and trial.storage.get_trial(trial._trial_id).intermediate_values == {1: 0.7}
     assert torch is not None
+
+
+def test_cli_search_only_then_final_runs_with_the_best_parameters_and_a_search_report(tmp_path, tiny_bert, capsys):
+    from mlflow import MlflowClient
+
+    search = {"n_trials": 2, "pruner": "median", "spaces": {"ewc": {"ewc_lambda": {"low": 10, "high": 1e4, "log": True}}}}
+    path = experiment_with_search(tmp_path, tiny_bert, search)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--search-only"]) == 0
+    out = capsys.readouterr().out
+    assert "search ewc: best valid_acc" in out and "best parameters:" in out
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("cl_harness.role") == "search"]
+    trials = [r for r in runs if r.data.tags.get("cl_harness.role") == "trial"]
+    assert len(trials) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"] and {r.data.tags["strategy"] for r in trials} == {"ewc"}
+    assert "best_params.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    best = float(parent.data.tags["best.ewc.ewc_lambda"])
+    assert not [r for r in runs if r.data.tags.get("cl_harness.role") == "child"]  # --search-only: no final runs
+
+    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--skip-search"]) == 0
+    finals = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("cl_harness.role") == "child"]
+    (ewc_run,) = [r for r in finals if r.data.tags["strategy"] == "ewc"]
+    logged = yaml.safe_load(open(client.download_artifacts(ewc_run.info.run_id, "config.yaml", str(tmp_path))).read())
+    assert logged["run"]["strategy"]["plugins"][0]["ewc"]["ewc_lambda"] == pytest.approx(best)
+    assert len(client.search_runs([experiment_id], "tags.`cl_harness.role` = 'trial'")) == 2  # no new trials
+
+    assert main(["search-report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0
+    report = capsys.readouterr().out
+    assert "ewc: 2 finished" in report and "ewc/trial" in report
+    assert (tmp_path / "report" / "optimization_history_ewc.png").is_file()

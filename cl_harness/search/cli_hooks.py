@@ -37,7 +37,7 @@ def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> Prepared
         return prepared
     if args.executor != "local" or args.workers != 1:
         raise ConfigError("the best parameters of a search are applied in this process only",
-                          key="search", hint="run the final runs with --workers 1 (or --skip-search to use the configured values)")
+                          key="search", hint="run the final runs with --workers 1, or copy best_params.yaml's values into the strategies")
     tuned, skipped = apply_best(prepared, best)
     for item in skipped:
         print(f"note: per-strategy training value not applied to the final runs (one training config per grid): {item}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-METRIC_ORDER = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")
+METRIC_ORDER = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", "nfr")
 
 
 def _pct(value: float) -> str:

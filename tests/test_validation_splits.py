@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -86,3 +87,31 @@ def test_a_run_logs_the_validation_matrix_beside_the_test_matrix(tmp_path, tiny_
     assert run.data.metrics["valid_acc"] == pytest.approx(sum(valid["matrix"][-1]) / 2)
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "valid_acc/t1")}
     assert history[1] == pytest.approx(valid["matrix"][0][0])
+
+
+def test_the_evaluator_scores_the_split_it_is_given_and_keeps_the_kinds_hits():
+    """split="valid" hands each kind the validation examples (NaN without them); hits come back packed per task."""
+    import numpy as np
+    import torch
+
+    from cl_harness.data.benchmark import EncodedTask
+    from cl_harness.evaluation.evaluator import Evaluator
+    from cl_harness.evaluation.flips import unpack_correct
+    from cl_harness.tasks.registry import TaskKindInfo, TaskKindRegistry
+
+    def score(model, task, env, on_batch):  # "right" where the target is 0: depends only on the split handed over
+        hits = task.test_targets == 0  # (n,)
+        return float(hits.float().mean()), {}, hits
+
+    kinds = TaskKindRegistry()
+    kinds.register(TaskKindInfo(name="classification", summary="", column_metric="accuracy", train=lambda step: None, score=score))
+    x = torch.zeros(4, 3, 2, dtype=torch.long)  # (n, 3, length)
+    with_valid = EncodedTask("a", 0, x, torch.zeros(4, dtype=torch.long), x, torch.tensor([0, 0, 0, 1]),
+                             valid_inputs=x[:2], valid_targets=torch.tensor([1, 0]))
+    without = EncodedTask("b", 1, x, torch.zeros(4, dtype=torch.long), x, torch.tensor([1, 1, 1, 1]))
+    test_row = Evaluator([with_valid, without], kinds, env=None)(None, 0)
+    valid = Evaluator([with_valid, without], kinds, env=None, split="valid")
+    valid_row = valid(None, 0)
+    assert test_row == [0.75, 0.0] and valid_row[0] == 0.5 and math.isnan(valid_row[1])
+    assert np.array_equal(unpack_correct(valid.correct[0], 2), [False, True]) and valid.correct[1] is None
+    assert valid.sizes() == [2, 0]

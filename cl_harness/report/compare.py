@@ -22,7 +22,7 @@ import pandas as pd
 
 from cl_harness.report.statistics import STAT_DEFINITIONS, statistics_columns, statistics_display
 from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
-from cl_harness.tracking.schema import FINISHED
+from cl_harness.tracking.schema import FINISHED, NFR_METRIC
 
 #: Metrics aggregated per strategy (mean and std), in table order.
 TABLE_METRICS = (
@@ -30,7 +30,7 @@ TABLE_METRICS = (
     "bwt",
     "fwt",
     "forgetting",
-    "nfr",
+    NFR_METRIC,
     "learning_acc",
     "wall_time_s",
     "train_examples_per_s",
@@ -40,7 +40,7 @@ TABLE_METRICS = (
     "extra_memory_mb",
 )
 #: Metrics that are fractions in [0, 1] (or differences of them), shown in percent.
-PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", "nfr"})
+PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", NFR_METRIC})
 
 #: Column headers of the formatted tables, by metric.
 HEADERS = {
@@ -48,7 +48,7 @@ HEADERS = {
     "bwt": "bwt (%)",
     "fwt": "fwt (%)",
     "forgetting": "forgetting (%)",
-    "nfr": "neg. flip rate (%)",
+    NFR_METRIC: "neg. flip rate (%)",
     "learning_acc": "learning acc (%)",
     "wall_time_s": "wall time (s)",
     "train_examples_per_s": "train ex/s",
@@ -65,7 +65,7 @@ DEFINITIONS = {
     "bwt": "backward transfer: mean over tasks 1..T-1 of (final accuracy - accuracy right after training on the task); negative means forgetting.",
     "fwt": "forward transfer: mean over tasks 2..T of (accuracy on the task before training on it - the untrained model's accuracy on it).",
     "forgetting": "average forgetting: mean over tasks 1..T-1 of (best accuracy before the last step - final accuracy).",
-    "nfr": "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
+    NFR_METRIC: "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",

@@ -28,10 +28,11 @@ from cl_harness.config.experiment import TrainingConfig
 from cl_harness.config.schema import did_you_mean, field_names, parse
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.strategies.registry import StrategySpec
+from cl_harness.tracking import schema
 
 #: Training parameters a search may vary (the others change tokenisation or the device).
 SEARCHABLE_TRAINING = ("lr", "weight_decay", "epochs", "batch_size")
-OBJECTIVES = ("valid_acc",)
+OBJECTIVES = (schema.VALID_ACC_METRIC,)
 
 
 @dataclass

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue an interrupted grid (the default when its run folder exists)")
     resume.add_argument("--restart", action="store_true", help="start the grid over; the old run folder is renamed, not deleted")
+    search = run.add_mutually_exclusive_group()
+    search.add_argument("--search-only", action="store_true", help="run the experiment's `search:` block and stop (resumes a killed search)")
+    search.add_argument("--skip-search", action="store_true", help="do not search; the final runs use best_params.yaml if a search left one")
     _add_execution_args(run)
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = sub.add_parser("strategies", help="list the registered strategies and their parameters")
     strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
+
+    search_report = sub.add_parser("search-report", help="best trials, parameter importances and optimisation history of a search")
+    search_report.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
+    search_report.add_argument("--out", help="folder for the plots (default: reports/<experiment>/search)")
+    search_report.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
     compare = sub.add_parser("compare", help="comparison table and report.html for an experiment, read from MLflow")
     compare.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
@@ -107,6 +115,10 @@ def cmd_validate(args) -> int:
         return validate_stream(args)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
     check_tracking_uri(checked.loaded, None)
+    if checked.config.search is not None:
+        from cl_harness.search.cli_hooks import check_search
+
+        check_search(checked)
     config = checked.config
     print(f"experiment {config.name!r}: OK")
     print(f"  stream   {checked.stream_name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
@@ -115,7 +127,8 @@ def cmd_validate(args) -> int:
         labelled = checked.kinds.get(task.kind).labelled
         kind = f"{len(task.label_names)} classes" if labelled else f"{task.kind:<9}"
         names = f"  {', '.join(map(str, task.label_names))}" if labelled else ""
-        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}{names}")
+        valid = f"  valid {len(task.valid_labels):>6}" if task.valid_labels else ""
+        print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}{valid}{names}")
     peft = config.backbone.peft
     print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {count(len(checked.runs), 'run')}")
@@ -164,6 +177,10 @@ def cmd_run(args) -> int:
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
     check_tracking_uri(checked.loaded, args.tracking_uri)
+    if checked.config.search is not None:
+        from cl_harness.search.cli_hooks import check_search
+
+        check_search(checked)
     uri = choose_tracking_uri(args.tracking_uri or checked.config.tracking.uri)
     executor = make_executor(options, uri)
     if args.dry_run:
@@ -177,6 +194,12 @@ def cmd_run(args) -> int:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
     show = not args.no_progress
     glance = []
+    if checked.config.search is not None:
+        from cl_harness.search.cli_hooks import search_before_runs
+
+        prepared = search_before_runs(prepared, uri, args)
+        if prepared is None:
+            return EXIT_OK
     results = run_experiment(
         prepared, uri, show_progress=show, on_result=lambda r: print(run_summary(r), flush=True), restart=args.restart, executor=executor,
         on_finish=glance.append,
@@ -239,7 +262,13 @@ def cmd_ui(args) -> int:
         return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
+def cmd_search_report(args) -> int:
+    from cl_harness.search.cli_hooks import search_report
+
+    return search_report(args)
+
+
+COMMANDS = {"search-report": cmd_search_report, "run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
 
 
 def _raise_interrupt(signum, frame) -> None:

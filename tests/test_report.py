@@ -122,8 +122,10 @@ def test_markdown_shows_percent_mean_and_std(comparison):
     text = markdown(comparison.table())
     lines = text.strip().splitlines()
     assert lines[0].startswith("| strategy | runs | acc (%) |") and "peak memory" not in lines[0]
-    assert lines[2].startswith("| replay | 2/2 | 70.0 ± 14.1 | -25.0 ± 21.2 |")
-    assert lines[3].startswith("| naive | 2/3 | 45.0 ± 7.1 |") and "| 1,000 |" in lines[3]  # constant: no ±
+    assert lines[0].startswith("| strategy | runs | acc (%) | acc 95% CI (%) | p vs best | p vs naive | bwt (%) |")
+    # replay's 2-run t-interval 0.7 ± 12.706 * 0.1414 / sqrt(2) = [-1.07, 2.47], shown clipped to [0, 100] %
+    assert lines[2].startswith("| replay | 2/2 | 70.0 ± 14.1 | [0.0, 100.0] | best | 0.126 | -25.0 ± 21.2 |")
+    assert lines[3].startswith("| naive | 2/3 | 45.0 ± 7.1 | [0.0, 100.0] | 0.126 | naive |") and "| 1,000 |" in lines[3]  # constant: no ±
 
 
 def test_csv_round_trips_the_raw_table(comparison, tmp_path):
@@ -131,6 +133,10 @@ def test_csv_round_trips_the_raw_table(comparison, tmp_path):
 
     back = pd.read_csv(write_csv(comparison.table(), tmp_path / "t.csv"))
     assert list(back["strategy"]) == ["replay", "naive"] and back["acc_mean"][0] == pytest.approx(0.7)
+    # paired t-test of the seeds' final accuracies (0.8, 0.6) vs (0.5, 0.4); one pair, so Holm leaves it alone
+    assert back["acc_ci_low"][0] == pytest.approx(0.7 - 12.7062047 * 0.1414214 / 2**0.5, rel=1e-5)
+    assert list(back["test_vs_naive"]) == ["paired_t", "none"] and not back["significant_vs_best"].any()
+    assert back["p_vs_best"][1] == pytest.approx(0.1257, abs=1e-4)
 
 
 def test_html_report_is_self_contained(comparison, tmp_path):
@@ -141,6 +147,7 @@ def test_html_report_is_self_contained(comparison, tmp_path):
     assert "<link" not in text and "@import" not in text and "<script" not in text
     assert comparison.parent_run_id in text and "cl-test" in text and "70.0 ± 14.1" in text
     assert "naive/seed2/order0" in text and "FAILED" in text and "backward transfer" in text
+    assert "<th>acc 95% CI (%)</th><th>p vs best</th><th>p vs naive</th>" in text and "Holm-Bonferroni" in text
     for name in (schema.COMPARISON_CSV_ARTIFACT, schema.COMPARISON_MD_ARTIFACT, "final_acc.png", "forgetting_curves.png",
                  "accuracy_matrix_replay.png", "accuracy_matrix_naive.png"):
         assert (tmp_path / "report" / name).is_file(), name
@@ -175,7 +182,7 @@ def test_default_parent_is_the_latest_and_orders_are_compared_by_position(store)
     assert naive.labels == ["task 1", "task 2"] and naive.rows == pytest.approx(np.array([[0.8, 0.5], [0.4, 0.9]]))
     assert joint.steps == [2] and joint.row_label(0) == "all tasks"
     text = markdown(comparison.table())
-    assert "| joint | 1/1 | 70.0 | - |" in text  # one run: no ±; joint logs no bwt
+    assert "| joint | 1/1 | 70.0 | 1 run: no interval | best | - | - |" in text  # one run: no ± nor interval; joint logs no bwt
     assert load_comparison(store["client"], "orders", store["old"]).runs[0].tasks == ["t1", "t2"]
 
 

@@ -112,6 +112,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint_dir: str = field(default="runs", metadata={"help": "run folders with checkpoints, relative to the cwd"})
     description: str = ""
+    search: Any = field(default=None, metadata={"help": "per-strategy hyperparameter search (cl_harness/search/config.py)"})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if not self.strategies:

@@ -74,6 +74,12 @@ class TaskConfig:
     train_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
     test_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
     test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0, "help": "held out when one split is missing"})
+    valid_per_class: int | None = field(
+        default=None, metadata={"ge": 1, "help": "validation split: N examples per class carved (seeded) from the training data"}
+    )
+    valid_fraction: float | None = field(
+        default=None, metadata={"gt": 0.0, "lt": 1.0, "help": "validation split: this fraction of each class's training data"}
+    )
     split_seed: int = field(default=0, metadata={"help": "seed of sampling and of carving a missing split"})
     drop_unknown_labels: bool = field(default=False, metadata={"help": "drop rows whose label is not declared"})
     drop_empty_texts: bool = field(default=False, metadata={"help": "drop rows whose text is empty or blank (else refused)"})
@@ -95,7 +101,7 @@ class TaskConfig:
             if len(fields) != 1:
                 raise source.error(path + ("text_field",), "an mlm task reads one text field")
             for key in ("label_field", "label_names", "classes", "train_per_class", "test_per_class", "drop_unknown_labels",
-                        "allow_test_only_labels"):
+                        "allow_test_only_labels", "valid_per_class", "valid_fraction"):
                 if getattr(self, key) != getattr(defaults, key):
                     raise source.error(
                         path + (key,), "does not apply to an mlm task (unlabelled text); use train_examples / test_examples"
@@ -104,6 +110,8 @@ class TaskConfig:
             for key in ("train_examples", "test_examples"):
                 if getattr(self, key) is not None:
                     raise source.error(path + (key,), "applies only to type: mlm; use train_per_class / test_per_class")
+        if self.valid_per_class is not None and self.valid_fraction is not None:
+            raise source.error(path + ("valid_fraction",), "give valid_per_class or valid_fraction, not both")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise source.error(path + ("classes",), "lists a class twice")
 

@@ -69,6 +69,8 @@ class EncodedTask:
     test_inputs: Tensor  # (n_test, 3, max_length)
     test_targets: Tensor  # (n_test,)
     kind: str = "classification"  # its task kind (cl_harness/tasks/)
+    valid_inputs: Tensor | None = None  # (n_valid, 3, max_length); None without a validation split
+    valid_targets: Tensor | None = None  # (n_valid,)
 
     def avalanche_dataset(self, split: str = "train"):
         """A task-aware Avalanche dataset (``task_set`` works, as LwF needs)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +28,8 @@ class TaskData:
     test_texts: list
     test_labels: list[int]
     kind: str = "classification"  # classification | mlm (then label_names is empty and every label 0)
+    valid_texts: list = field(default_factory=list)  # carved from the training data (valid_per_class / valid_fraction)
+    valid_labels: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -104,10 +106,12 @@ class _TaskCutter:
         }
         names, splits = self.subset_classes(declared, splits)
         train, test = self.carve(splits, names)
+        train, valid = carve_validation(self, train, names)
         train = self.sample(train, names, task.train_per_class, "train")
         test = self.sample(test, names, task.test_per_class, "test")
         self.check_result(names, train, test)
-        return TaskData(task.name, names, train.texts, train.labels, test.texts, test.labels)
+        return TaskData(task.name, names, train.texts, train.labels, test.texts, test.labels,
+                        valid_texts=valid.texts, valid_labels=valid.labels)
 
     # -- label names -------------------------------------------------------------------------------
 
@@ -333,6 +337,37 @@ def _sample_texts(texts: list, limit: int | None, seed: str) -> list:
     if limit is None or len(texts) <= limit:
         return texts
     return [texts[i] for i in sorted(random.Random(seed).sample(range(len(texts)), limit))]
+
+
+def carve_validation(cutter: _TaskCutter, train: _Examples, names: list[str]) -> tuple[_Examples, _Examples]:
+    """``(train, valid)``: the validation split carved per class from the training data only, seeded, disjoint.
+
+    ``valid_per_class`` takes N examples of each class (each class must keep at least one for
+    training, else a ConfigError at that key); ``valid_fraction`` that share of each class. The
+    draw depends only on ``split_seed`` and the class name, never on the test split.
+    """
+    task = cutter.task
+    if task.valid_per_class is None and task.valid_fraction is None:
+        return train, _Examples([], [])
+    train_idx: list[int] = []
+    valid_idx: list[int] = []
+    for label, indices in _TaskCutter.by_class(train.labels, len(names)).items():
+        if task.valid_per_class is not None:
+            if len(indices) <= task.valid_per_class:
+                raise cutter.fail(
+                    ("valid_per_class",),
+                    f"class {names[label]!r} has {len(indices)} training examples; valid_per_class {task.valid_per_class} "
+                    "would leave none to train on",
+                    hint=f"at most {len(indices) - 1} for this task, or use valid_fraction",
+                )
+            n_valid = task.valid_per_class
+        else:
+            n_valid = _carved_count(len(indices), task.valid_fraction)
+        shuffled = indices[:]
+        random.Random(f"{task.split_seed}:valid:{names[label]}").shuffle(shuffled)
+        valid_idx += shuffled[:n_valid]
+        train_idx += shuffled[n_valid:]
+    return train.take(sorted(train_idx)), train.take(sorted(valid_idx))
 
 
 def _carved_count(size: int, fraction: float) -> int:

@@ -117,6 +117,7 @@ def log_results(logger: RunLogger, result: RunResult) -> None:
         logger, result.tasks, result.initial, result.matrix, result.column_metrics,
         draw=lambda path: plot_accuracy_matrix(result.tasks, result.initial, result.matrix, path, title=result.run_name),
     )
+    writer.log_valid_matrix(logger, result.tasks, result.valid_initial, result.valid_matrix)
     logger.set_tags(note(child_description(result.run_name, result.tasks, result.initial, result.matrix, result.metrics, result.status)))
 
 

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cl_harness.report.statistics import STAT_DEFINITIONS, statistics_columns, statistics_display
 from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
-from cl_harness.tracking.schema import FINISHED
+from cl_harness.tracking.schema import FINISHED, NFR_METRIC
 
 #: Metrics aggregated per strategy (mean and std), in table order.
 TABLE_METRICS = (
@@ -29,6 +30,7 @@ TABLE_METRICS = (
     "bwt",
     "fwt",
     "forgetting",
+    NFR_METRIC,
     "learning_acc",
     "wall_time_s",
     "train_examples_per_s",
@@ -38,7 +40,7 @@ TABLE_METRICS = (
     "extra_memory_mb",
 )
 #: Metrics that are fractions in [0, 1] (or differences of them), shown in percent.
-PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc"})
+PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", NFR_METRIC})
 
 #: Column headers of the formatted tables, by metric.
 HEADERS = {
@@ -46,6 +48,7 @@ HEADERS = {
     "bwt": "bwt (%)",
     "fwt": "fwt (%)",
     "forgetting": "forgetting (%)",
+    NFR_METRIC: "neg. flip rate (%)",
     "learning_acc": "learning acc (%)",
     "wall_time_s": "wall time (s)",
     "train_examples_per_s": "train ex/s",
@@ -62,6 +65,7 @@ DEFINITIONS = {
     "bwt": "backward transfer: mean over tasks 1..T-1 of (final accuracy - accuracy right after training on the task); negative means forgetting.",
     "fwt": "forward transfer: mean over tasks 2..T of (accuracy on the task before training on it - the untrained model's accuracy on it).",
     "forgetting": "average forgetting: mean over tasks 1..T-1 of (best accuracy before the last step - final accuracy).",
+    NFR_METRIC: "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",
@@ -70,6 +74,7 @@ DEFINITIONS = {
     "peak_memory_mb": "peak memory of the run in MB (CUDA: allocated; CPU: the process's peak resident memory).",
     "extra_memory_mb": "peak memory minus the memory held once the model and data were loaded: what training adds (optimizer state, activations, buffers).",
     "mean ± std": "mean and sample standard deviation (ddof=1) over the finished runs; the mean alone where there is one run or the value is constant; '-' where the strategy does not log the metric.",
+    **STAT_DEFINITIONS,
 }
 
 
@@ -140,7 +145,10 @@ class Comparison(StoredGrid):
         columns = ["strategy", "n_finished", "n_runs"] + [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "std")]
         table = pd.DataFrame(rows, columns=columns)
         table = table.sort_values(["acc_mean", "strategy"], ascending=[False, True], na_position="last")
-        return table.reset_index(drop=True)
+        table = table.reset_index(drop=True)
+        keyed = {name: {(r.seed, r.order): r.metrics.get("acc", math.nan) for r in self.finished() if r.strategy == name}
+                 for name in table["strategy"]}
+        return pd.concat([table, statistics_columns(keyed, list(table["strategy"]))], axis=1)
 
     def by_position(self) -> bool:
         """True when the finished runs trained the tasks in different orders (columns then mean positions)."""
@@ -244,12 +252,12 @@ def shown_metrics(table: pd.DataFrame) -> list[str]:
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells of a ``Comparison.table()``: strategy, runs, then ``mean ± std`` per metric."""
     metrics = shown_metrics(table)
-    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics]
-    rows = [
-        [str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"]
-        + [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
-        for _, row in table.iterrows()
-    ]
+    extra_headers, extra_cells = statistics_display(table, lambda v: format_value(v, "acc"))
+    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics[:1]] + extra_headers + [HEADERS.get(m, m) for m in metrics[1:]]
+    rows = []
+    for index, (_, row) in enumerate(table.iterrows()):
+        cells = [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
+        rows.append([str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"] + cells[:1] + extra_cells[index] + cells[1:])
     return headers, rows
 
 

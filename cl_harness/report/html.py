@@ -151,7 +151,8 @@ def render_html(comparison: Comparison, plots: list[PlotFile]) -> str:
         "<h2>Results</h2>",
         ("<p>Strategies sorted by mean final accuracy; cells are mean ± sample std over the finished runs "
          "(seeds x task orders), the mean alone for one run or a constant value; '-' where undefined. "
-         "Accuracy-based metrics in %.</p>"),
+         "Accuracy-based metrics in %. The 95% interval and the Holm-corrected p-values against the best strategy "
+         "and naive are defined below; '*' marks a significant difference (p < 0.05).</p>"),
         _table_html(headers, rows),
         _runs_html(comparison),
         "<h2>Missing or failed runs</h2>",

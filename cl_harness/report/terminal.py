@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-METRIC_ORDER = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")
+from cl_harness.tracking.schema import NFR_METRIC
+
+METRIC_ORDER = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", NFR_METRIC)
 
 
 def _pct(value: float) -> str:

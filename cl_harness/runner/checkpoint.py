@@ -43,6 +43,9 @@ class RunState:
     tasks: list[str] = field(default_factory=list)
     initial: list[float] = field(default_factory=list)
     matrix: list[list[float]] = field(default_factory=list)
+    correct: list[list[str | None]] = field(default_factory=list)  # [step][task]: packed per-example test correctness
+    valid_initial: list[float] = field(default_factory=list)  # validation accuracies (NaN: no validation split)
+    valid_matrix: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 

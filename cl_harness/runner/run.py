@@ -21,6 +21,8 @@ from cl_harness.config.experiment import BackboneConfig, TrainingConfig
 from cl_harness.data.benchmark import EncodedTask, make_benchmark
 from cl_harness.errors import TrainingError
 from cl_harness.evaluation.evaluator import Evaluator
+from cl_harness.evaluation.flips import step_flip_rate, summary_flip_rate
+from cl_harness.evaluation.validation import defined_cells, final_valid_acc, seen_valid_average
 from cl_harness.evaluation.metrics import acc, seen_average, summary
 from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
@@ -61,6 +63,8 @@ class RunResult:
     wall_time_s: float = 0.0
     note: str | None = None  # e.g. "resumed after task 2" or "already finished: skipped"
     column_metrics: list[str] | None = None  # per task: accuracy | masked_token_accuracy
+    valid_initial: list[float] = field(default_factory=list)  # validation matrix (empty without validation splits)
+    valid_matrix: list[list[float]] = field(default_factory=list)
 
     @property
     def run_name(self) -> str:
@@ -291,6 +295,7 @@ class TrainingRun:
         result = RunResult(
             plan.strategy.label, plan.seed, plan.task_names, state.initial, plan.order_index, state.matrix, run_id=state.run_id,
             note=note, column_metrics=plan.kinds.column_metrics(plan.tasks),
+            valid_initial=state.valid_initial, valid_matrix=state.valid_matrix,
         )
         try:
             self._train(state, result)
@@ -328,10 +333,28 @@ class TrainingRun:
             restore_rng_states(checkpoint["rng"])
         self.env = plan.kind_env(device, self.loss_scale)
         self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, describe=plan.label)
+        has_valid = any(t.valid_targets is not None for t in plan.tasks)
+        self.validate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, plan.label, split="valid") if has_valid else None
 
     def _log_step(self, step: int, row: list[float], extra: dict) -> None:
         if self.logger and step not in self.logged:
-            self.logger.log_step(step, {**step_metrics(self.plan.task_names, row, step), **extra})
+            metrics = {**step_metrics(self.plan.task_names, row, step), **self._flip_and_valid(step), **extra}
+            self.logger.log_step(step, metrics)
+
+    def _flip_and_valid(self, step: int) -> dict[str, float]:
+        """The step's negative flip rate and validation accuracies, from the run state (empty where undefined)."""
+        state, metrics = self.state, {}
+        rate = step_flip_rate(state.correct, self.evaluate.sizes(), step)
+        if rate is not None:
+            metrics[schema.NFR_STEP_METRIC] = rate
+        rows = [state.valid_initial, *state.valid_matrix] if self.validate else []
+        row = rows[step] if step < len(rows) and rows[step] else None
+        if row is not None:
+            metrics.update({schema.metric_key(schema.valid_acc_metric(t)): v for t, v in defined_cells(self.plan.task_names, row).items()})
+            seen = seen_valid_average(row, step)
+            if seen is not None:
+                metrics[schema.VALID_SEEN_AVG_METRIC] = seen
+        return metrics
 
     def _extra(self) -> dict[str, float]:
         """The evaluator's extra per-task metrics of the last step, as store keys."""
@@ -339,15 +362,20 @@ class TrainingRun:
 
     def _start(self, state: RunState, checkpoint: dict | None) -> str | None:
         """The baseline (step 0) scored, or the checkpoint's steps taken over; steps a crash left unlogged are logged."""
+        self.state = state
         if checkpoint:
             state.matrix = state.matrix[: checkpoint["step"]]
+            state.correct = state.correct[: checkpoint["step"] + 1]
+            state.valid_matrix = state.valid_matrix[: checkpoint["step"]]
             state.steps_done = checkpoint["step"]
             note = f"resumed after task {state.steps_done} from {self.folder}"
         else:
             note = None
             with known_warnings_silenced():
                 state.initial = self.evaluate(self.model, 0)
-            state.matrix, state.steps_done = [], 0
+                state.correct = [self.evaluate.correct]
+                state.valid_initial = self.validate(self.model, 0) if self.validate else []
+            state.matrix, state.valid_matrix, state.steps_done = [], [], 0
             if self.folder:
                 save_state(self.folder, state)
         self._log_step(0, state.initial, self._extra())
@@ -367,6 +395,9 @@ class TrainingRun:
             self.tasks_trained += 1
             with known_warnings_silenced():
                 row = self.evaluate(self.model, step)
+                state.correct.append(self.evaluate.correct)
+                if self.validate:
+                    state.valid_matrix.append(self.validate(self.model, step))
             result.matrix.append(row)
             if self.folder:
                 save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
@@ -378,6 +409,13 @@ class TrainingRun:
     def _metrics(self, result: RunResult, tasks_trained: int) -> dict[str, float]:
         """The summary metrics of the matrix and the run's cost metrics."""
         metrics = final_metrics(result.matrix, result.initial, self.plan.strategy.train_data) if result.matrix else {}
+        if result.matrix and self.plan.strategy.train_data != "joint":  # joint training has no steps to flip between
+            nfr = summary_flip_rate(self.state.correct, self.evaluate.sizes())
+            if nfr is not None:
+                metrics[schema.NFR_METRIC] = nfr
+        valid = final_valid_acc(self.state.valid_matrix)
+        if valid is not None:
+            metrics[schema.VALID_ACC_METRIC] = valid
         peak = peak_memory_mb(self.device)
         metrics.update(
             wall_time_s=result.wall_time_s,

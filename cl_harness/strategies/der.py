@@ -18,7 +18,9 @@ class DERConfig:
     """Memory size, the weights of the logit and label replay terms, and the replay batch size."""
 
     mem_size: int = field(default=200, metadata={"help": "examples kept in the reservoir memory", "ge": 1})
-    alpha: float = field(default=0.3, metadata={"help": "weight of the MSE between current and stored logits", "ge": 0.0})
+    alpha: float = field(default=0.3, metadata={"help": (
+        "weight of the MSE between current and stored logits (Buzzega et al. 2020's DER++ setting alpha 0.3, "
+        "beta 0.5; docs/defaults.md)"), "ge": 0.0})
     beta: float = field(default=0.5, metadata={"help": "weight of the replayed-label cross-entropy (0: DER, >0: DER++)", "ge": 0.0})
     replay_batch_size: int | None = field(
         default=None, metadata={"help": "memory examples per replay term (default: the training batch size)", "ge": 1}

@@ -21,7 +21,9 @@ class EWCConfig:
     """Elastic Weight Consolidation, separate (one penalty per past task) or online (one running penalty)."""
 
     ewc_lambda: float = field(
-        default=1000.0, metadata={"help": "weight of the penalty lambda * sum_k F_k (theta_k - theta*_k)^2", "ge": 0.0}
+        default=1000.0, metadata={"help": "weight of the penalty lambda * sum_k F_k (theta_k - theta*_k)^2. Default 1000: a pretrained transformer's "
+                                   "Fisher entries are tiny, so EWC needs a large lambda to act at all (Kruengkrai & Yamagishi "
+                                   "2022, 'Mitigating the diminishing effect of EWC', COLING); see docs/defaults.md", "ge": 0.0}
     )
     mode: Literal["separate", "online"] = field(
         default="separate",

@@ -18,7 +18,8 @@ class LFLConfig:
     """Less-Forgetful Learning: loss + lambda_e * mean((f(x) - f_old(x))^2) with the classifier frozen."""
 
     lambda_e: float = field(
-        default=1.0, metadata={"help": "lambda_e, the weight of the Euclidean loss between new and old features", "ge": 0.0}
+        default=1.0, metadata={"help": "lambda_e, the weight of the Euclidean loss between new and old features (1 as in Jung et al. "
+                             "2016; docs/defaults.md)", "ge": 0.0}
     )
 
 

@@ -20,7 +20,9 @@ from cl_harness.strategies.registry import BuildContext, StrategyInfo
 class LwFConfig:
     """Learning without Forgetting: loss + alpha * KL(teacher_T || model_T) over the old units."""
 
-    alpha: float = field(default=1.0, metadata={"help": "lambda_o, the weight of the distillation term", "ge": 0.0})
+    alpha: float = field(default=1.0, metadata={"help": (
+        "lambda_o, the weight of the distillation term; 1 with T = 2 as in Li & Hoiem 2017, the setting NLP continual-"
+        "learning comparisons reuse (docs/defaults.md)"), "ge": 0.0})
     temperature: float = field(
         default=2.0, metadata={"help": "T, softmax temperature of teacher and model in the distillation", "gt": 0.0}
     )

@@ -16,7 +16,9 @@ from cl_harness.strategies.registry import BuildContext, StrategyInfo
 class MASConfig:
     """Memory Aware Synapses: loss + lambda * sum_k Omega_k (theta_k - theta*_k)^2."""
 
-    lambda_reg: float = field(default=1.0, metadata={"help": "lambda, the weight of the penalty", "ge": 0.0})
+    lambda_reg: float = field(default=1.0, metadata={"help": (
+        "lambda, the weight of the penalty (Aljundi et al. 2018 use 1); changes training at fine-tuning step sizes "
+        "(docs/defaults.md)"), "ge": 0.0})
     alpha: float = field(
         default=0.5,
         metadata={"help": "Omega <- alpha * Omega_old + (1 - alpha) * Omega_new after each task", "ge": 0.0, "le": 1.0},

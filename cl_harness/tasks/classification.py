@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cl_harness.evaluation.evaluator import task_accuracy
+from torch import Tensor
+
+from cl_harness.evaluation.evaluator import task_correct
 from cl_harness.tasks.registry import TaskKindInfo, TrainStep
 
 
@@ -11,9 +13,10 @@ def train(step: TrainStep) -> None:
     step.strategy.train(step.experience, num_workers=0)
 
 
-def score(model, task, env, on_batch) -> tuple[float, dict[str, float]]:
-    """Accuracy on the task's test split."""
-    return task_accuracy(model, task.test_inputs, task.test_targets, task.index, env.eval_batch_size, env.device, on_batch), {}
+def score(model, task, env, on_batch) -> tuple[float, dict[str, float], Tensor]:
+    """Accuracy on the task's scored split, and which examples were right: ``(n,)`` booleans (for the negative flip rate)."""
+    hits = task_correct(model, task.test_inputs, task.test_targets, task.index, env.eval_batch_size, env.device, on_batch)  # (n,)
+    return (int(hits.sum()) / len(hits) if len(hits) else float("nan")), {}, hits
 
 
 INFO = TaskKindInfo(

@@ -44,7 +44,7 @@ class TrainStep:
 
 
 def encode_labelled(task: TaskData, index: int, space: LabelSpace, encode: EncodeTexts) -> EncodedTask:
-    """Tokenise a task's train and test texts, with its labels mapped into the label space."""
+    """Tokenise a task's train, test and validation texts, with its labels mapped into the label space."""
     return EncodedTask(
         name=task.name,
         index=index,
@@ -53,6 +53,8 @@ def encode_labelled(task: TaskData, index: int, space: LabelSpace, encode: Encod
         test_inputs=encode(task.test_texts),
         test_targets=space.targets(index, task.test_labels),
         kind=task.kind,
+        valid_inputs=encode(task.valid_texts) if task.valid_labels else None,
+        valid_targets=space.targets(index, task.valid_labels) if task.valid_labels else None,
     )
 
 
@@ -65,7 +67,8 @@ class TaskKindInfo:
     column_metric: str  # what fills the task's accuracy-matrix column (``accuracy_matrix.json``'s ``column_metrics``)
     train: Callable[[TrainStep], None]  # one step's training on the task
     score: Callable[[Any, EncodedTask, KindEnv, Callable[[int], None]], tuple[float, dict[str, float]]]
-    # (column value, extra per-task metrics by prefix, e.g. {"pppl": 12.3}); on_batch(n) advances the progress bar
+    # (column value, extra per-task metrics by prefix, e.g. {"pppl": 12.3}[, (n,) bool hits per example]) of the split
+    # in the task's test_inputs/test_targets (the Evaluator puts the validation split there); on_batch(n) advances the bar
     encode: Callable[[TaskData, int, LabelSpace, EncodeTexts], EncodedTask] = encode_labelled
     labelled: bool = True  # its examples have class labels (per-class sampling and caps apply)
     resources: Callable[[Any], Any] | None = None  # tokenizer -> what training and scoring need (KindEnv.resources)

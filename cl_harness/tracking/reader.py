@@ -251,3 +251,52 @@ def read_grid(client: MlflowClient, experiment_name: str, parent_run_id: str | N
         runs=runs,
         parent_tags=dict(parent.data.tags),
     )
+
+
+# --- hyperparameter search (cl_harness/search/) -----------------------------------------------------
+
+
+@dataclass
+class SearchTrialRun:
+    """One trial run (a trial and seed) of a search, as read back from the store."""
+
+    name: str
+    status: str
+    strategy: str
+    params: dict[str, str]
+    valid_acc: float | None
+
+
+@dataclass
+class StoredSearch:
+    """The most recent search of an experiment: its parent run, the Optuna study file, and its trial runs."""
+
+    experiment_name: str
+    parent_run_id: str
+    storage: str  # path of the SQLite study file ('' when unknown)
+    trials: list[SearchTrialRun]
+    n_children: int  # every child run of the search parent
+
+    def by_strategy(self) -> dict[str, list[SearchTrialRun]]:
+        out: dict[str, list[SearchTrialRun]] = {}
+        for trial in self.trials:
+            out.setdefault(trial.strategy, []).append(trial)
+        return out
+
+
+def read_search(client: MlflowClient, experiment_name: str) -> StoredSearch:
+    """The experiment's most recent ``search`` parent run and its trial runs; ConfigError when there is none."""
+    experiment = find_experiment(client, experiment_name)
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = '{schema.SEARCH_ROLE}'",
+                                 max_results=1, order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise ConfigError(f"experiment {experiment_name!r} has no search run", key="experiment",
+                          hint="give the experiment a `search:` block and run `cl-harness run EXPERIMENT.yaml --search-only`")
+    parent = parents[0]
+    children = find_children(client, experiment.experiment_id, parent.info.run_id)
+    trials = [
+        SearchTrialRun(run.info.run_name, run.info.status, run.data.tags.get(schema.STRATEGY_TAG, "?"),
+                       schema.trial_params(run.data.tags), run.data.metrics.get(schema.VALID_ACC_METRIC))
+        for run in children if run.data.tags.get(ROLE_TAG) == schema.TRIAL_ROLE
+    ]
+    return StoredSearch(experiment.name, parent.info.run_id, parent.data.tags.get(schema.SEARCH_STORAGE_TAG, ""), trials, len(children))

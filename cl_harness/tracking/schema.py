@@ -7,6 +7,7 @@ Everything that writes to the store (``tracking/writer.py``) and everything that
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -107,6 +108,13 @@ TRAINABLE_PARAMS_METRIC = "trainable_params"
 RUNS_FINISHED_METRIC, RUNS_TOTAL_METRIC = "runs_finished", "runs_total"  # on the parent run
 #: Final (end-of-run) metrics of a child run.
 FINAL_METRICS = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")
+#: Negative flip rate (Yan et al. 2021): per step after task i >= 2, and the run's mean of those.
+NFR_STEP_METRIC = "nfr/step"
+NFR_METRIC = "nfr"
+#: Validation splits: valid_acc/<task> and valid_acc/seen_avg per step, valid_acc at the end (what a search optimises).
+VALID_ACC_PREFIX = "valid_acc"
+VALID_SEEN_AVG_METRIC = "valid_acc/seen_avg"
+VALID_ACC_METRIC = "valid_acc"
 COST_METRICS = (
     "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
     TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
@@ -143,6 +151,11 @@ def task_acc_metric(task: str) -> str:
     return task_metric(TASK_ACC_PREFIX, task)
 
 
+def valid_acc_metric(task: str) -> str:
+    """``valid_acc/<task>``: the task's validation accuracy after a step."""
+    return task_metric(VALID_ACC_PREFIX, task)
+
+
 def pppl_metric(task: str) -> str:
     """``pppl/<task>``: the per-step pseudo-perplexity of an mlm task."""
     return task_metric(PPPL_PREFIX, task)
@@ -166,6 +179,7 @@ def parse_task_metric(key: str) -> tuple[str, str] | None:
 CONFIG_ARTIFACT = "config.yaml"
 MATRIX_ARTIFACT = "accuracy_matrix.json"
 MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"
+VALID_MATRIX_ARTIFACT = "valid_accuracy_matrix.json"  # the validation accuracy matrix (runs with validation splits)
 PLANNED_RUNS_ARTIFACT = "planned_runs.json"  # on the parent: {"runs": [run names]}
 REPORT_HTML_ARTIFACT = "report.html"
 COMPARISON_CSV_ARTIFACT = "comparison.csv"
@@ -233,6 +247,20 @@ def parse_matrix(data: Any) -> tuple[list[str], list[float], list[list[float]]]:
     return tasks, initial, matrix
 
 
+def valid_matrix_dict(tasks: Sequence[str], initial: Sequence[float | None], matrix: Sequence[Sequence[float | None]]) -> dict:
+    """``valid_accuracy_matrix.json``: like ``accuracy_matrix.json``, with ``null`` for tasks without a validation split."""
+
+    def cell(v):
+        return None if v is None or math.isnan(v) else float(v)
+
+    return {
+        "tasks": [str(t) for t in tasks],
+        "split": "valid",
+        "initial": [cell(v) for v in initial],
+        "matrix": [[cell(v) for v in row] for row in matrix],
+    }
+
+
 def planned_runs_dict(names: Sequence[str]) -> dict[str, list[str]]:
     """The parent's ``planned_runs.json`` payload: every child run name the grid planned."""
     return {"runs": [str(name) for name in names]}
@@ -241,3 +269,43 @@ def planned_runs_dict(names: Sequence[str]) -> dict[str, list[str]]:
 def parse_planned_runs(data: Any) -> list[str]:
     """The run names of a ``planned_runs.json`` payload; KeyError/TypeError when malformed."""
     return [str(name) for name in data["runs"]]
+
+
+# --- hyperparameter search (cl_harness/search/) -----------------------------------------------------
+
+SEARCH_ROLE, TRIAL_ROLE = "search", "trial"  # ROLE_TAG values: the search parent, one child per trial and seed
+SEARCH_RUN_NAME = "search"
+TRIAL_TAG = "trial"  # on a trial run: the Optuna trial number
+SEARCH_STORAGE_TAG = "search_storage"  # on the search parent: the path of the Optuna SQLite study file
+PARAM_TAG_PREFIX = "param."  # on a trial run: param.<name> = the trial's sampled value
+BEST_TAG_PREFIX = "best."  # on the search parent: best.<strategy>.<name> = the best value
+BEST_VALID_ACC_PREFIX = "best_valid_acc."  # on the search parent: best_valid_acc.<strategy>
+BEST_PARAMS_ARTIFACT = "best_params.yaml"  # on the search parent (and in the search folder)
+SEARCH_ARTIFACT_DIR = "search"  # on the search parent: optimisation-history plots
+
+
+def trial_run_name(label: str, trial: int, seed: int) -> str:
+    """``<strategy>/trial<n>/seed<s>``: a search trial's run name."""
+    return f"{label}/trial{trial}/seed{seed}"
+
+
+def trial_tags(label: str, trial: int, seed: int, params: dict[str, Any]) -> dict[str, str]:
+    """A trial run's tags: its role, strategy, trial number, seed and sampled parameters."""
+    tags = {ROLE_TAG: TRIAL_ROLE, STRATEGY_TAG: label, TRIAL_TAG: str(trial), SEED_TAG: str(seed)}
+    tags.update({f"{PARAM_TAG_PREFIX}{k}": str(v) for k, v in params.items()})
+    return tags
+
+
+def trial_params(tags: dict[str, str]) -> dict[str, str]:
+    """The sampled parameters of a trial run, from its tags."""
+    return {k.removeprefix(PARAM_TAG_PREFIX): v for k, v in tags.items() if k.startswith(PARAM_TAG_PREFIX)}
+
+
+def best_tags(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The search parent's ``best.<strategy>.<name>`` tags from ``{strategy: best params}``."""
+    return {f"{BEST_TAG_PREFIX}{label}.{k}": str(v) for label, params in results.items() for k, v in params.items()}
+
+
+def best_valid_acc_metric(label: str) -> str:
+    """``best_valid_acc.<strategy>``: the strategy's best trial's validation accuracy, on the search parent."""
+    return metric_key(f"{BEST_VALID_ACC_PREFIX}{label}")

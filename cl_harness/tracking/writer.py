@@ -311,6 +311,14 @@ def log_matrix(
             logger.log_artifact(png)
 
 
+def log_valid_matrix(
+    logger: RunLogger, tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Sequence[float]]
+) -> None:
+    """The validation accuracy matrix as ``valid_accuracy_matrix.json`` (nothing without one)."""
+    if matrix:
+        logger.log_dict(schema.valid_matrix_dict(tasks, initial, matrix), schema.VALID_MATRIX_ARTIFACT)
+
+
 def record_error(logger: RunLogger, error: str) -> None:
     """The ``error`` tag of a failed run."""
     logger.set_tags({schema.ERROR_TAG: error[: schema.ERROR_TAG_CHARS]})
@@ -380,3 +388,40 @@ def end_quietly(logger: RunLogger, status: str) -> None:
         logger.end(status)
     except Exception:  # noqa: BLE001 - the store may be the thing that failed
         pass
+
+
+# --- hyperparameter search (cl_harness/search/) -----------------------------------------------------
+
+
+def open_search_parent(
+    client: MlflowClient, experiment_id: str, stream: str, scenario: str, storage: Path, config: Mapping[str, Any]
+) -> RunLogger:
+    """A new ``search`` parent run: role, stream, scenario and the Optuna study file it resumes from; its config logged."""
+    tags = {schema.ROLE_TAG: schema.SEARCH_ROLE, schema.STREAM_TAG: stream, schema.SCENARIO_TAG: scenario,
+            schema.SEARCH_STORAGE_TAG: str(storage)}
+    parent = RunLogger(client, experiment_id, schema.SEARCH_RUN_NAME, tags=tags)
+    parent.log_config(config)
+    return parent
+
+
+def open_trial(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, label: str, trial: int, seed: int, params: Mapping[str, Any]
+) -> RunLogger:
+    """A trial run (one trial, one seed) under the search parent, tagged with its sampled parameters."""
+    return RunLogger(client, experiment_id, schema.trial_run_name(label, trial, seed),
+                     tags=schema.trial_tags(label, trial, seed, dict(params)), parent_run_id=parent_run_id)
+
+
+def log_search_outcome(parent: RunLogger, best_params_file: Path, best: Mapping[str, tuple[float | None, Mapping[str, Any]]]) -> None:
+    """The search's outcome on its parent: ``best_params.yaml``, ``best_valid_acc.<strategy>`` and ``best.<strategy>.<name>`` tags.
+
+    ``best`` maps each strategy label to (its best validation accuracy or None, its best parameters).
+    """
+    parent.log_artifact(best_params_file)
+    parent.log_final({schema.best_valid_acc_metric(label): value for label, (value, _) in best.items() if value is not None})
+    parent.set_tags(schema.best_tags({label: dict(params) for label, (_, params) in best.items()}))
+
+
+def log_search_plot(client: MlflowClient, run_id: str, path: Path) -> None:
+    """A plot of the search (e.g. Optuna's optimisation history) under ``search/`` of the search parent."""
+    client.log_artifact(run_id, str(path), schema.SEARCH_ARTIFACT_DIR)

@@ -1,0 +1,1 @@
+"""Per-strategy hyperparameter search with Optuna, on validation data only."""

@@ -1,0 +1,98 @@
+"""What ``cl-harness run`` does with a ``search:`` block, and ``cl-harness search-report`` (kept out of cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cl_harness.errors import ConfigError
+from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
+from cl_harness.search.config import SearchPlan, parse_search
+from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params
+from cl_harness.search.tracked import apply_best, run_tracked_search, search_folder
+
+
+def check_search(checked: CheckedExperiment) -> SearchPlan | None:
+    """The experiment's ``search:`` block checked against its strategies and validation data (ConfigError at its key)."""
+    return parse_search(checked.config.search, checked.strategies, checked.loaded.source, any(t.valid_labels for t in checked.tasks))
+
+
+def _print_result(result: StrategyResult) -> None:
+    if result.best_value is None:
+        print(f"search {result.label}: no trial finished ({result.n_pruned} pruned)", flush=True)
+        return
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    print(f"search {result.label}: best valid_acc {100 * result.best_value:.1f}% (trial {result.best_trial}; "
+          f"{result.n_complete} finished, {result.n_pruned} pruned): {params}", flush=True)
+
+
+def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> PreparedExperiment | None:
+    """Search (unless ``--skip-search``), then the experiment with the best parameters; None with ``--search-only``."""
+    plan = check_search(prepared.checked)
+    folder = search_folder(prepared)
+    if not args.skip_search:
+        run_tracked_search(prepared, plan, uri, on_result=_print_result)
+        print(f"best parameters: {folder / BEST_PARAMS_FILE}", flush=True)
+    if args.search_only:
+        return None
+    best = read_best_params(folder / BEST_PARAMS_FILE)
+    if not best:
+        return prepared
+    if args.executor != "local" or args.workers != 1:
+        raise ConfigError("the best parameters of a search are applied in this process only",
+                          key="search", hint="run the final runs with --workers 1, or copy best_params.yaml's values into the strategies")
+    tuned, skipped = apply_best(prepared, best)
+    for item in skipped:
+        print(f"note: per-strategy training value not applied to the final runs (one training config per grid): {item}",
+              file=sys.stderr)
+    return tuned
+
+
+def search_report(args) -> int:
+    """Print the best trials per strategy, parameter importances; write the optimisation-history plots, log them."""
+    import optuna
+
+    from cl_harness.tracking import writer
+    from cl_harness.tracking.reader import read_search
+    from cl_harness.tracking.store import open_store
+
+    _, client = open_store(args.tracking_uri)
+    search = read_search(client, args.experiment)
+    out = Path(args.out) if args.out else Path("reports") / search.experiment_name / "search"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"search run {search.parent_run_id} of {search.experiment_name!r}: {len(search.trials)} trial runs")
+    for label, runs in sorted(search.by_strategy().items()):
+        done = sorted((r for r in runs if r.valid_acc is not None), key=lambda r: -r.valid_acc)
+        print(f"\n{label}: {len(done)} finished, {sum(r.status == 'KILLED' for r in runs)} pruned")
+        for run in done[:5]:
+            print(f"  {run.name:<28} valid_acc {100 * run.valid_acc:5.1f}%  {run.params}")
+        if Path(search.storage).is_file():
+            study = optuna.load_study(study_name=label, storage=f"sqlite:///{search.storage}")
+            finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if len(finished) >= 2 and len(study.best_params) >= 1:
+                try:
+                    importances = optuna.importance.get_param_importances(study)
+                    print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+                except (RuntimeError, ValueError) as exc:
+                    print(f"  importances: not computable ({exc})")
+            if finished:
+                plot = out / f"optimization_history_{label}.png"
+                _history_plot(study, plot)
+                writer.log_search_plot(client, search.parent_run_id, plot)
+    print(f"\nplots: {out}")
+    return 0
+
+
+def _history_plot(study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        axes = optuna.visualization.matplotlib.plot_optimization_history(study)
+    axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(axes.figure)

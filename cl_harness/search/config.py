@@ -1,0 +1,143 @@
+"""The ``search:`` block of an experiment: per-strategy spaces, trials, objective, seeds and pruner, validated.
+
+Example::
+
+    search:
+      n_trials: 12
+      seeds: [0]
+      pruner: median            # median | hyperband | none
+      spaces:
+        ewc:                    # a strategy label of `strategies`
+          training.lr: {low: 1e-5, high: 1e-3, log: true}
+          ewc_lambda: {low: 10, high: 1e5, log: true}
+          mode: {choice: [separate, online]}
+        replay:
+          mem_size: {low: 50, high: 500, type: int}
+
+A parameter is ``training.<lr|weight_decay|epochs|batch_size>`` or a parameter of the strategy's
+plugin (``<plugin>.<param>`` when the strategy has several plugins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cl_harness.config.experiment import TrainingConfig
+from cl_harness.config.schema import did_you_mean, field_names, parse
+from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.strategies.registry import StrategySpec
+from cl_harness.tracking import schema
+
+#: Training parameters a search may vary (the others change tokenisation or the device).
+SEARCHABLE_TRAINING = ("lr", "weight_decay", "epochs", "batch_size")
+OBJECTIVES = (schema.VALID_ACC_METRIC,)
+
+
+@dataclass
+class ParamSpace:
+    """One parameter's space: a uniform or log-uniform range (float or int), or a choice."""
+
+    low: float | None = field(default=None, metadata={"help": "range start (inclusive)"})
+    high: float | None = field(default=None, metadata={"help": "range end (inclusive)"})
+    log: bool = field(default=False, metadata={"help": "sample log-uniformly"})
+    type: Literal["float", "int"] = field(default="float", metadata={"help": "float | int"})
+    choice: list[Any] | None = field(default=None, metadata={"help": "a list of values instead of a range"})
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if self.choice is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise source.error(path + ("choice",), "give either a choice or a range (low, high, log), not both")
+            if not self.choice:
+                raise source.error(path + ("choice",), "an empty choice: list at least one value")
+            return
+        if self.low is None or self.high is None:
+            raise source.error(path, "a range needs `low` and `high` (or give `choice: [...]`)")
+        if not self.low < self.high:
+            raise source.error(path + ("high",), f"empty range: high ({self.high}) must be greater than low ({self.low})")
+        if self.log and self.low <= 0:
+            raise source.error(path + ("low",), f"a log range must be positive; low is {self.low}", hint="use log: false, or low > 0")
+
+
+@dataclass
+class SearchConfig:
+    """How the per-strategy search runs (spaces are parsed separately, per strategy and parameter)."""
+
+    spaces: dict[str, Any] = field(metadata={"help": "per strategy label: {parameter: space}"})
+    n_trials: int = field(default=10, metadata={"ge": 1, "help": "trials per strategy"})
+    objective: Literal["valid_acc"] = field(
+        default="valid_acc", metadata={"help": "valid_acc: final mean accuracy of the validation matrix (maximised)"}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of every trial; the objective is their mean"})
+    pruner: Literal["median", "hyperband", "none"] = field(
+        default="median", metadata={"help": "stops trials on per-step validation accuracy: median | hyperband | none"}
+    )
+    sampler_seed: int = field(default=0, metadata={"help": "seed of Optuna's TPE sampler"})
+
+
+@dataclass
+class SearchPlan:
+    """A validated search: its settings and, per strategy label, ``{parameter: ParamSpace}``."""
+
+    config: SearchConfig
+    spaces: dict[str, dict[str, ParamSpace]]
+
+
+def _plugin_params(spec: StrategySpec) -> dict[str, tuple[int, str]]:
+    """Searchable names of a strategy's parameters -> (plugin index, field name)."""
+    out: dict[str, tuple[int, str]] = {}
+    several = len(spec.plugins) > 1
+    for index, plugin in enumerate(spec.plugins):
+        if plugin.info is None or not dataclasses.is_dataclass(plugin.config):
+            continue
+        for name in field_names(type(plugin.config)):
+            out[f"{plugin.name}.{name}"] = (index, name)
+            if not several:
+                out[name] = (index, name)
+    return out
+
+
+def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_validation: bool,
+                 path: KeyPath = ("search",)) -> SearchPlan | None:
+    """The experiment's ``search`` block checked against its strategies; None when there is none."""
+    if data is None:
+        return None
+    config = parse(SearchConfig, data, source, path)
+    if not has_validation:
+        raise source.error(path, "a search needs validation data, and the stream has none",
+                           hint="give tasks `valid_per_class` or `valid_fraction` (carved from training data)")
+    if not isinstance(config.spaces, dict) or not config.spaces:
+        raise source.error(path + ("spaces",), "name at least one strategy and its parameters")
+    labels = {spec.label: spec for spec in strategies}
+    spaces: dict[str, dict[str, ParamSpace]] = {}
+    for label, params in config.spaces.items():
+        where = path + ("spaces", label)
+        if label not in labels:
+            raise source.error(where, f"no strategy labelled {label!r} in `strategies`; labels: {', '.join(labels)}",
+                               hint=did_you_mean(label, labels))
+        if not isinstance(params, dict) or not params:
+            raise source.error(where, "map at least one parameter to its space, e.g. training.lr: {low: 1e-5, high: 1e-3, log: true}")
+        known = _plugin_params(labels[label])
+        spaces[label] = {}
+        for name, space in params.items():
+            check_parameter(str(name), known, label, source, where + (name,))
+            spaces[label][str(name)] = parse(ParamSpace, space, source, where + (name,))
+    return SearchPlan(config, spaces)
+
+
+def check_parameter(name: str, known: dict, label: str, source: Source, path: KeyPath) -> None:
+    """Refuse a parameter that is not a searchable training field nor one the strategy takes."""
+    if name.startswith("training."):
+        key = name.removeprefix("training.")
+        if key in SEARCHABLE_TRAINING:
+            return
+        if key in field_names(TrainingConfig):
+            raise source.error(path, f"training.{key} cannot be searched; searchable: "
+                               + ", ".join(f"training.{k}" for k in SEARCHABLE_TRAINING))
+        raise source.error(path, f"unknown parameter {name!r}; training parameters: {', '.join(field_names(TrainingConfig))}",
+                           hint=did_you_mean(key, SEARCHABLE_TRAINING))
+    if name not in known:
+        takes = ", ".join(sorted(known)) or "no parameters"
+        raise source.error(path, f"strategy {label!r} does not take {name!r}; it takes: {takes}, or training.<param>",
+                           hint=did_you_mean(name, list(known) + [f"training.{k}" for k in SEARCHABLE_TRAINING]))

@@ -140,3 +140,22 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(os.environ["CL_HARNESS_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread than on two busy ones (no synchronisation between them)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random Llama and its word-level tokenizer (tests/generative_helpers.py), built once per test module."""
+    from generative_helpers import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_words())

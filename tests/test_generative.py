@@ -5,27 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from generative_helpers import (
-    build_tiny_llama,
     build_tiny_t5,
     run_generative,
     write_generative_experiment,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two busy ones (no synchronisation between them)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from conftest import demo_words
-
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_words())
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

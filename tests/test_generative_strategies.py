@@ -5,28 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from generative_helpers import (
-    build_tiny_llama,
     run_generative,
     write_generative_experiment,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one thread
+
 FAST = {"epochs": 5, "batch_size": 4, "lr": 3e-3}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from conftest import demo_words
-
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_words())
 
 
 def run(tmp_path, backbone, strategy, name: str, tasks: int = 3, **training):

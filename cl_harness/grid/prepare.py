@@ -233,6 +233,18 @@ def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], t
             kind.check(loaded, strategies, tokenizer)
 
 
+def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kinds: TaskKindRegistry) -> tuple[list[PlannedRun], list[TaskData]]:
+    """The planned runs, the machine and naming checks, then every task read and cut (encoder and generative alike)."""
+    config = loaded.config
+    orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
+    runs = plan_runs(strategies, config.seeds, orders)
+    check_device(loaded)
+    check_metric_keys(loaded)
+    check_checkpoint_dir(loaded)
+    tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
+    return runs, tasks
+
+
 def check_generative_experiment(loaded: LoadedExperiment, registry: StrategyRegistry, kinds: TaskKindRegistry) -> CheckedExperiment:
     """Validate a generative experiment: strategies against the kind, weights against the kind, tasks and lengths."""
     config = loaded.config
@@ -240,12 +252,7 @@ def check_generative_experiment(loaded: LoadedExperiment, registry: StrategyRegi
     strategies = registry.parse_strategies(config.strategies, stream.scenario, loaded.source)
     check_backbone_kind(loaded, strategies)
     check_generative_backbone(loaded)
-    orders = resolve_orders(config, [t.name for t in stream.tasks], loaded.source)
-    runs = plan_runs(strategies, config.seeds, orders)
-    check_device(loaded)
-    check_metric_keys(loaded)
-    check_checkpoint_dir(loaded)
-    tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
+    runs, tasks = plan_and_read(loaded, strategies, kinds)
     tokenizer = load_generative_tokenizer(config.backbone)
     checked = CheckedExperiment(
         loaded, tasks, LabelSpace.build(stream.scenario, tasks), strategies, tokenizer, runs, kinds,
@@ -266,12 +273,7 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
     check_backbone_kind(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
-    orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
-    runs = plan_runs(strategies, config.seeds, orders)
-    check_device(loaded)
-    check_metric_keys(loaded)
-    check_checkpoint_dir(loaded)
-    tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
+    runs, tasks = plan_and_read(loaded, strategies, kinds)
     tokenizer = load_tokenizer(config.backbone)
     model_config = load_model_config(config.backbone)
     check_tokenizer_matches(tokenizer, model_config, config.backbone.name)

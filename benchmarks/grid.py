@@ -123,23 +123,11 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
     import torch
     from avalanche.benchmarks import tensors_benchmark
     from avalanche.training.plugins import EvaluationPlugin
-    from torch import nn
+    from throughput import PaddedClassifier  # the padded baseline model of the throughput benchmark, beside this file
 
     from cl_harness.config.experiment import BackboneConfig
+    from cl_harness.data.encoding import encode_texts
     from cl_harness.models.backbone import load_encoder, load_tokenizer
-
-    class PaddedClassifier(nn.Module):
-        """Encoder + one linear head over every class of the stream, on full-length padded tensors."""
-
-        def __init__(self, encoder: nn.Module, classes: int) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.head = nn.Linear(encoder.config.hidden_size, classes)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, 2, max_length)
-            hidden = self.encoder(input_ids=x[:, 0], attention_mask=x[:, 1]).last_hidden_state  # (batch, length, hidden)
-            mask = x[:, 1].unsqueeze(-1).float()
-            return self.head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
 
     parts: dict[str, float] = defaultdict(float)
     started = time.perf_counter()
@@ -157,12 +145,9 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
             test_x += texts[cut:][: args.test_per_class]
             train_y += [2 * task + offset] * min(cut, args.per_class)
             test_y += [2 * task + offset] * len(texts[cut:][: args.test_per_class])
-
-        def encode(texts: list[str]) -> torch.Tensor:
-            batch = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
-            return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1)  # (n, 2, max_length)
-
-        splits.append((encode(train_x), torch.tensor(train_y), encode(test_x), torch.tensor(test_y)))
+        train_inputs = encode_texts(tokenizer, train_x, args.max_length)  # (n, 3, max_length), padded to max_length
+        test_inputs = encode_texts(tokenizer, test_x, args.max_length)
+        splits.append((train_inputs, torch.tensor(train_y), test_inputs, torch.tensor(test_y)))
     parts["tokenise"] += time.perf_counter() - tick
 
     benchmark = tensors_benchmark(
@@ -177,7 +162,7 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
             model = PaddedClassifier(load_encoder(BackboneConfig()), classes)
             parts["load model"] += time.perf_counter() - tick
             common = dict(
-                model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"]), criterion=nn.CrossEntropyLoss(),
+                model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=TRAINING["lr"]), criterion=torch.nn.CrossEntropyLoss(),
                 train_mb_size=TRAINING["batch_size"], train_epochs=TRAINING["epochs"], eval_mb_size=TRAINING["eval_batch_size"],
                 device=args.device, evaluator=EvaluationPlugin(loggers=[]),
             )

@@ -95,15 +95,20 @@ def write_demo_stream(directory: Path, scenario: str = "class_incremental", per_
     return path
 
 
-def write_experiment(directory: Path, backbone: Path | str, strategies: list, **training) -> Path:
-    """An experiment YAML over ``stream.yaml`` in the same directory, with fast tiny-model settings."""
+def write_experiment(
+    directory: Path, backbone: Path | str, strategies: list, *, name: str = "tiny", backbone_fields: dict | None = None, **training
+) -> Path:
+    """An experiment YAML over ``stream.yaml`` in the same directory, with fast tiny-model settings.
+
+    ``backbone_fields`` go beside the backbone's name (default ``pooling: mean``); ``training`` overrides the settings.
+    """
     import yaml
 
     settings = {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "lr": 1e-3, "max_length": 24, **training}
     experiment = {
-        "name": "tiny",
+        "name": name,
         "stream": "stream.yaml",
-        "backbone": {"name": str(backbone), "pooling": "mean"},
+        "backbone": {"name": str(backbone), **(backbone_fields if backbone_fields is not None else {"pooling": "mean"})},
         "training": settings,
         "strategies": strategies,
         "seeds": [0],

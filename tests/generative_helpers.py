@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from cl_harness.config.instruction import DEFAULT_TEMPLATE
+from conftest import write_experiment
 
 TEMPLATE_WORDS = DEFAULT_TEMPLATE.replace("{text}", "").replace("{labels}", "")
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
@@ -87,19 +88,8 @@ def write_generative_experiment(directory: Path, backbone: Path | str, kind: str
         ],
     }
     (directory / "stream.yaml").write_text(yaml.safe_dump(stream, sort_keys=False))
-    settings = {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "lr": 1e-3, "max_length": 24, "device": "cpu", **training}
-    experiment = {
-        "name": "tiny-generative",
-        "stream": "stream.yaml",
-        "backbone": {"name": str(backbone), "kind": kind},
-        "training": settings,
-        "strategies": strategies,
-        "seeds": [0],
-        "checkpoint_dir": str(directory / "runs"),
-    }
-    path = directory / "experiment.yaml"
-    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
-    return path
+    training = {"device": "cpu", **training}
+    return write_experiment(directory, backbone, strategies, name="tiny-generative", backbone_fields={"kind": kind}, **training)
 
 
 def run_generative(path: Path, keep: bool = True):

@@ -303,6 +303,30 @@ def test_classes_subset_and_order(tmp_path):
     assert "cooking, space, sports" in err.message
 
 
+
+def test_rename_labels_maps_tasks_onto_shared_units_with_the_same_examples(tmp_path):
+    """A split domain-incremental stream: each task's classes renamed first/second share one 2-unit head."""
+    from cl_harness.data.benchmark import LabelSpace
+
+    def task(name, classes, rename=None):
+        spec = {"name": name, "source": {"type": "demo", "seed": 1, "train_examples_per_class": 6,
+                                         "test_examples_per_class": 3}, "classes": classes}
+        return {**spec, "rename_labels": rename} if rename else spec
+
+    plain = load_stream_tasks(make_stream(tmp_path, [task("a", ["music", "sports"]), task("b", ["weather", "travel"])],
+                                          "class_incremental"))
+    renamed = load_stream_tasks(make_stream(tmp_path, [
+        task("a", ["music", "sports"], {"music": "first", "sports": "second"}),
+        task("b", ["weather", "travel"], {"weather": "first", "travel": "second"}),
+    ], "domain_incremental"))
+    for before, after in zip(plain, renamed):
+        assert after.label_names == ["first", "second"]
+        assert (after.train_texts, after.train_labels, after.test_texts) == (before.train_texts, before.train_labels,
+                                                                            before.test_texts)
+    space = LabelSpace.build("domain_incremental", renamed)
+    assert space.shared == ["first", "second"] and space.head_sizes == [2]
+    assert space.targets(1, [0, 1]).tolist() == [0, 1]  # weather -> the unit music used
+
 def balanced_rows(per_class: int, labels=("a", "b", "c")) -> list[dict]:
     return [{"text": f"{label} {i}", "label": label} for i in range(per_class) for label in labels]
 

@@ -71,6 +71,13 @@ class TaskConfig:
         default=None, metadata={"help": "label names, or a JSON file holding them; default: from the data"}
     )
     classes: list[str] | None = field(default=None, metadata={"help": "keep only these labels"})
+    rename_labels: dict[str, str] | None = field(
+        default=None,
+        metadata={
+            "help": "new names for labels, {old: new}; tasks whose labels share a name share an output unit, so this maps "
+            "different tasks' classes onto one head (a split domain-incremental stream)"
+        },
+    )
     train_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
     test_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "sample at most N per class"})
     test_fraction: float = field(default=0.2, metadata={"gt": 0.0, "lt": 1.0, "help": "held out when one split is missing"})
@@ -100,7 +107,7 @@ class TaskConfig:
         if self.type == "mlm":
             if len(fields) != 1:
                 raise source.error(path + ("text_field",), "an mlm task reads one text field")
-            for key in ("label_field", "label_names", "classes", "train_per_class", "test_per_class", "drop_unknown_labels",
+            for key in ("label_field", "label_names", "classes", "rename_labels", "train_per_class", "test_per_class", "drop_unknown_labels",
                         "allow_test_only_labels", "valid_per_class", "valid_fraction"):
                 if getattr(self, key) != getattr(defaults, key):
                     raise source.error(
@@ -114,6 +121,9 @@ class TaskConfig:
             raise source.error(path + ("valid_fraction",), "give valid_per_class or valid_fraction, not both")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise source.error(path + ("classes",), "lists a class twice")
+        for old, new in (self.rename_labels or {}).items():
+            if not new.strip():
+                raise source.error(path + ("rename_labels", old), "a new label name must not be empty")
 
     @property
     def text_fields(self) -> list[str]:

@@ -110,6 +110,7 @@ class _TaskCutter:
         train = self.sample(train, names, task.train_per_class, "train")
         test = self.sample(test, names, task.test_per_class, "test")
         self.check_result(names, train, test)
+        names = self.renamed(names)  # after sampling: the same examples as without renaming
         return TaskData(task.name, names, train.texts, train.labels, test.texts, test.labels,
                         valid_texts=valid.texts, valid_labels=valid.labels)
 
@@ -267,6 +268,26 @@ class _TaskCutter:
             keep = [i for i, label in enumerate(ex.labels) if label in new_id]
             out[split_name] = _Examples([ex.texts[i] for i in keep], [new_id[ex.labels[i]] for i in keep])
         return list(classes), out
+
+    def renamed(self, names: list[str]) -> list[str]:
+        """The label names after ``rename_labels``; each key must be a kept label and the new names stay distinct."""
+        renames = self.task.rename_labels or {}
+        for old in renames:
+            if old not in names:
+                raise self.fail(
+                    ("rename_labels", old),
+                    f"{old!r} is not a label of this task; labels: {', '.join(names)}",
+                    hint=did_you_mean(old, names),
+                )
+        new_names = [renames.get(name, name) for name in names]
+        for i, new in enumerate(new_names):
+            if new in new_names[:i]:
+                first = names[new_names.index(new)]
+                raise self.fail(
+                    ("rename_labels",),
+                    f"{first!r} and {names[i]!r} would both be called {new!r}; a task's labels must stay distinct",
+                )
+        return new_names
 
     def carve(self, splits: dict[str, _Examples], names: list[str]) -> tuple[_Examples, _Examples]:
         """Both splits; a missing one is carved, stratified and seeded, from the other."""

@@ -2,8 +2,8 @@
 
 Rank classification (as in T0 and FLAN evaluation; Sanh et al. 2022, "Multitask Prompted Training Enables
 Zero-Shot Task Generalization", ICLR): the prediction is the label whose text has the highest
-log-likelihood after the prompt. Every (prompt, label text) pair is one row of a batch, so it is exact;
-the sum over answer tokens is used (``normalise``: divided by the answer length).
+log-likelihood after the prompt, computed exactly; the sum over answer tokens is used (``normalise``: divided
+by the answer length).
 """
 
 from __future__ import annotations
@@ -13,23 +13,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cl_harness.models.generative import IGNORE, answer_log_likelihood, trim_answers
-
-
-def with_answers(prompts: Tensor, candidates: Tensor) -> Tensor:
-    """Every prompt paired with every candidate answer. ``(batch, 3, length), (labels, answer) -> (batch * labels, 3, length)``."""
-    batch, labels = prompts.shape[0], candidates.shape[0]
-    rows = prompts.repeat_interleave(labels, dim=0).clone()  # (batch * labels, 3, length)
-    rows[:, 2] = IGNORE
-    rows[:, 2, : candidates.shape[1]] = candidates.repeat(batch, 1)
-    return rows
+from cl_harness.models.generative import trim_answers
 
 
 @torch.inference_mode()
 def label_scores(model, prompts: Tensor, candidates: Tensor, normalise: bool = False) -> Tensor:
-    """Log-likelihood of each candidate after each prompt. ``(batch, 3, length), (labels, answer) -> (batch, labels)``."""
-    rows = with_answers(prompts, candidates)
-    return answer_log_likelihood(model(rows), rows, normalise).view(prompts.shape[0], candidates.shape[0])
+    """Log-likelihood of each candidate after each prompt. ``(batch, 3, length), (labels, answer) -> (batch, labels)``.
+
+    The model computes each prompt once and scores every candidate from it (a causal LM's key/value cache,
+    a seq2seq model's encoder states): ``labels`` times less prompt compute than one row per pair.
+    """
+    log_probs, valid = model.candidate_log_likelihoods(prompts, candidates)  # (batch, labels, answer), (labels, answer)
+    total = (log_probs * valid).sum(-1)  # (batch, labels)
+    return total / valid.sum(-1).clamp(min=1) if normalise else total
 
 
 @torch.inference_mode()

@@ -13,6 +13,7 @@ Packed inputs are ``(batch, 3, length)`` int64 tensors, as everywhere in the har
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from pathlib import Path
 
@@ -192,9 +193,71 @@ class GenerativeClassifier(nn.Module):
         positions = prompt_lengths[:, None] + steps  # (batch, answer): where each answer token goes
         ids.scatter_(1, positions, torch.where(answer_mask, answer, self.pad_id))
         attention = (torch.arange(total, device=x.device) < (prompt_lengths + answer_lengths)[:, None]).long()
-        logits = self.lm(input_ids=ids, attention_mask=attention).logits  # (batch, total, vocab)
-        index = (positions - 1).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # token t is predicted at t - 1
+        # logits only where some row predicts an answer token: a full (batch, total, vocab) tensor would dominate
+        # time and memory (SmolLM2's vocabulary has 49,152 entries)
+        first, last = int(prompt_lengths.min()) - 1, int((prompt_lengths + answer_lengths).max()) - 1
+        kept = torch.arange(first, max(last, first + 1), device=x.device)  # (kept,)
+        logits = self.lm(input_ids=ids, attention_mask=attention, **self._keep(kept)).logits  # (batch, kept or total, vocab)
+        offset = first if logits.shape[1] != total else 0
+        index = (positions - 1 - offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # token t is predicted at t - 1
         return logits.gather(1, index).float()  # (batch, answer, vocab)
+
+    def _keep(self, positions: Tensor | int) -> dict:
+        """``logits_to_keep`` (positions, or a count of last ones) where the LM's forward takes it; else all are computed."""
+        return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(self.lm.forward).parameters else {}
+
+    def candidate_log_likelihoods(self, prompts: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """Each candidate answer's token log-likelihoods after each prompt, the prompt computed once.
+
+        ``(batch, 3, length), (labels, answer) -> (batch, labels, answer)`` log-probabilities and their
+        ``(labels, answer)`` validity mask. A causal LM runs the left-padded prompts once and continues
+        every candidate from their key/value cache; a seq2seq model encodes the prompts once and decodes
+        every candidate from the shared encoder states. Equal to scoring each prompt + answer row alone.
+        """
+        prompt, prompt_mask, _, _ = trim_answers(prompts)
+        answer_mask = candidates != IGNORE  # (labels, answer)
+        answers = torch.where(answer_mask, candidates, self.pad_id)
+        batch, labels = prompt.shape[0], candidates.shape[0]
+        expanded = answers.repeat(batch, 1)  # (batch * labels, answer): row i * labels + c
+        if self.kind == "seq2seq":
+            states = self.lm.get_encoder()(input_ids=prompt, attention_mask=prompt_mask).last_hidden_state
+            logits = self.lm(
+                encoder_outputs=(states.repeat_interleave(labels, 0),),
+                attention_mask=prompt_mask.repeat_interleave(labels, 0),
+                decoder_input_ids=self.lm.prepare_decoder_input_ids_from_labels(labels=candidates.repeat(batch, 1)),
+            ).logits  # (batch * labels, answer, vocab)
+        else:
+            logits = self._continued_logits(prompt, prompt_mask, expanded, answer_mask.repeat(batch, 1), labels)
+        log_probs = logits.float().log_softmax(-1).gather(-1, expanded.unsqueeze(-1)).squeeze(-1)  # (batch * labels, answer)
+        return log_probs.view(batch, labels, -1), answer_mask
+
+    def _continued_logits(self, prompt: Tensor, prompt_mask: Tensor, answers: Tensor, answer_mask: Tensor, labels: int) -> Tensor:
+        """Causal LM: the logits predicting each answer token, every answer continued from its prompt's cache.
+
+        ``(batch, prompt), (batch, prompt), (batch * labels, answer) x 2 -> (batch * labels, answer, vocab)``.
+        """
+        lengths = prompt_mask.sum(1)  # (batch,)
+        width = prompt.shape[1]
+        source = torch.arange(width, device=prompt.device) - (width - lengths)[:, None]  # (batch, prompt): -k = padding
+        left_mask = (source >= 0).long()
+        left_ids = torch.where(left_mask.bool(), prompt.gather(1, source.clamp(min=0)), self.pad_id)
+        positions = (left_mask.cumsum(1) - 1).clamp(min=0)  # each prompt's tokens at 0 .. length - 1
+        first = self.lm(input_ids=left_ids, attention_mask=left_mask, position_ids=positions, use_cache=True, **self._keep(1))
+        first_logits = first.logits[:, -1:].repeat_interleave(labels, 0)  # (batch * labels, 1, vocab): predicts token 0
+        if answers.shape[1] == 1:
+            return first_logits
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(labels)
+        fed = answers[:, :-1]  # (batch * labels, answer - 1): tokens 0 .. n-2 predict 1 .. n-1
+        steps = torch.arange(fed.shape[1], device=prompt.device)
+        cache_argument = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        rest = self.lm(
+            input_ids=fed,
+            attention_mask=torch.cat([left_mask.repeat_interleave(labels, 0), answer_mask[:, :-1].long()], 1),
+            position_ids=lengths.repeat_interleave(labels, 0)[:, None] + steps,
+            **{cache_argument: cache},
+        ).logits  # (batch * labels, answer - 1, vocab)
+        return torch.cat([first_logits, rest], 1)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -133,7 +133,7 @@ def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path
     import cl_harness.search.run as search_run
 
     original = search_run.apply_params
-    search_run.apply_params = lambda p, s, params: (p, s)
+    search_run.apply_params = lambda s, params: (s, {})
     try:
         (result,) = run_search(prepared, plan, tmp_path, train=train)
     finally:

@@ -38,8 +38,8 @@ def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> Prepared
         if args.executor != "local":
             print(f"note: the search's trials run one at a time in this process; --executor {args.executor} runs the final runs",
                   file=sys.stderr, flush=True)
-        threads = int(args.cpus_per_run) if args.cpus_per_run else max(1, (os.cpu_count() or 1) // workers)
-        run_tracked_search(prepared, plan, uri, on_result=_print_result, workers=workers, threads=threads if workers > 1 else None)
+        threads = max(1, int(args.cpus_per_run or (os.cpu_count() or 1) // workers)) if workers > 1 else None  # per worker
+        run_tracked_search(prepared, plan, uri, on_result=_print_result, workers=workers, threads=threads)
         print(f"best parameters: {folder / BEST_PARAMS_FILE}", flush=True)
     if args.search_only:
         return None

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,13 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _stop_with(parent: int) -> None:
+    """Interrupt this worker once its parent process is gone (e.g. SIGKILLed), so no orphan trains on."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None:
     """One worker process: load the experiment, then run ``shares[label]`` trials of each strategy's study."""
     import torch
@@ -54,6 +64,7 @@ def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None
     from cl_harness.tracking.store import connect
 
     signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the running trial's run KILLED
+    threading.Thread(target=_stop_with, args=(os.getppid(),), daemon=True).start()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     checked = check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root))

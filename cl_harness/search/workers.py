@@ -75,10 +75,13 @@ def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None
         raise ConfigError(f"the worker loaded {spec.experiment} into a different search than the parent process",
                           hint="workers need the same experiment files, data and environment variables (${VAR})")
     logger = functools.partial(writer.open_trial, connect(spec.tracking_uri), spec.experiment_id, spec.parent_run_id)
-    for strategy in searched(prepared, plan):
-        if shares.get(strategy.label):
-            study = open_study(folder, strategy.label, plan, worker)
-            run_trials(prepared, strategy, study, plan, shares[strategy.label], trial_logger=logger)
+    try:
+        for strategy in searched(prepared, plan):
+            if shares.get(strategy.label):
+                study = open_study(folder, strategy.label, plan, worker)
+                run_trials(prepared, strategy, study, plan, shares[strategy.label], trial_logger=logger)
+    except KeyboardInterrupt:  # its trial ended (KILLED in MLflow, FAIL in Optuna): exit without a traceback
+        raise SystemExit(130) from None
 
 
 def run_in_workers(prepared: PreparedExperiment, plan: SearchPlan, spec: SearchSpec, workers: int) -> None:

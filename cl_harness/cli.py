@@ -37,7 +37,7 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local: runs in this process, or in --workers processes; ray: one Ray task per run (needs cl-harness[ray])")
-    group.add_argument("--workers", type=int, default=1, metavar="N", help="local executor: N runs at once in N processes (default 1)")
+    group.add_argument("--workers", type=int, default=1, metavar="N", help="local executor: N runs (and N search trials) at once in N processes (default 1)")
     group.add_argument("--ray-address", metavar="ADDR",
                        help="Ray cluster to submit to, e.g. ray://head:10001 or auto (default: start a local one)")
     group.add_argument("--max-retries", type=int, default=2, metavar="N",

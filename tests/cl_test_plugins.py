@@ -107,3 +107,16 @@ class StoreOutageAtTask(SupervisedPlugin):
         if not claim(self.marker_file):
             return  # the store is back
         raise MlflowException("API request to the tracking server failed: connection refused")
+
+
+class RecordProcess(SupervisedPlugin):
+    """Append this process's id to ``pid_file`` when a run starts training, to tell which process trained it."""
+
+    def __init__(self, pid_file: str) -> None:
+        super().__init__()
+        self.pid_file = pid_file
+
+    def before_training(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 0:
+            with open(self.pid_file, "a") as file:
+                file.write(f"{os.getpid()}\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import optuna
 import pytest
@@ -133,7 +134,7 @@ def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path
     import cl_harness.search.run as search_run
 
     original = search_run.apply_params
-    search_run.apply_params = lambda p, s, params: (p, s)
+    search_run.apply_params = lambda s, params: (s, {})
     try:
         (result,) = run_search(prepared, plan, tmp_path, train=train)
     finally:
@@ -185,3 +186,47 @@ def test_cli_search_only_then_final_runs_with_the_best_parameters_and_a_search_r
     report = capsys.readouterr().out
     assert "ewc: 2 finished" in report and "ewc/trial" in report
     assert (tmp_path / "report" / "optimization_history_ewc.png").is_file()
+
+
+def test_the_final_runs_train_with_each_strategys_own_best_training_values(tmp_path, tiny_bert, monkeypatch, capsys):
+    """naive's best lr (its only choice) is used by naive's final run; ewc, not searched, keeps the experiment's lr."""
+    from mlflow import MlflowClient
+
+    import cl_harness.grid.experiment as grid_experiment
+
+    search = {"n_trials": 1, "pruner": "none", "spaces": {"naive": {"training.lr": {"choice": [0.0042]}}}}
+    path = experiment_with_search(tmp_path, tiny_bert, search)
+    trained_with = {}
+    real_train = grid_experiment.train_and_evaluate
+
+    def spy(plan, *args, **kwargs):
+        trained_with[plan.strategy.label] = plan.training.lr
+        return real_train(plan, *args, **kwargs)
+
+    monkeypatch.setattr(grid_experiment, "train_and_evaluate", spy)
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert trained_with == {"naive": 0.0042, "ewc": 1e-3}
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    finals = {r.data.tags["strategy"]: r for r in client.search_runs([experiment_id], "tags.`cl_harness.role` = 'child'")}
+    for label, lr in (("naive", 0.0042), ("ewc", 1e-3)):
+        saved = yaml.safe_load(open(client.download_artifacts(finals[label].info.run_id, "config.yaml", str(tmp_path))).read())
+        assert saved["training"]["lr"] == lr and float(finals[label].data.params["training.lr"]) == lr, label
+    (parent,) = client.search_runs([experiment_id], "tags.`cl_harness.role` = 'parent'")
+    saved = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path / "p"))).read())
+    assert [s.get("training") for s in saved["strategies"]] == [{"lr": 0.0042}, None]
+
+    # A worker process (--workers N, Ray) loads the experiment itself and trains the runs the parent tuned.
+    from cl_harness.grid.experiment import RunSpec, grid_folder
+    from cl_harness.grid.worker import prepare_in_worker
+    from cl_harness.search.run import search_folder
+    from cl_harness.search.tracked import apply_best
+
+    prepared, _ = prepared_for(path)
+    tuned = apply_best(prepared, read_best_params(search_folder(prepared) / BEST_PARAMS_FILE))
+    spec = RunSpec(str(path), (), None, uri, experiment_id, parent.info.run_id, {}, str(grid_folder(tuned)), tuple(tuned.runs))
+    in_worker = prepare_in_worker(pickle.loads(pickle.dumps(spec)))
+    assert [in_worker.run_plan(r).training.lr for r in in_worker.runs] == [0.0042, 1e-3]

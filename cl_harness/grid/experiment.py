@@ -41,7 +41,7 @@ class RunSpec:
     parent_run_id: str
     tags: dict[str, str]
     grid: str  # the grid's run folder, absolute (the one shared-disk assumption)
-    run_names: tuple[str, ...]
+    runs: tuple[PlannedRun, ...]  # as the parent planned them (a search's best parameters applied)
     show_progress: bool = False
     threads: int | None = None  # torch threads per run; None keeps torch's default
 
@@ -73,7 +73,7 @@ class GridContext:
         loaded = self.prepared.checked.loaded
         return RunSpec(
             str(loaded.path), tuple(loaded.overrides), loaded.data_root, absolute_uri(self.tracking_uri), self.experiment_id,
-            self.parent_run_id, dict(self.tags), str(self.grid.resolve()), tuple(p.name for p in self.runs), False, threads,
+            self.parent_run_id, dict(self.tags), str(self.grid.resolve()), tuple(self.runs), False, threads,
         )
 
     def lost(self, planned: PlannedRun, error: str) -> RunResult:
@@ -173,6 +173,7 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
     if logger is None:
         config = prepared.checked.resolved_config()
         config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.task_names[i] for i in planned.order]}
+        config["training"] = {**config["training"], **dict(planned.training)}  # the values this run trains with
         logger = writer.open_child(client, experiment_id, planned.name, {**tags, **run_tags(prepared, planned)}, parent_id, config)
         state = state or RunState()
         state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run

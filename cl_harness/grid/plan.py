@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cl_harness.config.experiment import ExperimentConfig
 from cl_harness.config.yaml_io import Source
@@ -21,6 +23,7 @@ class PlannedRun:
     seed: int
     order_index: int
     order: tuple[int, ...]  # positions of the stream's tasks, in training order
+    training: tuple[tuple[str, Any], ...] = ()  # (field, value) replacing the experiment's training values, e.g. a search's best lr
 
     @property
     def name(self) -> str:
@@ -55,9 +58,14 @@ def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Sour
     return orders
 
 
-def plan_runs(strategies: list[StrategySpec], seeds: list[int], orders: list[tuple[int, ...]]) -> list[PlannedRun]:
-    """The grid, strategy-major: all seeds and orders of one strategy before the next."""
+def plan_runs(strategies: list[StrategySpec], seeds: list[int], orders: list[tuple[int, ...]],
+              training: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedRun]:
+    """The grid, strategy-major: all seeds and orders of one strategy before the next.
+
+    ``training`` maps a strategy label to the training values its runs use instead of the experiment's.
+    """
+    training = training or {}
     return [
-        PlannedRun(spec, seed, order_index, order)
+        PlannedRun(spec, seed, order_index, order, tuple(training.get(spec.label, {}).items()))
         for spec, seed, (order_index, order) in itertools.product(strategies, seeds, enumerate(orders))
     ]

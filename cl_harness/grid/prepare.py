@@ -84,7 +84,16 @@ class CheckedExperiment:
     def resolved_config(self) -> dict:
         data = self.loaded.resolved()
         data["strategies"] = [s.as_dict() for s in self.strategies]
+        tuned = {r.strategy.label: dict(r.training) for r in self.runs if r.training}
+        for entry in data["strategies"]:  # a strategy's own training values (a search's best), beside its plugins
+            if entry["name"] in tuned:
+                entry["training"] = tuned[entry["name"]]
         return data
+
+    def with_runs(self, runs: list[PlannedRun]) -> CheckedExperiment:
+        """The experiment planned as ``runs`` (e.g. with a search's best parameters), its strategies taken from them."""
+        strategies = list({r.strategy.label: r.strategy for r in runs}.values())
+        return dataclasses.replace(self, strategies=strategies, runs=list(runs))
 
 
 @dataclass
@@ -131,11 +140,16 @@ class PreparedExperiment:
                  if k.prepare_model is not None]
         return ModelFactory(checked.backbone, checked.space.head_sizes, checked.scenario, checked.training.precision, kinds, head_init)
 
+    def with_runs(self, runs: list[PlannedRun]) -> PreparedExperiment:
+        """The same tokenised experiment, planned as ``runs``."""
+        return dataclasses.replace(self, checked=self.checked.with_runs(runs))
+
     def run_plan(self, planned: PlannedRun) -> RunPlan:
-        """What one planned run needs, and nothing more of the experiment."""
+        """What one planned run needs, and nothing more of the experiment (its own training values applied)."""
+        training = dataclasses.replace(self.training, **dict(planned.training)) if planned.training else self.training
         return RunPlan(
             planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
-            self.training, self.scenario, self.checked.kinds, self.resources,
+            training, self.scenario, self.checked.kinds, self.resources,
             position=f"{self.runs.index(planned) + 1}/{len(self.runs)}" if planned in self.runs else "",
             loop=GenerativeRun if self.checked.generative else None,
         )

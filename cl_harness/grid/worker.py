@@ -11,7 +11,7 @@ from cl_harness.runner.run import RunResult
 
 
 def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
-    """Load and tokenise the experiment in this process, and check it plans the parent's grid."""
+    """Load and tokenise the experiment in this process, planned as the parent's runs, and check it is the parent's grid."""
     import torch
 
     from cl_harness.config.loader import load_experiment
@@ -20,8 +20,8 @@ def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     prepared = prepare_experiment(check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root)))
-    names = tuple(p.name for p in prepared.runs)
-    if names != spec.run_names or grid_folder(prepared).name != Path(spec.grid).name:
+    prepared = prepared.with_runs(list(spec.runs))
+    if grid_folder(prepared).name != Path(spec.grid).name:
         raise ConfigError(
             f"the worker loaded {spec.experiment} into a different grid than the parent process",
             hint="workers need the same experiment files, data and environment variables (${VAR}) as the machine that submits",
@@ -30,7 +30,7 @@ def prepare_in_worker(spec: RunSpec) -> PreparedExperiment:
 
 
 def run_planned(spec: RunSpec, index: int, prepared: PreparedExperiment | None = None) -> RunResult:
-    """Run ``spec.run_names[index]``, resuming from its run folder; ``prepared`` (else loaded here) serves a worker's runs."""
+    """Run ``spec.runs[index]``, resuming from its run folder; ``prepared`` (else loaded here) serves a worker's runs."""
     from cl_harness.tracking.store import connect
 
     prepared = prepared or prepare_in_worker(spec)

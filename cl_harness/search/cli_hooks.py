@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from cl_harness.errors import ConfigError
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
-from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params
-from cl_harness.search.tracked import apply_best, run_tracked_search, search_folder
+from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params, search_folder
+from cl_harness.search.tracked import apply_best, run_tracked_search
 
 
 def check_search(checked: CheckedExperiment) -> SearchPlan | None:
@@ -27,25 +27,24 @@ def _print_result(result: StrategyResult) -> None:
 
 
 def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> PreparedExperiment | None:
-    """Search (unless ``--skip-search``), then the experiment with the best parameters; None with ``--search-only``."""
+    """Search (unless ``--skip-search``), then the experiment with the best parameters; None with ``--search-only``.
+
+    ``--workers N`` runs N trials at once; with ``--executor ray`` the trials run one at a time in this process.
+    """
     plan = check_search(prepared.checked)
     folder = search_folder(prepared)
     if not args.skip_search:
-        run_tracked_search(prepared, plan, uri, on_result=_print_result)
+        workers = args.workers if args.executor == "local" else 1
+        if args.executor != "local":
+            print(f"note: the search's trials run one at a time in this process; --executor {args.executor} runs the final runs",
+                  file=sys.stderr, flush=True)
+        threads = max(1, int(args.cpus_per_run or (os.cpu_count() or 1) // workers)) if workers > 1 else None  # per worker
+        run_tracked_search(prepared, plan, uri, on_result=_print_result, workers=workers, threads=threads)
         print(f"best parameters: {folder / BEST_PARAMS_FILE}", flush=True)
     if args.search_only:
         return None
     best = read_best_params(folder / BEST_PARAMS_FILE)
-    if not best:
-        return prepared
-    if args.executor != "local" or args.workers != 1:
-        raise ConfigError("the best parameters of a search are applied in this process only",
-                          key="search", hint="run the final runs with --workers 1, or copy best_params.yaml's values into the strategies")
-    tuned, skipped = apply_best(prepared, best)
-    for item in skipped:
-        print(f"note: per-strategy training value not applied to the final runs (one training config per grid): {item}",
-              file=sys.stderr)
-    return tuned
+    return apply_best(prepared, best) if best else prepared
 
 
 def search_report(args) -> int:

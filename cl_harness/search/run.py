@@ -4,12 +4,15 @@ TPE sampler (Bergstra et al. 2011) and a median or Hyperband (Li et al. 2018) pr
 per-step mean validation accuracy over the tasks seen so far. The objective is the final mean
 validation accuracy (``valid_acc``), averaged over the trial seeds; the test matrix a trial also
 computes is never read. Studies live in ``search.db`` (SQLite) in the search folder, so a killed
-search continues where it stopped; the best parameters go to ``best_params.yaml`` beside it.
+search continues where it stopped (its unfinished trials marked FAIL, missing ones run again), and
+several worker processes can share one study; the best parameters go to ``best_params.yaml`` beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 import optuna
 import yaml
 
+from cl_harness.grid.experiment import safe_name
 from cl_harness.grid.plan import PlannedRun
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.runner.run import train_and_evaluate
@@ -39,8 +43,8 @@ def sample(trial: optuna.Trial, name: str, space: ParamSpace) -> Any:
     return trial.suggest_float(name, space.low, space.high, log=space.log)
 
 
-def apply_params(prepared: PreparedExperiment, spec: StrategySpec, params: dict[str, Any]) -> tuple[PreparedExperiment, StrategySpec]:
-    """The experiment with ``training.*`` values replaced and the strategy with its plugin parameters replaced."""
+def apply_params(spec: StrategySpec, params: dict[str, Any]) -> tuple[StrategySpec, dict[str, Any]]:
+    """The strategy with its plugin parameters replaced, and the ``training.*`` values its runs use."""
     training = {k.removeprefix("training."): v for k, v in params.items() if k.startswith("training.")}
     known = _plugin_params(spec)
     plugins = list(spec.plugins)
@@ -50,12 +54,7 @@ def apply_params(prepared: PreparedExperiment, spec: StrategySpec, params: dict[
         index, field_name = known[name]
         plugin = plugins[index]
         plugins[index] = PluginSpec(plugin.name, dataclasses.replace(plugin.config, **{field_name: value}), plugin.info)
-    if training:
-        loaded = prepared.checked.loaded
-        config = dataclasses.replace(loaded.config, training=dataclasses.replace(loaded.config.training, **training))
-        checked = dataclasses.replace(prepared.checked, loaded=dataclasses.replace(loaded, config=config))
-        prepared = dataclasses.replace(prepared, checked=checked)
-    return prepared, StrategySpec(spec.label, plugins)
+    return StrategySpec(spec.label, plugins), training
 
 
 class TrialReporter:
@@ -89,20 +88,45 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(folder: Path, label: str, plan: SearchPlan) -> optuna.Study:
-    """The strategy's study in ``folder/search.db`` (created, or loaded to resume); trials left RUNNING by a kill fail."""
+def open_study(folder: Path, label: str, plan: SearchPlan, worker: int = 0) -> optuna.Study:
+    """The strategy's study in ``folder/search.db`` (created, or loaded to resume), shared by every worker process.
+
+    Each worker samples with its own seed (``sampler_seed + worker``), so parallel workers do not propose the same trials.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / STUDY_DB}")
-    study = optuna.create_study(
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / STUDY_DB}", engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.create_study(
         study_name=label, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=plan.config.sampler_seed), pruner=make_pruner(plan.config.pruner),
+        sampler=optuna.samplers.TPESampler(seed=plan.config.sampler_seed + worker), pruner=make_pruner(plan.config.pruner),
     )
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    return study
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the trials a killed search left RUNNING (call it only while no worker runs); returns their numbers."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return [trial.number for trial in stale]
+
+
+def remaining_trials(study: optuna.Study, plan: SearchPlan) -> int:
+    """How many trials are still to run: ``n_trials`` less the finished (complete or pruned) ones."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    return max(0, plan.config.n_trials - len(done))
+
+
+def search_folder(prepared: PreparedExperiment) -> Path:
+    """``<checkpoint_dir>/<experiment>/search-<hash>``: the hash leaves out ``search.n_trials``, so more trials resume."""
+    config = prepared.checked.resolved_config()
+    config.pop("tracking", None)
+    config["search"] = {k: v for k, v in (config.get("search") or {}).items() if k != "n_trials"}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = Path(prepared.config.checkpoint_dir)
+    return root / safe_name(prepared.config.name) / f"search-{digest}"
 
 
 TrainFn = Callable[..., Any]  # train_and_evaluate's signature: (RunPlan, logger, show_progress=...)
+TrialLogger = Callable[..., Any]  # (strategy label, trial number, seed, params) -> a RunLogger
 
 
 @dataclass
@@ -117,24 +141,23 @@ class StrategyResult:
     n_pruned: int
 
 
-def search_strategy(prepared: PreparedExperiment, spec: StrategySpec, plan: SearchPlan, folder: Path,
-                    train: TrainFn | None = None, trial_logger: Callable | None = None) -> StrategyResult:
-    """Run the strategy's remaining trials (``n_trials`` in all, finished ones counted) and return its best."""
+def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.Study, plan: SearchPlan, n_trials: int,
+               train: TrainFn | None = None, trial_logger: TrialLogger | None = None) -> None:
+    """Run ``n_trials`` more trials of the strategy's study (several processes may do so on one study at once)."""
     train = train or train_and_evaluate
-    study = open_study(folder, spec.label, plan)
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     order = tuple(range(len(prepared.checked.tasks)))
     n_steps = len(order)
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: sample(trial, name, space) for name, space in plan.spaces[spec.label].items()}
-        trial_prepared, trial_spec = apply_params(prepared, spec, params)
+        trial_spec, training = apply_params(spec, params)
         values = []
         for position, seed in enumerate(plan.config.seeds):
-            inner = trial_logger(spec, trial.number, seed, params) if trial_logger else None
+            inner = trial_logger(spec.label, trial.number, seed, params) if trial_logger else None
             reporter = TrialReporter(trial, position * n_steps, inner)
+            planned = PlannedRun(trial_spec, seed, 0, order, tuple(training.items()))
             try:
-                result = train(trial_prepared.run_plan(PlannedRun(trial_spec, seed, 0, order)), reporter, show_progress=False)
+                result = train(prepared.run_plan(planned), reporter, show_progress=False)
             except BaseException as exc:  # pruned, interrupted or broken: the trial run does not stay RUNNING
                 if inner is not None:
                     inner.end(schema.KILLED if isinstance(exc, (optuna.TrialPruned, KeyboardInterrupt)) else schema.FAILED)
@@ -147,29 +170,41 @@ def search_strategy(prepared: PreparedExperiment, spec: StrategySpec, plan: Sear
             values.append(value)
         return float(sum(values) / len(values))
 
-    remaining = plan.config.n_trials - len(study.get_trials(deepcopy=False, states=done))
-    if remaining > 0:
+    if n_trials > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=remaining, catch=(ValueError, RuntimeError))
+        study.optimize(objective, n_trials=n_trials, catch=(ValueError, RuntimeError))
+
+
+def study_result(study: optuna.Study, label: str) -> StrategyResult:
+    """The strategy's best finished trial, and how many trials finished and were pruned."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     finite = [t for t in complete if t.value is not None and not math.isnan(t.value)]
     if not finite:
-        return StrategyResult(spec.label, None, {}, None, len(complete), len(pruned))
+        return StrategyResult(label, None, {}, None, len(complete), len(pruned))
     best = max(finite, key=lambda t: (t.value, -t.number))
-    return StrategyResult(spec.label, best.value, dict(best.params), best.number, len(complete), len(pruned))
+    return StrategyResult(label, best.value, dict(best.params), best.number, len(complete), len(pruned))
+
+
+def searched(prepared: PreparedExperiment, plan: SearchPlan) -> list[StrategySpec]:
+    """The experiment's strategies that the search block names, in the experiment's order."""
+    return [spec for spec in prepared.checked.strategies if spec.label in plan.spaces]
 
 
 def run_search(prepared: PreparedExperiment, plan: SearchPlan, folder: Path, train: TrainFn | None = None,
-               trial_logger: Callable | None = None, on_result: Callable[[StrategyResult], None] | None = None) -> list[StrategyResult]:
-    """Search every strategy named in ``plan`` and write ``best_params.yaml``; returns one result per strategy."""
+               trial_logger: TrialLogger | None = None, on_result: Callable[[StrategyResult], None] | None = None) -> list[StrategyResult]:
+    """Search every strategy named in ``plan`` in this process and write ``best_params.yaml``; one result per strategy.
+
+    Trials a killed search left RUNNING are failed first; the missing ones run, so ``n_trials`` finish in all.
+    """
     results = []
-    for spec in prepared.checked.strategies:
-        if spec.label in plan.spaces:
-            result = search_strategy(prepared, spec, plan, folder, train, trial_logger)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+    for spec in searched(prepared, plan):
+        study = open_study(folder, spec.label, plan)
+        fail_stale_trials(study)
+        run_trials(prepared, spec, study, plan, remaining_trials(study, plan), train, trial_logger)
+        results.append(study_result(study, spec.label))
+        if on_result is not None:
+            on_result(results[-1])
     write_best_params(folder / BEST_PARAMS_FILE, results)
     return results
 

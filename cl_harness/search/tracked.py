@@ -3,33 +3,24 @@ the parent; and applying the best parameters to the final runs."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
-from cl_harness.grid.experiment import safe_name
+from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import plan_runs
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.runner.checkpoint import atomic_write_bytes
 from cl_harness.search.config import SearchPlan
-from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search
+from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search, search_folder
+from cl_harness.search.workers import SearchSpec, run_in_workers
 from cl_harness.tracking import writer
-from cl_harness.tracking.store import experiment_for, open_store
+from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger
 
 MARKER = "search.json"  # in the search folder: the id of its search parent run
-
-
-def search_folder(prepared: PreparedExperiment) -> Path:
-    """``<checkpoint_dir>/<experiment>/search-<hash>``: the hash leaves out ``search.n_trials``, so more trials resume."""
-    config = prepared.checked.resolved_config()
-    config.pop("tracking", None)
-    config["search"] = {k: v for k, v in (config.get("search") or {}).items() if k != "n_trials"}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    root = Path(prepared.config.checkpoint_dir)
-    return root / safe_name(prepared.config.name) / f"search-{digest}"
+STALE_TRIAL = "the search process was killed during this trial; the resumed search ran another in its place"
 
 
 def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExperiment) -> RunLogger:
@@ -48,38 +39,42 @@ def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExp
     return parent
 
 
-def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str, on_result=None) -> list[StrategyResult]:
-    """Run the search with every trial an MLflow child run of the ``search`` parent; the best parameters go on the parent."""
+def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str, on_result=None, workers: int = 1,
+                       threads: int | None = None) -> list[StrategyResult]:
+    """Run the search with every trial an MLflow child run of the ``search`` parent; the best parameters go on the parent.
+
+    One process at a time runs a search folder (a second invocation waits). A killed search resumes: its trials left
+    RUNNING are failed, in Optuna and in MLflow, and as many new ones run. ``workers`` > 1 runs trials in that many
+    processes at once, sharing each strategy's study.
+    """
     uri, client = open_store(uri)
     config = prepared.config
     experiment_id = experiment_for(client, uri, config.tracking.experiment or config.name)
     folder = search_folder(prepared)
-    parent = _open_parent(client, experiment_id, folder, prepared)
-
-    def trial_logger(spec, number: int, seed: int, params: dict[str, Any]) -> RunLogger:
-        return writer.open_trial(client, experiment_id, parent.run_id, spec.label, number, seed, params)
-
-    with writer.closed_on_failure(parent):
-        results = run_search(prepared, plan, folder, trial_logger=trial_logger, on_result=on_result)
-        writer.log_search_outcome(parent, folder / BEST_PARAMS_FILE, {r.label: (r.best_value, r.best_params) for r in results})
-    parent.end("FINISHED")
+    with run_lock(folder, f"search of {config.name}"):
+        parent = _open_parent(client, experiment_id, folder, prepared)
+        trial_logger = functools.partial(writer.open_trial, client, experiment_id, parent.run_id)
+        with writer.closed_on_failure(parent):
+            writer.end_stale_trials(client, experiment_id, parent.run_id, STALE_TRIAL)
+            if workers > 1:
+                loaded = prepared.checked.loaded
+                spec = SearchSpec(str(loaded.path), tuple(loaded.overrides), loaded.data_root, absolute_uri(uri), experiment_id,
+                                  parent.run_id, str(folder.resolve()), threads)
+                run_in_workers(prepared, plan, spec, workers)
+                writer.end_stale_trials(client, experiment_id, parent.run_id, STALE_TRIAL)  # a worker that died
+            results = run_search(prepared, plan, folder, trial_logger=trial_logger, on_result=on_result)  # what is missing
+            writer.log_search_outcome(parent, folder / BEST_PARAMS_FILE, {r.label: (r.best_value, r.best_params) for r in results})
+        parent.end("FINISHED")
     return results
 
 
-def apply_best(prepared: PreparedExperiment, best: dict[str, dict[str, Any]]) -> tuple[PreparedExperiment, list[str]]:
-    """The experiment with each strategy's best plugin parameters; also the ``training.*`` values it cannot apply.
-
-    Every run of a grid shares one training config, so per-strategy ``training.*`` values are not
-    applied to the final runs (they are listed for the caller to report).
-    """
+def apply_best(prepared: PreparedExperiment, best: dict[str, dict[str, Any]]) -> PreparedExperiment:
+    """The experiment whose runs use each strategy's best parameters: plugin values and its own ``training.*`` values."""
     checked = prepared.checked
-    strategies, skipped = [], []
+    strategies, training = [], {}
     for spec in checked.strategies:
-        params = best.get(spec.label, {})
-        skipped += [f"{spec.label}: {k}={v}" for k, v in params.items() if k.startswith("training.")]
-        _, new_spec = apply_params(prepared, spec, {k: v for k, v in params.items() if not k.startswith("training.")})
-        strategies.append(new_spec)
+        tuned, training[spec.label] = apply_params(spec, best.get(spec.label, {}))
+        strategies.append(tuned)
     orders = [order for _, order in sorted({(r.order_index, r.order) for r in checked.runs})]
-    runs = plan_runs(strategies, checked.config.seeds, orders)
-    checked = dataclasses.replace(checked, strategies=strategies, runs=runs)
-    return dataclasses.replace(prepared, checked=checked), skipped
+    return prepared.with_runs(plan_runs(strategies, checked.config.seeds, orders, training))
+

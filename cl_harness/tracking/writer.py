@@ -412,6 +412,17 @@ def open_trial(
                      tags=schema.trial_tags(label, trial, seed, dict(params)), parent_run_id=parent_run_id)
 
 
+def end_stale_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
+    """Trial runs of the search parent that a killed process left RUNNING: ended FAILED with ``reason``; how many."""
+    query = (f"tags.{PARENT_RUN_TAG} = '{parent_run_id}' and tags.`{schema.ROLE_TAG}` = '{schema.TRIAL_ROLE}'"
+             f" and attributes.status = '{schema.RUNNING}'")
+    stale = client.search_runs([experiment_id], query, max_results=1000)
+    for run in stale:
+        client.set_tag(run.info.run_id, schema.ERROR_TAG, reason[: schema.ERROR_TAG_CHARS])
+        client.set_terminated(run.info.run_id, schema.FAILED)
+    return len(stale)
+
+
 def log_search_outcome(parent: RunLogger, best_params_file: Path, best: Mapping[str, tuple[float | None, Mapping[str, Any]]]) -> None:
     """The search's outcome on its parent: ``best_params.yaml``, ``best_valid_acc.<strategy>`` and ``best.<strategy>.<name>`` tags.
 

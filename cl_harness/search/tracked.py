@@ -11,7 +11,7 @@ from typing import Any
 
 from cl_harness.grid.experiment import safe_name
 from cl_harness.grid.plan import plan_runs
-from cl_harness.grid.prepare import PreparedExperiment
+from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import atomic_write_bytes
 from cl_harness.search.config import SearchPlan
 from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search
@@ -80,6 +80,6 @@ def apply_best(prepared: PreparedExperiment, best: dict[str, dict[str, Any]]) ->
         _, new_spec = apply_params(prepared, spec, {k: v for k, v in params.items() if not k.startswith("training.")})
         strategies.append(new_spec)
     orders = [order for _, order in sorted({(r.order_index, r.order) for r in checked.runs})]
-    runs = plan_runs(strategies, checked.config.seeds, orders)
+    runs = plan_runs(strategies, checked.config.seeds, orders, shares_prefix(checked.loaded))
     checked = dataclasses.replace(checked, strategies=strategies, runs=runs)
     return dataclasses.replace(prepared, checked=checked), skipped

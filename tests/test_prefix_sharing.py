@@ -24,7 +24,7 @@ from cl_harness.tracking import schema
 
 CLASS_INCREMENTAL = [
     "naive", "ewc", "mas", "lwf", {"replay": {"mem_size": 10}}, {"agem": {"patterns_per_experience": 8, "sample_size": 8}},
-    {"gem": {"patterns_per_experience": 8}}, "cumulative", {"name": "replay+ewc", "plugins": [{"replay": {"mem_size": 10}}, "ewc"]},
+    {"gem": {"patterns_per_experience": 8}}, {"mir": {"mem_size": 10, "subsample": 8}}, "cumulative", {"name": "replay+ewc", "plugins": [{"replay": {"mem_size": 10}}, "ewc"]},
 ]
 DOMAIN_INCREMENTAL = ["naive", "lfl"]  # lfl supports domain-incremental streams only
 

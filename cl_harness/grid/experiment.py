@@ -18,8 +18,8 @@ from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
 from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
 from cl_harness.runner.run import RunResult, train_and_evaluate
-from cl_harness.tracking import writer
 from cl_harness.runner.prefix import PREFIX_TASKS
+from cl_harness.tracking import writer
 from cl_harness.tracking.schema import FAILED, FINISHED, KILLED, SHARED_PREFIX_TASKS_TAG, TRAIN_TIME_SAVED_METRIC
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly

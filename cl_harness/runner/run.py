@@ -282,6 +282,7 @@ class TrainingRun:
         self.model = None
         self.strategy = None
         self.tasks_trained = 0
+        self.fork: dict | None = None  # the shared prefix's saved state, when this run starts from it
 
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""

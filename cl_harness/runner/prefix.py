@@ -51,12 +51,17 @@ def at_training_end(strategy, action: Callable[[], None], train: bool = True):
         del strategy._train_exp
 
 
-def save_prefix(folder: Path, strategy, meter, loss_scale=None) -> None:
-    """The state after task 1's epochs: a checkpoint plus the gradients left in place and the training meter."""
+def save_prefix(folder: Path, strategy, meter, loss_scale=None) -> float:
+    """The state after task 1's epochs: a checkpoint plus the gradients left in place and the training meter.
+
+    Returns the epochs' seconds (what each run that forks the prefix does not spend).
+    """
+    seconds = meter.task_elapsed
     payload = checkpoint_payload(PREFIX_TASKS, strategy.model, strategy.optimizer, [], strategy.clock, loss_scale)
     payload["grads"] = {name: p.grad for name, p in strategy.model.named_parameters() if p.grad is not None}
-    payload["meter"] = {"examples": meter.examples, "seconds": meter.task_elapsed}
+    payload["meter"] = {"examples": meter.examples, "seconds": seconds}
     write_verified(folder, PREFIX_TASKS, lambda f: torch.save(payload, f))
+    return seconds
 
 
 def fork_prefix(payload: dict, strategy, meter, loss_scale=None) -> None:

@@ -283,6 +283,7 @@ class TrainingRun:
         self.strategy = None
         self.tasks_trained = 0
         self.fork: dict | None = None  # the shared prefix's saved state, when this run starts from it
+        self.prefix_seconds = 0.0  # a prefix run: the seconds of task 1's epochs it saved
 
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
@@ -411,7 +412,7 @@ class TrainingRun:
                 plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
             self.tasks_trained += 1
             if plan.prefix is not None and plan.prefix.save:  # its runs score task 1 after their own hooks
-                state.status, state.metrics = "FINISHED", {schema.TRAIN_TIME_METRIC: self.meter.task_seconds}
+                state.status, state.metrics = "FINISHED", {schema.TRAIN_TIME_METRIC: self.prefix_seconds}
                 save_state(plan.prefix.folder, state)
                 return
             with known_warnings_silenced():
@@ -433,7 +434,10 @@ class TrainingRun:
         if prefix is None or step != PREFIX_TASKS:
             return nullcontext()
         if prefix.save:
-            return at_training_end(strategy, lambda: save_prefix(prefix.folder, strategy, self.meter, self.loss_scale))
+            def save() -> None:
+                self.prefix_seconds = save_prefix(prefix.folder, strategy, self.meter, self.loss_scale)
+
+            return at_training_end(strategy, save)
         if self.fork is None:  # resumed after task 1: nothing to fork
             return nullcontext()
         return at_training_end(strategy, lambda: fork_prefix(self.fork, strategy, self.meter, self.loss_scale), train=False)

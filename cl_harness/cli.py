@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    run.add_argument("--no-prefix-sharing", action="store_true",
+                     help="train task 1 in every run, instead of once per seed and order for the strategies that train it as naive does "
+                          "(same results; sets prefix_sharing: false)")
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue an interrupted grid (the default when its run folder exists)")
     resume.add_argument("--restart", action="store_true", help="start the grid over; the old run folder is renamed, not deleted")
@@ -175,7 +178,8 @@ def cmd_run(args) -> int:
     from cl_harness.tracking.store_guard import probe_store
 
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
-    checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
+    overrides = [*args.overrides, "prefix_sharing=false"] if args.no_prefix_sharing else args.overrides
+    checked = check_experiment(load_experiment(args.experiment, overrides, args.data_root))
     check_tracking_uri(checked.loaded, args.tracking_uri)
     if checked.config.search is not None:
         from cl_harness.search.cli_hooks import check_search
@@ -186,7 +190,9 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(f"{count(len(checked.runs), 'planned run')} of experiment {checked.name!r}:")
         for planned in checked.runs:
-            print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}")
+            shared = f"  (task 1 from {planned.prefix.name})" if planned.prefix else ""
+            print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
+        print_prefix_units(checked.runs)
         return EXIT_OK
     probe_store(uri)  # before tokenising: fail fast
     prepared = prepare_experiment(checked)
@@ -209,6 +215,17 @@ def cmd_run(args) -> int:
     if glance:
         print(glance[0].closing_text())
     return EXIT_FAILED_RUNS if failed else EXIT_OK
+
+
+def print_prefix_units(runs) -> None:
+    """The grid's shared prefixes and the runs that start from each (--dry-run)."""
+    from cl_harness.grid.plan import prefix_units
+
+    units = prefix_units(runs)
+    if units:
+        print("shared prefixes (task 1 trained once by naive, then forked; --no-prefix-sharing turns this off):")
+    for unit in units:
+        print(f"  {unit.name:<40} for {', '.join(unit.runs)}")
 
 
 def cmd_strategies(args) -> int:

@@ -123,16 +123,18 @@ def test_two_local_workers_give_the_sequential_results_in_one_parent(tmp_path, t
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     marker = tmp_path / "killed-once"
     killer = {"name": "naive", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 1, "marker_file": str(marker)}}]}
-    parallel = grid_experiment(tmp_path / "parallel", tiny_bert, "parallel", [killer, {"replay": {"mem_size": 10}}], [0, 1])
-    sequential = grid_experiment(tmp_path / "sequential", tiny_bert, "sequential", ["naive", {"replay": {"mem_size": 10}}], [0, 1])
+    parallel = grid_experiment(tmp_path / "parallel", tiny_bert, "parallel", [killer, {"replay": {"mem_size": 10}}, "ewc"], [0, 1])
+    sequential = grid_experiment(tmp_path / "sequential", tiny_bert, "sequential", ["naive", {"replay": {"mem_size": 10}}, "ewc"], [0, 1])
     assert main(["run", str(parallel), "--tracking-uri", uri, "--no-progress", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert marker.exists() and out.count("resumed after task 1") == 1  # one worker died; a new one resumed its run
-    assert main(["run", str(sequential), "--tracking-uri", uri, "--no-progress"]) == 0
-    assert "4 of 4 runs finished" in capsys.readouterr().out
+    assert out.count("task 1 forked from the shared prefix") == 4  # replay and ewc of each seed, on the workers
+    assert main(["run", str(sequential), "--tracking-uri", uri, "--no-progress", "--no-prefix-sharing"]) == 0
+    assert "6 of 6 runs finished" in capsys.readouterr().out
     ran, reference = children(uri, "parallel"), children(uri, "sequential")
-    assert sorted(ran) == sorted(reference) == GRID_NAMES
-    for name in GRID_NAMES:
+    names = sorted([*GRID_NAMES, "ewc/seed0/order0", "ewc/seed1/order0"])
+    assert sorted(ran) == sorted(reference) == names
+    for name in names:
         assert ran[name].info.status == "FINISHED" and steps_of(uri, ran[name]) == [0, 1, 2]
         got, expected = matrix_of(uri, ran[name], tmp_path / "a" / name), matrix_of(uri, reference[name], tmp_path / "b" / name)
         for row, want in zip(got, expected, strict=True):

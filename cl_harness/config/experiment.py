@@ -113,6 +113,9 @@ class ExperimentConfig:
     checkpoint_dir: str = field(default="runs", metadata={"help": "run folders with checkpoints, relative to the cwd"})
     description: str = ""
     search: Any = field(default=None, metadata={"help": "per-strategy hyperparameter search (cl_harness/search/config.py)"})
+    prefix_sharing: bool = field(default=True, metadata={"help": (
+        "train task 1 once per seed and order for the strategies that train it as naive does, and fork it into their "
+        "runs (same results; docs/performance.md). --no-prefix-sharing sets false")})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if not self.strategies:

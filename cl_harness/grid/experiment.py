@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Protocol
 
 from cl_harness.grid.plan import PlannedRun
+from cl_harness.grid.prefix import ensure_prefix, remove_spent_prefixes, train_time_saved
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
 from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
 from cl_harness.runner.run import RunResult, train_and_evaluate
+from cl_harness.runner.prefix import PREFIX_TASKS
 from cl_harness.tracking import writer
-from cl_harness.tracking.schema import FAILED, FINISHED, KILLED
+from cl_harness.tracking.schema import FAILED, FINISHED, KILLED, SHARED_PREFIX_TASKS_TAG, TRAIN_TIME_SAVED_METRIC
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
 from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
@@ -75,6 +77,15 @@ class GridContext:
             str(loaded.path), tuple(loaded.overrides), loaded.data_root, absolute_uri(self.tracking_uri), self.experiment_id,
             self.parent_run_id, dict(self.tags), str(self.grid.resolve()), tuple(self.runs), False, threads,
         )
+
+    def dispatch_order(self) -> list[int]:
+        """Run indices with the first run of each shared prefix ahead of the others, so that parallel workers train
+        different prefixes at once instead of waiting for the same one."""
+        first: dict = {}
+        for index, planned in enumerate(self.runs):
+            if planned.prefix is not None:
+                first.setdefault(planned.prefix, index)
+        return sorted(range(len(self.runs)), key=lambda i: self.runs[i].prefix is not None and first[self.runs[i].prefix] != i)
 
     def lost(self, planned: PlannedRun, error: str) -> RunResult:
         """A run whose worker gave up or died: its MLflow run, if one was created and is still open, is marked FAILED."""
@@ -133,6 +144,7 @@ def grid_folder(prepared: PreparedExperiment) -> Path:
     """``<checkpoint_dir>/<experiment>/<hash of the resolved config>``: the same command finds the same folder."""
     config = prepared.checked.resolved_config()
     config.pop("tracking", None)
+    config.pop("prefix_sharing", None)  # the same results either way: a grid resumed with or without it is the same grid
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(prepared.config.checkpoint_dir)
     return root / safe_name(prepared.config.name) / digest
@@ -179,7 +191,10 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
         state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
         save_state(folder, state)
     try:
-        result = train_and_evaluate(prepared.run_plan(planned), logger, show_progress, folder=folder)
+        plan = prepared.run_plan(planned)
+        if planned.prefix is not None and not state.steps_done:  # task 1 not trained yet: fork the shared prefix
+            plan.prefix = ensure_prefix(prepared, planned.prefix, folder.parent, show_progress)
+        result = train_and_evaluate(plan, logger, show_progress, folder=folder)
     except KeyboardInterrupt:
         end_quietly(logger, KILLED)
         raise
@@ -222,6 +237,11 @@ def run_experiment(
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
+        saved = train_time_saved(context.runs, results, grid)
+        if saved is not None:
+            parent.log_final({TRAIN_TIME_SAVED_METRIC: saved})
+            parent.set_tags({SHARED_PREFIX_TASKS_TAG: str(PREFIX_TASKS)})
+        remove_spent_prefixes(context.runs, results, grid)
         glance = finish_parent(client, parent, name, results)
     except KeyboardInterrupt:
         end_quietly(parent, KILLED)

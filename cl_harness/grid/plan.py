@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cl_harness.config.experiment import ExperimentConfig
 from cl_harness.config.yaml_io import Source
+from cl_harness.runner.prefix import PREFIX_TASKS
 from cl_harness.strategies.registry import StrategySpec
 from cl_harness.tracking.schema import run_name
+
+PREFIX_LABEL = "prefix"  # a prefix unit's name: prefix/seed<k>/order<m>
+
+
+@dataclass(frozen=True)
+class PrefixUnit:
+    """Task 1 of one seed and order, trained once by naive and forked into each run that shares it (runner/prefix.py)."""
+
+    seed: int
+    order_index: int
+    order: tuple[int, ...]
+    runs: tuple[str, ...]  # the names of the runs that start from it
+    training: tuple[tuple[str, Any], ...] = ()  # its runs' own training values (a search's best), if any
+
+    @property
+    def name(self) -> str:
+        base = run_name(PREFIX_LABEL, self.seed, self.order_index)
+        return base + "/" + "-".join(f"{key}={value}" for key, value in self.training) if self.training else base
 
 
 @dataclass(frozen=True)
@@ -24,6 +45,7 @@ class PlannedRun:
     order_index: int
     order: tuple[int, ...]  # positions of the stream's tasks, in training order
     training: tuple[tuple[str, Any], ...] = ()  # (field, value) replacing the experiment's training values, e.g. a search's best lr
+    prefix: PrefixUnit | None = None  # the shared prefix it starts from, if any
 
     @property
     def name(self) -> str:
@@ -59,13 +81,34 @@ def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Sour
 
 
 def plan_runs(strategies: list[StrategySpec], seeds: list[int], orders: list[tuple[int, ...]],
-              training: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedRun]:
+              training: Mapping[str, Mapping[str, Any]] | None = None, share_prefix: bool = False) -> list[PlannedRun]:
     """The grid, strategy-major: all seeds and orders of one strategy before the next.
 
-    ``training`` maps a strategy label to the training values its runs use instead of the experiment's.
+    ``training`` maps a strategy label to the training values its runs use instead of the experiment's;
+    ``share_prefix``: see ``share_prefixes``.
     """
     training = training or {}
-    return [
-        PlannedRun(spec, seed, order_index, order, tuple(training.get(spec.label, {}).items()))
+    runs = [
+        PlannedRun(spec, seed, order_index, order, tuple(sorted(training.get(spec.label, {}).items())))
         for spec, seed, (order_index, order) in itertools.product(strategies, seeds, enumerate(orders))
     ]
+    return share_prefixes(runs) if share_prefix else runs
+
+
+def share_prefixes(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Link the runs that train task 1 as naive does to one prefix unit per seed, order and training values, where two or more do."""
+    groups: dict[tuple, list[PlannedRun]] = defaultdict(list)
+    for planned in runs:
+        if planned.strategy.naive_prefix_tasks >= PREFIX_TASKS:
+            groups[(planned.seed, planned.order_index, planned.training)].append(planned)
+    linked = {}
+    for (seed, order_index, training), group in groups.items():
+        if len(group) > 1:
+            unit = PrefixUnit(seed, order_index, group[0].order, tuple(p.name for p in group), training)
+            linked.update({p.name: dataclasses.replace(p, prefix=unit) for p in group})
+    return [linked.get(p.name, p) for p in runs]
+
+
+def prefix_units(runs: list[PlannedRun]) -> list[PrefixUnit]:
+    """The grid's prefix units, in the order of their first run."""
+    return list(dict.fromkeys(p.prefix for p in runs if p.prefix is not None))

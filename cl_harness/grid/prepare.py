@@ -247,11 +247,19 @@ def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], t
             kind.check(loaded, strategies, tokenizer)
 
 
+def shares_prefix(loaded: LoadedExperiment) -> bool:
+    """Whether the grid's runs may share task 1 (``prefix_sharing``): on an encoder, with every task a classification
+    task (trained by the strategy's loop, no extra per-task scores)."""
+    config = loaded.config
+    classification = all(t.type == "classification" for t in loaded.stream.config.tasks)
+    return config.prefix_sharing and config.backbone.kind == "encoder" and classification
+
+
 def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kinds: TaskKindRegistry) -> tuple[list[PlannedRun], list[TaskData]]:
     """The planned runs, the machine and naming checks, then every task read and cut (encoder and generative alike)."""
     config = loaded.config
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
-    runs = plan_runs(strategies, config.seeds, orders)
+    runs = plan_runs(strategies, config.seeds, orders, share_prefix=shares_prefix(loaded))
     check_device(loaded)
     check_metric_keys(loaded)
     check_checkpoint_dir(loaded)

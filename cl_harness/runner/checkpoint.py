@@ -48,6 +48,7 @@ class RunState:
     valid_matrix: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    train_time_saved_s: float = 0.0  # task 1 taken from a shared prefix: its training seconds, not spent by this run
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -95,9 +96,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> None:
+def checkpoint_payload(step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> dict:
     """Everything needed to continue training after ``step`` tasks (``loss_scale``: fp16's DynamicLossScale)."""
-    payload = {
+    return {
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -106,6 +107,11 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, cl
         "rng": rng_states(),
         "loss_scale": loss_scale.state_dict() if loss_scale else None,
     }
+
+
+def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> None:
+    """The checkpoint after ``step`` tasks, written and verified (see ``checkpoint_payload``)."""
+    payload = checkpoint_payload(step, model, optimizer, plugins, clock, loss_scale)
     write_verified(folder, step, lambda f: torch.save(payload, f))
 
 

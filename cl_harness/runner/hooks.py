@@ -146,6 +146,16 @@ class TrainingMeter(SupervisedPlugin):
     def examples_per_second(self) -> float:
         return self.examples / self.seconds if self.seconds else 0.0
 
+    @property
+    def task_elapsed(self) -> float:
+        """Seconds since the current task's training began."""
+        return time.perf_counter() - self._started
+
+    def take_over(self, examples: int, seconds: float) -> None:
+        """Continue a task another run trained (a shared prefix): its examples counted, its seconds on this task's clock."""
+        self.examples += examples
+        self._started = time.perf_counter() - seconds
+
 
 class RestoreOptimizerState(SupervisedPlugin):
     """Load a checkpoint's optimizer state once, after Avalanche's first ``make_optimizer`` (which resets it)."""

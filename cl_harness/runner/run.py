@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from cl_harness.runner.checkpoint import (
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
+from cl_harness.runner.prefix import PREFIX_TASKS, SharedPrefix, at_training_end, fork_prefix, save_prefix
 from cl_harness.runner.quiet import known_warnings_silenced
 from cl_harness.strategies.registry import BuildContext, StrategySpec
 from cl_harness.tasks.registry import KindEnv, TaskKindRegistry, TrainStep
@@ -166,6 +168,7 @@ class RunPlan:
     resources: Mapping[str, Any] = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
     position: str = ""  # "2/9": the run's place in its grid, for progress bars
     loop: Any = None  # the run's class; None: TrainingRun. Generative backbones: runner.generative.GenerativeRun
+    prefix: SharedPrefix | None = None  # task 1 shared with the grid's other runs (runner/prefix.py)
 
     @property
     def label(self) -> str:
@@ -279,6 +282,8 @@ class TrainingRun:
         self.model = None
         self.strategy = None
         self.tasks_trained = 0
+        self.fork: dict | None = None  # the shared prefix's saved state, when this run starts from it
+        self.prefix_seconds = 0.0  # a prefix run: the seconds of task 1's epochs it saved
 
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
@@ -286,6 +291,8 @@ class TrainingRun:
         state = (load_state(folder) if folder else None) or RunState(run_id=self.logger.run_id if self.logger else None)
         state.tasks = plan.task_names
         checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
+        forking = plan.prefix is not None and not plan.prefix.save and not checkpoint and not state.steps_done
+        self.fork = load_checkpoint(plan.prefix.folder) if forking else None
         seed_everything(plan.seed)
         reset_peak_memory(self.device)
         self._build(checkpoint)
@@ -370,11 +377,7 @@ class TrainingRun:
             state.steps_done = checkpoint["step"]
             note = f"resumed after task {state.steps_done} from {self.folder}"
         else:
-            note = None
-            with known_warnings_silenced():
-                state.initial = self.evaluate(self.model, 0)
-                state.correct = [self.evaluate.correct]
-                state.valid_initial = self.validate(self.model, 0) if self.validate else []
+            note = self._step_0(state)
             state.matrix, state.valid_matrix, state.steps_done = [], [], 0
             if self.folder:
                 save_state(self.folder, state)
@@ -383,6 +386,21 @@ class TrainingRun:
             self._log_step(step, row, {})
         return note
 
+    def _step_0(self, state: RunState) -> str | None:
+        """The untrained model scored; a fork takes the scores from its shared prefix, which scored the same model."""
+        if not self.fork:
+            with known_warnings_silenced():
+                state.initial = self.evaluate(self.model, 0)
+                state.correct = [self.evaluate.correct]
+                state.valid_initial = self.validate(self.model, 0) if self.validate else []
+            return None
+        shared = load_state(self.plan.prefix.folder)
+        state.initial, state.correct, state.valid_initial = shared.initial, shared.correct[:1], shared.valid_initial
+        state.train_time_saved_s = shared.metrics[schema.TRAIN_TIME_METRIC]
+        if self.logger:
+            self.logger.set_tags({schema.SHARED_PREFIX_TASKS_TAG: str(PREFIX_TASKS)})
+        return f"task 1 forked from the shared prefix in {self.plan.prefix.folder}"
+
     def _train(self, state: RunState, result: RunResult) -> None:
         """Every step not done yet: train, score, checkpoint, log (``tasks_trained`` counts the tasks trained here)."""
         plan = self.plan
@@ -390,9 +408,13 @@ class TrainingRun:
             if step <= state.steps_done:
                 continue
             task = plan.tasks[step - 1]  # joint/cumulative data is refused with kinds trained outside the loop
-            with known_warnings_silenced():
+            with known_warnings_silenced(), self._at_prefix_end(step):
                 plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
             self.tasks_trained += 1
+            if plan.prefix is not None and plan.prefix.save:  # its runs score task 1 after their own hooks
+                state.status, state.metrics = "FINISHED", {schema.TRAIN_TIME_METRIC: self.prefix_seconds}
+                save_state(plan.prefix.folder, state)
+                return
             with known_warnings_silenced():
                 row = self.evaluate(self.model, step)
                 state.correct.append(self.evaluate.correct)
@@ -405,6 +427,20 @@ class TrainingRun:
                 save_state(self.folder, state)
             trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})
+
+    def _at_prefix_end(self, step: int):
+        """Where task 1's epochs end in a run linked to a shared prefix: save the prefix there, or fork it in their place."""
+        prefix, strategy = self.plan.prefix, self.strategy
+        if prefix is None or step != PREFIX_TASKS:
+            return nullcontext()
+        if prefix.save:
+            def save() -> None:
+                self.prefix_seconds = save_prefix(prefix.folder, strategy, self.meter, self.loss_scale)
+
+            return at_training_end(strategy, save)
+        if self.fork is None:  # resumed after task 1: nothing to fork
+            return nullcontext()
+        return at_training_end(strategy, lambda: fork_prefix(self.fork, strategy, self.meter, self.loss_scale), train=False)
 
     def _metrics(self, result: RunResult, tasks_trained: int) -> dict[str, float]:
         """The summary metrics of the matrix and the run's cost metrics."""
@@ -428,6 +464,8 @@ class TrainingRun:
         )
         if self.loss_scale:
             metrics["fp16_skipped_steps"] = float(self.loss_scale.skipped_steps)
+        if self.state.train_time_saved_s:
+            metrics[schema.TRAIN_TIME_SAVED_METRIC] = self.state.train_time_saved_s
         return metrics
 
     def _save_outcome(self, state: RunState, result: RunResult) -> None:

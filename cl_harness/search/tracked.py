@@ -10,7 +10,7 @@ from typing import Any
 
 from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import plan_runs
-from cl_harness.grid.prepare import PreparedExperiment
+from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import atomic_write_bytes
 from cl_harness.search.config import SearchPlan
 from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search, search_folder
@@ -76,5 +76,5 @@ def apply_best(prepared: PreparedExperiment, best: dict[str, dict[str, Any]]) ->
         tuned, training[spec.label] = apply_params(spec, best.get(spec.label, {}))
         strategies.append(tuned)
     orders = [order for _, order in sorted({(r.order_index, r.order) for r in checked.runs})]
-    return prepared.with_runs(plan_runs(strategies, checked.config.seeds, orders, training))
+    return prepared.with_runs(plan_runs(strategies, checked.config.seeds, orders, training, shares_prefix(checked.loaded)))
 

@@ -81,4 +81,5 @@ INFO = StrategyInfo(
     build=build,
     summary="averaged GEM: project each gradient so it does not raise the loss on a sample of past-task memory",
     paper="Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM (ICLR)",
+    naive_prefix_tasks=1,  # no memory on task 1 (no reference gradient); it is filled in after_training_exp
 )

@@ -24,4 +24,5 @@ INFO = StrategyInfo(
     summary="at step i, train on all data of tasks 1..i (unbounded-memory reference)",
     paper="reference point, e.g. Lomonaco et al. 2021 (Avalanche)",
     train_data="cumulative",
+    naive_prefix_tasks=1,  # step 1 trains on task 1's data alone
 )

@@ -83,4 +83,5 @@ INFO = StrategyInfo(
     build=build,
     summary="dark experience replay: match stored logits (alpha) and, for DER++, stored labels (beta) on a reservoir memory",
     paper="Buzzega et al. 2020, Dark Experience for General Continual Learning: a Strong, Simple Baseline (NeurIPS)",
+    naive_prefix_tasks=0,  # stores examples and logits after every step of task 1
 )

@@ -72,4 +72,5 @@ INFO = StrategyInfo(
     summary="replay with asymmetric cross-entropy: new data only competes among the current task's classes",
     paper="Caccia et al. 2022, New Insights on Reducing Abrupt Representation Change in Online Continual Learning (ICLR)",
     scenarios=("class_incremental",),
+    naive_prefix_tasks=0,  # masks task 1's logits and stores examples during it
 )

@@ -70,4 +70,5 @@ INFO = StrategyInfo(
     build=build,
     summary="greedy class-balanced memory; at each task the model is reset and trained on the memory alone",
     paper="Prabhu et al. 2020, GDumb: A Simple Approach that Questions Our Progress in Continual Learning (ECCV)",
+    naive_prefix_tasks=0,  # trains on its memory, not on the task
 )

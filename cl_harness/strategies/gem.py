@@ -45,4 +45,5 @@ INFO = StrategyInfo(
     build=build,
     summary="gradient episodic memory: project each gradient (by a QP) so no past task's memory loss increases",
     paper="Lopez-Paz & Ranzato 2017, Gradient Episodic Memory for Continual Learning (NeurIPS)",
+    naive_prefix_tasks=1,  # no constraints on task 1 (train_exp_counter 0); the memory is filled in after_training_exp
 )

@@ -30,4 +30,5 @@ INFO = StrategyInfo(
     summary="k demonstrations per class in each prompt, no training (generative backbones)",
     paper="Brown et al. 2020 (NeurIPS)",
     train_data="none",
+    naive_prefix_tasks=0,  # trains nothing
 )

@@ -34,4 +34,5 @@ INFO = StrategyInfo(
     paper="IncLoRA baseline in Wang et al. 2023 (EMNLP Findings)",
     prepare_model=prepare_model,
     per_task_modules=True,
+    naive_prefix_tasks=0,  # inserts LoRA adapters before training
 )

@@ -24,4 +24,5 @@ INFO = StrategyInfo(
     summary="train once on the union of all tasks (multi-task upper bound, not continual)",
     paper="reference point, e.g. Lopez-Paz & Ranzato 2017",
     train_data="joint",
+    naive_prefix_tasks=0,  # trains on all tasks at once
 )

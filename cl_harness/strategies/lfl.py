@@ -61,4 +61,5 @@ INFO = StrategyInfo(
     summary="freeze the classifier and keep the encoder's features on new data close to the old encoder's",
     paper="Jung et al. 2016 (arXiv:1607.00122)",
     scenarios=("domain_incremental",),
+    naive_prefix_tasks=1,  # no old model before after_training_exp of task 1 (the penalty is 0); the head is frozen there
 )

@@ -71,4 +71,5 @@ INFO = StrategyInfo(
     build=build,
     summary="maximally interfered retrieval: replay the memory examples a virtual step on the current batch would hurt most",
     paper="Aljundi et al. 2019, Online Continual Learning with Maximally Interfered Retrieval (NeurIPS)",
+    naive_prefix_tasks=1,  # no replay loader on task 1 (before_backward returns); the memory is filled in after_training_exp
 )

@@ -23,4 +23,5 @@ INFO = StrategyInfo(
     build=build,
     summary="sequential fine-tuning on each task in turn, no protection against forgetting",
     paper="baseline (e.g. Lopez-Paz & Ranzato 2017)",
+    naive_prefix_tasks=1,  # naive itself
 )

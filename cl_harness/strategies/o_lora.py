@@ -66,4 +66,5 @@ INFO = StrategyInfo(
     paper="Wang et al. 2023, Orthogonal Subspace Learning for Language Model Continual Learning (EMNLP Findings)",
     prepare_model=prepare_model,
     per_task_modules=True,
+    naive_prefix_tasks=0,  # inserts LoRA adapters before training
 )

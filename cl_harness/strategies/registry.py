@@ -54,6 +54,10 @@ class StrategyInfo:
     # Adds a module per task (an adapter the task label selects): the model differs from task to task, so task kinds
     # trained outside the base loop on one shared model (mlm) cannot run under it.
     per_task_modules: bool = False
+    # How many leading tasks it trains exactly as naive does, given the same seed, order and training settings: 1 when
+    # nothing it does before or during task 1's training changes that training (it acts in after_training_exp, or from
+    # task 2 on), so a grid trains task 1 once and forks it into this strategy's runs (docs/performance.md, "Prefix sharing").
+    naive_prefix_tasks: int = 0
 
 
 @dataclass
@@ -94,6 +98,13 @@ class StrategySpec:
     def per_task_modules(self) -> bool:
         """True when a plugin adds a module per task (inc_lora, o_lora): see ``StrategyInfo.per_task_modules``."""
         return any(p.info is not None and p.info.per_task_modules for p in self.plugins)
+
+    @property
+    def naive_prefix_tasks(self) -> int:
+        """Leading tasks every plugin trains as naive does (the least of them); 0 with a user's plugin, whose hooks are unknown."""
+        if any(p.info is None for p in self.plugins):
+            return 0
+        return min((p.info.naive_prefix_tasks for p in self.plugins), default=0)
 
     @property
     def train_data(self) -> str:

@@ -44,4 +44,5 @@ INFO = StrategyInfo(
     build=build,
     summary="experience replay: each minibatch is joined by examples from a bounded memory of past tasks",
     paper="Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning (arXiv:1902.10486)",
+    naive_prefix_tasks=1,  # the memory is empty on task 1 (the default loader); it is filled in after_training_exp
 )

@@ -113,4 +113,5 @@ INFO = StrategyInfo(
     build=build,
     summary="EWC++ Fisher plus a path-integral score of each parameter's contribution to earlier tasks",
     paper="Chaudhry et al. 2018 (ECCV)",
+    naive_prefix_tasks=0,  # records the parameter trajectory and gradients during task 1
 )

@@ -26,4 +26,5 @@ INFO = StrategyInfo(
     summary="one LoRA adapter on the frozen backbone, fine-tuned task after task",
     paper="Hu et al. 2022 (ICLR); baseline in Wang et al. 2023 (EMNLP Findings)",
     prepare_model=prepare_model,
+    naive_prefix_tasks=0,  # inserts LoRA adapters before training
 )

@@ -102,4 +102,5 @@ INFO = StrategyInfo(
     build=build,
     summary="penalise moving parameters whose updates reduced the loss of earlier tasks (online path integral)",
     paper="Zenke, Poole & Ganguli 2017 (ICML)",
+    naive_prefix_tasks=0,  # records the parameter trajectory during task 1
 )

@@ -28,4 +28,5 @@ INFO = StrategyInfo(
     summary="no training: the pretrained model (or label-name heads) scored on every task",
     paper="Brown et al. 2020 (NeurIPS)",
     train_data="none",
+    naive_prefix_tasks=0,  # trains nothing
 )

@@ -105,6 +105,9 @@ EM_PREFIX = "em"  # em/<task>: an instruction task's exact match of the generate
 SEEN_AVG_METRIC = "acc/seen_avg"  # mean of the columns of the tasks trained so far
 TRAIN_TIME_METRIC = "train_time_s"  # per step: seconds spent training the step's task
 TRAINABLE_PARAMS_METRIC = "trainable_params"
+#: Prefix sharing: on a run that forked task 1 from its grid's shared prefix, and on the parent (grid/prefix.py).
+SHARED_PREFIX_TASKS_TAG = "shared_prefix_tasks"  # tasks taken from the prefix
+TRAIN_TIME_SAVED_METRIC = "train_time_saved_s"  # child: the prefix's training seconds; parent: those saved over the grid
 RUNS_FINISHED_METRIC, RUNS_TOTAL_METRIC = "runs_finished", "runs_total"  # on the parent run
 #: Final (end-of-run) metrics of a child run.
 FINAL_METRICS = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")

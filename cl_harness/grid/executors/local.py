@@ -71,7 +71,7 @@ class ProcessExecutor:
         """Run the grid on the worker processes; results in planned order."""
         spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe
         spec = context.spec(self.threads)
-        pending = deque(range(len(context.runs)))
+        pending = deque(context.dispatch_order())
         deaths = [0] * len(context.runs)
         results: dict[int, RunResult] = {}
         idle: list[tuple[Connection, multiprocessing.Process]] = []

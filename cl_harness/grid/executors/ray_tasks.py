@@ -57,7 +57,7 @@ class RayExecutor:
         task = ray.remote(run_planned).options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, retry_exceptions=False
         )
-        waiting = {task.remote(spec, index): index for index in range(len(context.runs))}
+        waiting = {task.remote(spec, index): index for index in context.dispatch_order()}  # first runs of each prefix first
         results: dict[int, RunResult] = {}
         try:
             while waiting:

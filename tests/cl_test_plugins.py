@@ -20,7 +20,10 @@ def claim(marker_file: str) -> bool:
 
 
 class PauseBeforeTask(SupervisedPlugin):
-    """Before every task after the first, wait while ``flag_file`` exists (at most ``seconds``), so a test can interrupt there."""
+    """Before every task after the first, wait while ``flag_file`` exists (at most ``seconds``), so a test can interrupt there.
+
+    While it waits, ``<flag_file>.paused`` exists: the run has logged the step before and is inside the pause.
+    """
 
     def __init__(self, flag_file: str, seconds: float = 60.0) -> None:
         super().__init__()
@@ -29,6 +32,8 @@ class PauseBeforeTask(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         deadline = time.monotonic() + self.seconds
+        if strategy.clock.train_exp_counter >= 1 and Path(self.flag_file).exists():
+            Path(self.flag_file + ".paused").touch()
         while strategy.clock.train_exp_counter >= 1 and Path(self.flag_file).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 

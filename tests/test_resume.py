@@ -73,8 +73,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, tm
     experiment = make_experiment(tmp_path, tiny_bert, "resume", pause)
 
     process = start(experiment, uri, tmp_path)
-    wait_for("checkpoint.pt", tmp_path / "runs")
-    time.sleep(0.5)  # inside the pause before task 2
+    wait_for("pause.paused", tmp_path)  # inside the pause before task 2, step 1 logged
     process.send_signal(how)
     _, stderr = process.communicate(timeout=240)  # generous: a loaded CI machine is slow to wind down
     assert process.returncode != 0

@@ -72,6 +72,24 @@ def test_the_loss_falls_on_answer_tokens_only_and_equals_the_hand_computed_cross
     assert loss == pytest.approx(-sum(terms) / len(terms), rel=1e-4)
 
 
+def test_a_batch_whose_longest_prompt_has_the_shortest_answer_gives_each_row_its_own_logits(tmp_path, tiny_llama):
+    """Logits are kept only where answers are predicted; answer padding must stay inside that range."""
+    from cl_harness.models.generative import IGNORE
+
+    prepared = prepare(write_generative_experiment(tmp_path, tiny_llama, "causal_lm", ["naive"]))
+    model = model_of(prepared).eval()
+    x = prepared.encoded[0].train_inputs[:4].clone()  # (4, 3, length)
+    longest = int(x[:, 1].sum(1).argmax())
+    x[longest, 2, 1:] = IGNORE  # the longest prompt keeps a one-token answer, the others keep theirs
+    assert int((x[:, 2] != IGNORE).sum(1).max()) > 1 and len(set(x[:, 1].sum(1).tolist())) > 1
+    with torch.no_grad():
+        together = model(x)  # (4, answer, vocab)
+        for i in range(len(x)):
+            alone = model(x[i : i + 1])[0]  # (own answer, vocab)
+            width = int((x[i, 2] != IGNORE).sum())
+            assert torch.allclose(together[i, :width], alone[:width], atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
 def test_rank_classification_scores_each_label_text_by_its_hand_computed_log_likelihood(kind, tmp_path, tiny_llama, tiny_t5):
     from cl_harness.evaluation.rank_classification import (

@@ -172,6 +172,7 @@ class GenerativeClassifier(nn.Module):
         self.lm = lm
         self.kind = kind
         self.pad_id = pad_id
+        self._forward_parameters = frozenset(inspect.signature(lm.forward).parameters)  # read once, not per batch
 
     @property
     def encoder(self) -> nn.Module:
@@ -195,8 +196,10 @@ class GenerativeClassifier(nn.Module):
         attention = (torch.arange(total, device=x.device) < (prompt_lengths + answer_lengths)[:, None]).long()
         # logits only where some row predicts an answer token: a full (batch, total, vocab) tensor would dominate
         # time and memory (SmolLM2's vocabulary has 49,152 entries)
-        first, last = int(prompt_lengths.min()) - 1, int((prompt_lengths + answer_lengths).max()) - 1
-        kept = torch.arange(first, max(last, first + 1), device=x.device)  # (kept,)
+        # the gather below reads positions - 1 for every answer column, padding included: up to the longest prompt
+        # plus the batch's answer width, minus 2
+        first, end = int(prompt_lengths.min()) - 1, int(prompt_lengths.max()) + answer.shape[1] - 1
+        kept = torch.arange(first, end, device=x.device)  # (kept,)
         logits = self.lm(input_ids=ids, attention_mask=attention, **self._keep(kept)).logits  # (batch, kept or total, vocab)
         offset = first if logits.shape[1] != total else 0
         index = (positions - 1 - offset).unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # token t is predicted at t - 1
@@ -204,7 +207,7 @@ class GenerativeClassifier(nn.Module):
 
     def _keep(self, positions: Tensor | int) -> dict:
         """``logits_to_keep`` (positions, or a count of last ones) where the LM's forward takes it; else all are computed."""
-        return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(self.lm.forward).parameters else {}
+        return {"logits_to_keep": positions} if "logits_to_keep" in self._forward_parameters else {}
 
     def candidate_log_likelihoods(self, prompts: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
         """Each candidate answer's token log-likelihoods after each prompt, the prompt computed once.
@@ -250,7 +253,7 @@ class GenerativeClassifier(nn.Module):
         cache.batch_repeat_interleave(labels)
         fed = answers[:, :-1]  # (batch * labels, answer - 1): tokens 0 .. n-2 predict 1 .. n-1
         steps = torch.arange(fed.shape[1], device=prompt.device)
-        cache_argument = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        cache_argument = "cache" if "cache" in self._forward_parameters else "past_key_values"
         rest = self.lm(
             input_ids=fed,
             attention_mask=torch.cat([left_mask.repeat_interleave(labels, 0), answer_mask[:, :-1].long()], 1),

@@ -172,3 +172,53 @@ def test_a_killed_run_with_a_damaged_checkpoint_resumes_from_the_previous_one(tm
     (child,) = [r for r in runs if r.data.tags.get("cl_harness.role") == "child"]
     steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "acc/seen_avg"))
     assert steps == [0, 1, 2, 3]
+
+
+def test_no_checkpoint_after_the_last_task_and_a_run_stopped_there_resumes_from_the_one_before(tmp_path, tiny_bert, monkeypatch, capsys):
+    """The last task's weights would be deleted unread when the run finishes: none are written. A run stopped between
+    its last logged step and its outcome resumes from the checkpoint after task 2 and ends as an uninterrupted run."""
+    import cl_harness.runner.run as run_module
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8, tasks=3)
+    experiment = write_experiment(tmp_path, tiny_bert, ["naive"])
+    monkeypatch.chdir(tmp_path)
+    written = []
+    real_save = run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint", lambda folder, step, *rest: (written.append(step), real_save(folder, step, *rest)))
+    real_outcome = run_module.TrainingRun._save_outcome
+
+    def stop_once(self, state, result):
+        monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", real_outcome)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", stop_once)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["run", str(experiment), "--tracking-uri", uri, "--no-progress"]
+    assert main(argv) == 130
+    assert written == [1, 2]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "resumed after task 2" in capsys.readouterr().out
+    assert written == [1, 2]  # the resumed run retrained task 3 and wrote nothing after it
+    assert not list((tmp_path / "runs").rglob(CHECKPOINT_FILE))
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (child,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`cl_harness.role` = 'child'")
+    assert child.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "acc/seen_avg")) == [0, 1, 2, 3]
+    straight = yaml_copy(experiment, tmp_path / "straight.yaml", name="straight")
+    assert main(["run", str(straight), "--tracking-uri", uri, "--no-progress"]) == 0
+    (reference,) = client.search_runs([client.get_experiment_by_name("straight").experiment_id], "tags.`cl_harness.role` = 'child'")
+    assert child.data.metrics["acc"] == pytest.approx(reference.data.metrics["acc"], abs=1e-6)
+    assert child.data.metrics["forgetting"] == pytest.approx(reference.data.metrics["forgetting"], abs=1e-6)
+
+
+def yaml_copy(path: Path, to: Path, **changes) -> Path:
+    import yaml
+
+    config = {**yaml.safe_load(path.read_text()), **changes}
+    to.write_text(yaml.safe_dump(config, sort_keys=False))
+    return to

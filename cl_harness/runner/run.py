@@ -404,7 +404,9 @@ class TrainingRun:
     def _train(self, state: RunState, result: RunResult) -> None:
         """Every step not done yet: train, score, checkpoint, log (``tasks_trained`` counts the tasks trained here)."""
         plan = self.plan
-        for step, experience in experiences_to_train(make_benchmark(plan.tasks), plan.strategy.train_data):
+        steps = experiences_to_train(make_benchmark(plan.tasks), plan.strategy.train_data)
+        last_step = steps[-1][0] if steps else 0
+        for step, experience in steps:
             if step <= state.steps_done:
                 continue
             task = plan.tasks[step - 1]  # joint/cumulative data is refused with kinds trained outside the loop
@@ -422,8 +424,11 @@ class TrainingRun:
                     state.valid_matrix.append(self.validate(self.model, step))
             result.matrix.append(row)
             if self.folder:
-                save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
-                state.steps_done = step
+                # No checkpoint after the last task: the run finishes next and deletes its weights unread. A run killed
+                # between here and then resumes from the previous checkpoint (steps_done stays there) and retrains it.
+                if step < last_step:
+                    save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
+                    state.steps_done = step
                 save_state(self.folder, state)
             trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})

@@ -2,7 +2,7 @@
 
     python benchmarks/grid.py --data-root ../shared/data/cl_benchmark [--strategies naive ewc lwf replay der]
         [--seeds 0 1] [--per-class 40] [--test-per-class 50] [--max-length 64] [--workers 1]
-        [--harness-args "--no-prefix-sharing"] [--dry-run]
+        [--harness-args "--no-prefix-sharing"] [--bf16-harness] [--dry-run]
 
 Both sides train the same grid: every strategy x seed over 3 class-incremental DBpedia tasks of 2 classes
 (the bundled MiniLM, 1 epoch, batch 16, lr 1e-4), and score every task after every task.
@@ -11,7 +11,10 @@ Both sides train the same grid: every strategy x seed over 3 class-incremental D
              Replay and DER strategies on those tensors, a padded evaluation loop after every task, no tracking.
 It prints the wall-time ratio and where each side spent its time: tokenise, train, evaluate, and the rest
 (the harness's rest is process start, model loading, checkpoints and tracking). Read the ratio; absolute
-seconds on a shared machine are noise.
+seconds on a shared machine are noise. Each side also prints its mean final accuracy over the grid.
+--bf16-harness runs the harness a second time with ``training.precision: bf16`` (autocast; a compute lever on CPUs
+with AMX or AVX512-BF16) and prints that ratio too, against the same fp32 Avalanche run: not like for like, which
+is why its accuracy is printed beside it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for both sides (default cpu)")
     parser.add_argument("--harness-args", default="", help="more arguments for `cl-harness run`, e.g. '--no-prefix-sharing'")
     parser.add_argument("--skip-avalanche", action="store_true", help="time the harness alone")
+    parser.add_argument("--bf16-harness", action="store_true", help="also time the harness with training.precision bf16")
     parser.add_argument("--dry-run", action="store_true", help="write and validate the experiment, print the plan, train nothing")
     return parser.parse_args(argv)
 
@@ -91,11 +95,11 @@ def write_experiment(folder: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def run_harness(experiment: Path, folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One ``cl-harness run`` of the grid; its wall time and the parts its runs logged."""
-    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+def run_harness(experiment: Path, folder: Path, args: argparse.Namespace, store: str = "mlruns", extra: tuple = ()) -> dict[str, float]:
+    """One ``cl-harness run`` of the grid (tracked in ``folder/store``); its wall time and the parts its runs logged."""
+    uri = f"sqlite:///{folder / store / 'mlflow.db'}"
     command = [sys.executable, "-m", "cl_harness", "run", str(experiment), "--tracking-uri", uri, "--no-progress",
-               "--workers", str(args.workers), *shlex.split(args.harness_args)]
+               "--workers", str(args.workers), *shlex.split(args.harness_args), *extra]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -111,11 +115,14 @@ def harness_parts(uri: str) -> dict[str, float]:
     client = MlflowClient(uri)
     (experiment,) = client.search_experiments(filter_string="name = 'grid-benchmark'")
     parts: dict[str, float] = defaultdict(float)
+    accuracies = []
     for run in client.search_runs([experiment.experiment_id]):
         for key, part in (("train_time_s", "train"), ("eval_time_s", "evaluate"), ("tokenise_time_s", "tokenise")):
             if key in run.data.metrics:
                 parts[part] += sum(m.value for m in client.get_metric_history(run.info.run_id, key))
-    return dict(parts)
+        if run.data.tags.get("cl_harness.role") == "child" and "acc" in run.data.metrics:
+            accuracies.append(run.data.metrics["acc"])
+    return {**parts, "acc": sum(accuracies) / len(accuracies) if accuracies else float("nan")}
 
 
 def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
@@ -154,6 +161,7 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
         train_tensors=[(x, y) for x, y, _, _ in splits], test_tensors=[(x, y) for _, _, x, y in splits], task_labels=[0] * len(splits)
     )
     classes = 2 * len(CLASS_PAIRS)
+    final_accuracies = []
     for seed in args.seeds:
         for name in args.strategies:
             torch.manual_seed(seed)
@@ -172,10 +180,11 @@ def run_avalanche(args: argparse.Namespace) -> dict[str, float]:
                 strategy.train(experience, num_workers=0)
                 parts["train"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                padded_accuracies(model, splits, TRAINING["eval_batch_size"], torch.device(args.device))
+                scores = padded_accuracies(model, splits, TRAINING["eval_batch_size"], torch.device(args.device))
                 parts["evaluate"] += time.perf_counter() - tick
+            final_accuracies.append(sum(scores) / len(scores))  # the harness's acc: mean over tasks after the last
     parts["wall"] = time.perf_counter() - started
-    return dict(parts)
+    return {**parts, "acc": sum(final_accuracies) / len(final_accuracies)}
 
 
 def avalanche_strategy(name: str, params: dict, common: dict):
@@ -208,9 +217,9 @@ def padded_accuracies(model, splits: list, batch: int, device) -> list[float]:
 
 
 def breakdown(parts: dict[str, float]) -> str:
-    rest = parts["wall"] - sum(v for k, v in parts.items() if k != "wall")
-    shown = {k: v for k, v in parts.items() if k != "wall"} | {"rest": max(rest, 0.0)}
-    return ", ".join(f"{k} {v:.1f} s" for k, v in shown.items())
+    times = {k: v for k, v in parts.items() if k not in ("wall", "acc")}
+    shown = times | {"rest": max(parts["wall"] - sum(times.values()), 0.0)}
+    return ", ".join(f"{k} {v:.1f} s" for k, v in shown.items()) + f"; mean acc {100 * parts['acc']:.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +239,15 @@ def main(argv: list[str] | None = None) -> int:
             return done.returncode
         harness = run_harness(experiment, folder, args)
         print(f"\nharness      {harness['wall']:7.1f} s   ({breakdown(harness)})")
+        bf16 = run_harness(experiment, folder, args, "mlruns-bf16", ("--set", "training.precision=bf16")) if args.bf16_harness else None
+        if bf16:
+            print(f"harness bf16 {bf16['wall']:7.1f} s   ({breakdown(bf16)})")
         if not args.skip_avalanche:
             avalanche = run_avalanche(args)
             print(f"avalanche    {avalanche['wall']:7.1f} s   ({breakdown(avalanche)})")
             print(f"\nwhole grid: harness / avalanche wall time = x{harness['wall'] / avalanche['wall']:.2f} (target <= 0.5)")
+            if bf16:
+                print(f"whole grid: harness bf16 / avalanche fp32 wall time = x{bf16['wall'] / avalanche['wall']:.2f}")
     import torch
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")

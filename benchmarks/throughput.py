@@ -13,6 +13,9 @@ Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   replay (two AG News tasks, length bucketing off) of Avalanche's ReplayPlugin on padded tensors
   against the harness's replay;
   peak memory of a 5-task against a 2-task class-incremental replay run (DBpedia, 2 classes a task).
+In an fp32 run, (g) is the harness's naive with ``training.precision: bf16`` and the evaluation has a bf16 harness
+line too: bf16 autocast is a compute lever on CPUs with AMX or
+AVX512-BF16 (and on GPUs), timed beside the fp32 variants, never mixed into their ratios.
 With ``--precision bf16|fp16`` the plain loops and Avalanche run under torch.autocast (fp16 without loss
 scaling: a timing, not a recipe) and the harness's models use their own ``training.precision`` path.
 Absolute numbers on a shared machine are noise; read the ratios.
@@ -242,8 +245,11 @@ def main() -> None:
     def fresh_padded() -> nn.Module:
         return PaddedClassifier(load_encoder(config), 4).to(device)
 
-    def fresh_harness() -> nn.Module:
-        return TextClassifier(load_encoder(config), [4], "domain_incremental", precision=args.precision).to(device)
+    def fresh_harness(precision: str = args.precision) -> nn.Module:
+        torch.manual_seed(0)  # the same head for every precision
+        return TextClassifier(load_encoder(config), [4], "domain_incremental", precision=precision).to(device)
+
+    with_bf16 = args.precision == "fp32"  # time the bf16 lever beside the fp32 variants
 
     def amp(work):
         """A baseline's work under the autocast a user would add for ``--precision``."""
@@ -276,6 +282,10 @@ def main() -> None:
                 "(f) plain loop, dynamic, fused AdamW": (
                     fresh_padded, amp(lambda m: plain_loop(m, dev_x, dev_y, args.batch_size, True, fused=True))
                 ),
+                **({"(g) cl-harness naive, bf16": (
+                    lambda: fresh_harness("bf16"),
+                    lambda m: avalanche_naive(m, train_x, train_y, args.batch_size, True, [], device=device),
+                )} if with_bf16 else {}),
             },
             args.rounds,
         )
@@ -305,14 +315,17 @@ def main() -> None:
 
     eval_x, eval_y = inputs[: args.eval_examples].to(device), targets[: args.eval_examples].to(device)
     padded_model, harness_model = fresh_padded(), fresh_harness()
+    bf16_model = fresh_harness("bf16") if with_bf16 else None
+
+    def harness_eval(model):
+        return Evaluator([EncodedTask("eval", 0, eval_x, eval_y, eval_x, eval_y)], default_kinds(),
+                         KindEnv(device, args.batch_size, args.eval_batch_size))(model, 0)
+
     evaluation = measure(
         {
             "padded": (lambda: padded_model, amp(lambda m: padded_eval(m, eval_x, args.eval_batch_size))),
-            "harness": (
-                lambda: harness_model,
-                lambda m: Evaluator([EncodedTask("eval", 0, eval_x, eval_y, eval_x, eval_y)], default_kinds(),
-                                    KindEnv(device, args.batch_size, args.eval_batch_size))(m, 0),
-            ),
+            "harness": (lambda: harness_model, harness_eval),
+            **({"harness bf16": (lambda: bf16_model, harness_eval)} if with_bf16 else {}),
         },
         args.eval_rounds,
     )
@@ -320,6 +333,9 @@ def main() -> None:
     print(f"\nevaluation ({args.eval_examples} examples, batch {args.eval_batch_size}):")
     print(f"  padded inference loop              {args.eval_examples / padded_s:6.1f} ex/s")
     print(f"  cl-harness evaluator               {args.eval_examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
+    if with_bf16:
+        bf16_s = evaluation["harness bf16"]
+        print(f"  cl-harness evaluator, bf16         {args.eval_examples / bf16_s:6.1f} ex/s   x{padded_s / bf16_s:4.2f}")
 
     if not args.skip_memory:
         peaks = replay_peak_memory(args.data_root, (2, 5), args.memory_per_class, args.device)

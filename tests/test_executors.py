@@ -232,20 +232,34 @@ def test_a_ray_grid_survives_a_killed_worker_and_reports_all_four_runs(ray_clust
 
     marker = tmp_path / "killed-once"
     killer = {"name": "naive", "plugins": ["naive", {"cl_test_plugins:KillProcessAtTask": {"task": 1, "marker_file": str(marker)}}]}
-    experiment = grid_experiment(tmp_path, tiny_bert, "ray-grid", [killer, {"replay": {"mem_size": 10}}], [0, 1])
+    sharing = [{"replay": {"mem_size": 10}}, "ewc"]  # replay and ewc of each seed fork one shared task-1 prefix
+    experiment = grid_experiment(tmp_path / "ray", tiny_bert, "ray-grid", [killer, *sharing], [0, 1])
     assert main(["run", str(experiment), "--executor", "ray", "--tracking-uri", server, "--no-progress", "--max-retries", "1"]) == 0
     out = capsys.readouterr().out
     assert marker.exists()  # one naive worker did die before task 2
     assert out.count("resumed after task 1") == 1  # ... and its retry continued from the task-1 checkpoint
+    assert out.count("task 1 forked from the shared prefix") == 4  # on the Ray workers
     runs = children(server, "ray-grid")
-    assert sorted(runs) == GRID_NAMES  # one MLflow run per planned run: the retry reopened the killed one
+    names = sorted([*GRID_NAMES, "ewc/seed0/order0", "ewc/seed1/order0"])
+    assert sorted(runs) == names  # one MLflow run per planned run: the retry reopened the killed one
     for name, run in runs.items():
         assert run.info.status == "FINISHED", name
         for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2"):
             assert steps_of(server, run, key) == [0, 1, 2], (name, key)  # nothing logged twice
     comparison = load_comparison(MlflowClient(tracking_uri=server), "ray-grid")
-    assert sorted(r.name for r in comparison.runs) == GRID_NAMES and not comparison.problems()
-    assert list(comparison.table()["n_finished"]) == [2, 2]
+    assert sorted(r.name for r in comparison.runs) == names and not comparison.problems()
+    assert list(comparison.table()["n_finished"]) == [2, 2, 2]
+
+    # the forked runs end as the same runs trained whole, here in this process
+    reference_uri = f"sqlite:///{tmp_path}/reference.db"
+    reference_grid = grid_experiment(tmp_path / "reference", tiny_bert, "ray-reference", sharing, [0, 1])
+    assert main(["run", str(reference_grid), "--tracking-uri", reference_uri, "--no-progress", "--no-prefix-sharing"]) == 0
+    for name, expected_run in children(reference_uri, "ray-reference").items():
+        assert runs[name].data.tags.get(schema.SHARED_PREFIX_TASKS_TAG) == "1", name
+        got = matrix_of(server, runs[name], tmp_path / "a" / name)
+        expected = matrix_of(reference_uri, expected_run, tmp_path / "b" / name)
+        for row, want in zip(got, expected, strict=True):
+            assert row == pytest.approx(want, abs=1e-6), name
 
 
 @pytest.mark.slow

@@ -214,7 +214,10 @@ def test_run_ends_with_the_table_the_report_and_a_deep_link(two_strategy_run, mo
     experiment = client.get_experiment_by_name("tiny")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`cl_harness.role` = 'parent'")
     tail = out[out.index("2 of 2 runs finished"):]
-    assert "strategy  runs  acc (%)  forgetting (%)" in tail and "\nnaive " in tail and "\nreplay " in tail
+    header = next(line for line in tail.splitlines() if line.startswith("strategy"))
+    assert header.split()[:10] == ["strategy", "runs", "acc", "(%)", "acc", "95%", "CI", "(%)", "p", "vs"]
+    assert "\nnaive " in tail and "\nreplay " in tail
+    assert tail.count("1 run: no interval") == 2  # one seed: no meaningless ± or interval
     report = Path(tail.split("report:")[1].split()[0])
     assert report.is_file() and report.name == "report.html"
     link = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"

@@ -128,6 +128,17 @@ def test_markdown_shows_percent_mean_and_std(comparison):
     assert lines[3].startswith("| naive | 2/3 | 45.0 ± 7.1 | [0.0, 100.0] | 0.126 | naive |") and "| 1,000 |" in lines[3]  # constant: no ±
 
 
+def test_the_table_printed_at_the_end_of_a_run_has_the_interval_and_significance_columns(comparison):
+    from cl_harness.report.glance import compact_table
+
+    lines = compact_table(comparison.table()).splitlines()
+    assert lines[0].split() == ["strategy", "runs", "acc", "(%)", "acc", "95%", "CI", "(%)", "p", "vs", "best", "p", "vs", "naive",
+                                "forgetting", "(%)", "bwt", "(%)", "fwt", "(%)", "wall", "time", "(s)"]
+    assert lines[2].split()[:9] == ["replay", "2/2", "70.0", "±", "14.1", "[0.0,", "100.0]", "best", "0.126"]
+    assert lines[3].split()[:9] == ["naive", "2/3", "45.0", "±", "7.1", "[0.0,", "100.0]", "0.126", "naive"]
+    assert lines[-1].startswith("* p < 0.05, Holm-corrected")
+
+
 def test_csv_round_trips_the_raw_table(comparison, tmp_path):
     import pandas as pd
 

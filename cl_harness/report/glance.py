@@ -17,8 +17,10 @@ from cl_harness.report.compare import (
     HEADERS,
     Comparison,
     format_mean_std,
+    format_value,
     shown_metrics,
 )
+from cl_harness.report.statistics import ALPHA, BOOTSTRAP_FROM, statistics_display
 
 #: Parent-run summary metrics: ``summary/<measure>/<strategy>``, the mean over the strategy's finished runs (fractions).
 SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc")
@@ -45,15 +47,26 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 
 def compact_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the compact comparison: strategy, runs, and mean ± std of COMPACT_METRICS (accuracies in %)."""
+    """Headers and cells of the compact comparison: strategy, runs, mean ± std of COMPACT_METRICS (accuracies in %),
+    and after the accuracy its 95% interval and Holm-corrected p-values against the best and naive, where computed."""
     metrics = [m for m in COMPACT_METRICS if m in shown_metrics(table)]
-    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics]
-    rows = [
-        [str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"]
-        + [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
-        for _, row in table.iterrows()
-    ]
+    stat_headers, stat_cells = statistics_display(table, lambda v: format_value(v, "acc"))
+    first = metrics[:1]  # acc, followed by its interval and tests
+    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in first] + stat_headers + [HEADERS.get(m, m) for m in metrics[1:]]
+    rows = []
+    for index, (_, row) in enumerate(table.iterrows()):
+        cells = [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
+        rows.append([str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"]
+                    + cells[:1] + stat_cells[index] + cells[1:])
     return headers, rows
+
+
+def significance_legend(table: pd.DataFrame) -> str:
+    """The line under a compact table with statistics columns: what '*' and the interval mean ('' without them)."""
+    if "acc_ci_low" not in table:
+        return ""
+    return (f"* p < {ALPHA}, Holm-corrected (paired test where seeds and orders match, else Welch's); "
+            f"CI: t-interval, bootstrap from {BOOTSTRAP_FROM} runs")
 
 
 def compact_table(table: pd.DataFrame) -> str:
@@ -64,7 +77,8 @@ def compact_table(table: pd.DataFrame) -> str:
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    legend = significance_legend(table)
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), *([legend] if legend else [])])
 
 
 def _md_cell(text: object) -> str:
@@ -89,7 +103,8 @@ def parent_description(comparison: Comparison, report_link: str | None = None) -
         _md_table(headers, rows),
         "",
         ("Best mean final accuracy first. Accuracy-based columns in %; a cell is the mean ± sample std over the "
-         "finished runs (seeds × task orders), the mean alone for one run or a constant value."),
+         "finished runs (seeds × task orders), the mean alone for one run or a constant value. "
+         + significance_legend(comparison.table())).strip(),
     ]
     if report_link:
         parts += ["", f"Every metric, per-run values and plots: [report.html]({report_link})"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-import sys
 from pathlib import Path
 
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
 from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params, search_folder
 from cl_harness.search.tracked import apply_best, run_tracked_search
+from cl_harness.search.workers import run_in_workers, run_on_ray
 
 
 def check_search(checked: CheckedExperiment) -> SearchPlan | None:
@@ -29,17 +31,21 @@ def _print_result(result: StrategyResult) -> None:
 def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> PreparedExperiment | None:
     """Search (unless ``--skip-search``), then the experiment with the best parameters; None with ``--search-only``.
 
-    ``--workers N`` runs N trials at once; with ``--executor ray`` the trials run one at a time in this process.
+    ``--workers N`` runs N trials at once in local processes; ``--executor ray`` runs them as Ray tasks, as many at
+    once as the cluster has room for at ``--cpus-per-run`` CPUs (default 1) each.
     """
     plan = check_search(prepared.checked)
     folder = search_folder(prepared)
     if not args.skip_search:
-        workers = args.workers if args.executor == "local" else 1
-        if args.executor != "local":
-            print(f"note: the search's trials run one at a time in this process; --executor {args.executor} runs the final runs",
-                  file=sys.stderr, flush=True)
-        threads = max(1, int(args.cpus_per_run or (os.cpu_count() or 1) // workers)) if workers > 1 else None  # per worker
-        run_tracked_search(prepared, plan, uri, on_result=_print_result, workers=workers, threads=threads)
+        parallel, threads = None, None
+        if args.executor == "ray":
+            cpus = args.cpus_per_run or 1.0
+            parallel = functools.partial(run_on_ray, prepared, plan, address=args.ray_address, cpus=cpus, gpus=args.gpus_per_run)
+            threads = max(1, math.ceil(cpus))
+        elif args.workers > 1:
+            parallel = functools.partial(run_in_workers, prepared, plan, workers=args.workers)
+            threads = max(1, int(args.cpus_per_run or (os.cpu_count() or 1) // args.workers))  # per worker
+        run_tracked_search(prepared, plan, uri, on_result=_print_result, parallel=parallel, threads=threads)
         print(f"best parameters: {folder / BEST_PARAMS_FILE}", flush=True)
     if args.search_only:
         return None

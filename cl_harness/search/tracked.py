@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import atomic_write_bytes
 from cl_harness.search.config import SearchPlan
 from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search, search_folder
-from cl_harness.search.workers import SearchSpec, run_in_workers
+from cl_harness.search.workers import SearchSpec
 from cl_harness.tracking import writer
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger
@@ -39,13 +40,14 @@ def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExp
     return parent
 
 
-def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str, on_result=None, workers: int = 1,
-                       threads: int | None = None) -> list[StrategyResult]:
+def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str, on_result=None,
+                       parallel: Callable[[SearchSpec], None] | None = None, threads: int | None = None) -> list[StrategyResult]:
     """Run the search with every trial an MLflow child run of the ``search`` parent; the best parameters go on the parent.
 
     One process at a time runs a search folder (a second invocation waits). A killed search resumes: its trials left
-    RUNNING are failed, in Optuna and in MLflow, and as many new ones run. ``workers`` > 1 runs trials in that many
-    processes at once, sharing each strategy's study.
+    RUNNING are failed, in Optuna and in MLflow, and as many new ones run. ``parallel`` (``run_in_workers`` or
+    ``run_on_ray`` with their settings) runs the trials elsewhere first, sharing each strategy's study, with ``threads``
+    torch threads each; what they leave undone runs in this process.
     """
     uri, client = open_store(uri)
     config = prepared.config
@@ -56,11 +58,11 @@ def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str,
         trial_logger = functools.partial(writer.open_trial, client, experiment_id, parent.run_id)
         with writer.closed_on_failure(parent):
             writer.end_stale_trials(client, experiment_id, parent.run_id, STALE_TRIAL)
-            if workers > 1:
+            if parallel is not None:
                 loaded = prepared.checked.loaded
                 spec = SearchSpec(str(loaded.path), tuple(loaded.overrides), loaded.data_root, absolute_uri(uri), experiment_id,
                                   parent.run_id, str(folder.resolve()), threads)
-                run_in_workers(prepared, plan, spec, workers)
+                parallel(spec)
                 writer.end_stale_trials(client, experiment_id, parent.run_id, STALE_TRIAL)  # a worker that died
             results = run_search(prepared, plan, folder, trial_logger=trial_logger, on_result=on_result)  # what is missing
             writer.log_search_outcome(parent, folder / BEST_PARAMS_FILE, {r.label: (r.best_value, r.best_params) for r in results})

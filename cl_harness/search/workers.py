@@ -1,8 +1,10 @@
-"""``--workers N`` for a search: N spawned processes run a strategy's trials at once, sharing its Optuna study.
+"""Trials in parallel, sharing each strategy's Optuna study: ``--workers N`` spawns N local processes, ``--executor ray``
+submits one Ray task per slot of the cluster (its CPUs over ``--cpus-per-run``).
 
 Optuna lets several processes optimise one study in an RDB storage (here the SQLite ``search.db``,
-opened with a lock timeout). Each process loads and tokenises the experiment itself, as grid workers
-do, and logs its trial runs under the search parent.
+opened with a lock timeout; Ray workers need the search folder on a filesystem they share, as they
+need the grid's run folders). Each process loads and tokenises the experiment itself, as grid
+workers do, and logs its trial runs under the search parent.
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ def _stop_with(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None:
-    """One worker process: load the experiment, then run ``shares[label]`` trials of each strategy's study."""
+def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int, own_process: bool = True) -> None:
+    """One worker: load the experiment, then run ``shares[label]`` trials of each strategy's study.
+
+    ``own_process``: a process spawned for this search, which stops with its parent; a Ray task leaves its
+    process's signals and lifetime to Ray.
+    """
     import torch
 
     from cl_harness.config.loader import load_experiment
@@ -63,8 +69,9 @@ def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None
     from cl_harness.tracking import writer
     from cl_harness.tracking.store import connect
 
-    signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the running trial's run KILLED
-    threading.Thread(target=_stop_with, args=(os.getppid(),), daemon=True).start()
+    if own_process:
+        signal.signal(signal.SIGTERM, _interrupt)  # terminate() ends the running trial's run KILLED
+        threading.Thread(target=_stop_with, args=(os.getppid(),), daemon=True).start()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     checked = check_experiment(load_experiment(spec.experiment, spec.overrides, spec.data_root))
@@ -84,21 +91,26 @@ def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int) -> None
         raise SystemExit(130) from None
 
 
+def deal(prepared: PreparedExperiment, plan: SearchPlan, folder: Path, slots: int) -> list[dict[str, int]]:
+    """Every strategy's remaining trials dealt over at most ``slots`` workers (a killed search's trials failed first)."""
+    shares: list[dict[str, int]] = [{} for _ in range(slots)]
+    for strategy in searched(prepared, plan):
+        study = open_study(folder, strategy.label, plan)
+        fail_stale_trials(study)  # a killed search's trials, before any worker runs
+        for index, count in enumerate(split(remaining_trials(study, plan), slots)):
+            shares[index][strategy.label] = count
+    return [share for share in shares if any(share.values())]
+
+
 def run_in_workers(prepared: PreparedExperiment, plan: SearchPlan, spec: SearchSpec, workers: int) -> None:
     """Deal every strategy's remaining trials to ``workers`` processes and wait for them all.
 
     A worker that stops early leaves its trials undone; the caller runs what is missing in its own process.
     """
-    folder = Path(spec.folder)
-    shares: list[dict[str, int]] = [{} for _ in range(workers)]
-    for strategy in searched(prepared, plan):
-        study = open_study(folder, strategy.label, plan)
-        fail_stale_trials(study)  # a killed search's trials, before any worker runs
-        for index, count in enumerate(split(remaining_trials(study, plan), workers)):
-            shares[index][strategy.label] = count
+    shares = deal(prepared, plan, Path(spec.folder), workers)
     spawn = multiprocessing.get_context("spawn")  # torch is not fork-safe
     processes = [spawn.Process(target=search_worker, args=(spec, share, index), name=f"cl-harness-search-{index}")
-                 for index, share in enumerate(shares) if any(share.values())]
+                 for index, share in enumerate(shares)]
     for process in processes:
         process.start()
     try:
@@ -113,3 +125,19 @@ def run_in_workers(prepared: PreparedExperiment, plan: SearchPlan, spec: SearchS
         if process.exitcode != 0:
             print(f"search worker {process.name} stopped with exit code {process.exitcode}; its missing trials run here",
                   file=sys.stderr, flush=True)
+
+
+def run_on_ray(prepared: PreparedExperiment, plan: SearchPlan, spec: SearchSpec, address: str | None, cpus: float,
+               gpus: float) -> None:
+    """Deal every strategy's remaining trials to one Ray task per slot of the cluster and wait for them all.
+
+    A task that fails or whose worker dies leaves its trials undone; the caller runs what is missing in its own process.
+    """
+    from cl_harness.grid.executors.ray_tasks import run_tasks
+
+    def calls(slots: int) -> list[tuple]:
+        return [(spec, share, index, False) for index, share in enumerate(deal(prepared, plan, Path(spec.folder), slots))]
+
+    for index, error in enumerate(run_tasks(search_worker, calls, address, cpus, gpus)):
+        if error is not None:
+            print(f"search task {index} on Ray stopped ({error}); its missing trials run here", file=sys.stderr, flush=True)

@@ -23,6 +23,38 @@ def require_ray() -> None:
                           hint=RAY_EXTRA_HINT + ", or use --executor local [--workers N]") from exc
 
 
+def run_tasks(function, calls_for, address: str | None, cpus: float, gpus: float) -> list[str | None]:
+    """Run ``function(*args)`` for every args of ``calls_for(slots)`` as Ray tasks at once (a local cluster unless
+    ``address``); ``slots`` is how many tasks of ``cpus`` CPUs the cluster runs at the same time.
+
+    Returns, per call, None when it returned and the error otherwise (its worker died, or it raised). Nothing is
+    retried: the caller decides what to do with what is missing.
+    """
+    import ray
+    from ray.exceptions import RayError
+
+    started_here = RayExecutor(address, 0, cpus, gpus).connect()
+    refs = []
+    try:
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1.0) // cpus))
+        task = ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
+        refs = [task.remote(*args) for args in calls_for(slots)]
+        errors: list[str | None] = []
+        for ref in refs:
+            try:
+                ray.get(ref)
+                errors.append(None)
+            except RayError as exc:
+                lines = str(exc).strip().splitlines()
+                errors.append(f"{type(exc).__name__}: {lines[-1] if lines else ''}")
+        return errors
+    finally:
+        for ref in refs:
+            ray.cancel(ref)  # interrupted here: the tasks end their trial runs KILLED
+        if started_here:
+            ray.shutdown()
+
+
 class RayExecutor:
     """Submits every run to a Ray cluster (``address``), or to a local one started here when there is none."""
 

@@ -406,3 +406,36 @@ def test_other_bounds_and_choices_are_checked():
     with pytest.raises(ConfigError, match="must be <= 1"):
         parse(mas.MASConfig, {"alpha": 2})
     assert parse(ewc.EWCConfig, {"mode": "online", "decay": 0.9}).decay == 0.9
+
+
+def test_si_path_integral_is_minus_the_loss_gradient_times_each_step_with_its_own_penalty_removed():
+    """omega = -sum over steps of g_loss * (theta_new - theta_old), by hand on a tiny model over two tasks (SGD)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = two_layer()
+    plugin = SynapticIntelligence(si_lambda=5.0, eps=1e-3)
+    strategy = SimpleNamespace(model=model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for task in range(2):
+        plugin.before_training_exp(strategy)
+        expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        for _ in range(3):
+            x, y = torch.randn(8, 3), torch.randn(8, 1)
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss_grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)  # g without the penalty
+            strategy.loss = loss
+            plugin.before_backward(strategy)
+            strategy.loss.backward()
+            plugin.before_update(strategy)
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            optimizer.step()
+            plugin.after_update(strategy)
+            for (name, param), g in zip(model.named_parameters(), loss_grads):
+                expected[name] -= g * (param.detach() - before[name])
+        for name, value in expected.items():
+            assert torch.allclose(plugin.omega[name], value, rtol=1e-4, atol=1e-6), (task, name)
+        if task == 1:  # the penalty acted on task 2, so its gradient was there to remove
+            assert any(float(v.abs().sum()) > 0 for v in plugin.importances.values())
+        plugin.after_training_exp(strategy)

@@ -54,31 +54,45 @@ class SynapticIntelligence(SupervisedPlugin):
         self.anchors: dict[str, Tensor] = {}  # theta* at the end of the last task
         self.omega: dict[str, Tensor] = {}  # path integral of the current task
         self.task_start: dict[str, Tensor] = {}  # theta at the start of the current task
-        self.weights_before_step: dict[str, Tensor] = {}  # theta just before the current optimizer step
+        self.step_buffers: dict[str, Tensor] = {}  # theta before the optimizer step, then theta_old - theta_new; reused
+        self.stepped: list[str] = []  # the parameters with a gradient at this step
 
     def before_training_exp(self, strategy, **kwargs):
         params = trainable(strategy.model)
         self.task_start = {name: param.detach().clone() for name, param in params}
         self.omega = {name: torch.zeros_like(param) for name, param in params}
+        self.step_buffers = {name: torch.empty_like(param) for name, param in params}
 
     def before_backward(self, strategy, **kwargs):
         if self.importances:
             strategy.loss += self.si_lambda * ewc_penalty(strategy.model, self.anchors, self.importances)
 
+    @torch.no_grad()
     def before_update(self, strategy, **kwargs):
-        self.weights_before_step = {n: p.detach().clone() for n, p in trainable(strategy.model) if p.grad is not None}
+        named = [(n, p) for n, p in trainable(strategy.model) if p.grad is not None and n in self.step_buffers]
+        self.stepped = [n for n, _ in named]
+        if named:
+            torch._foreach_copy_([self.step_buffers[n] for n in self.stepped], [p for _, p in named])
 
     @torch.no_grad()
     def after_update(self, strategy, **kwargs):
-        for name, param in trainable(strategy.model):
-            if name not in self.weights_before_step or name not in self.omega:
-                continue
-            old = self.weights_before_step[name]
-            grad = param.grad
-            if name in self.importances:  # remove the gradient of this plugin's own penalty
-                grad = grad - 2.0 * self.si_lambda * self.importances[name] * (old - self.anchors[name])
-            self.omega[name] -= grad * (param - old)
-        self.weights_before_step = {}
+        """``omega -= g * (theta_new - theta_old)``, with ``g`` the gradient less this plugin's penalty, in fused passes."""
+        params = dict(strategy.model.named_parameters())
+        names = self.stepped
+        if not names:
+            return
+        grads = [params[n].grad for n in names]
+        penalised = [i for i, n in enumerate(names) if n in self.importances]
+        if penalised:  # remove the gradient of the penalty: g - 2 c Omega (theta_old - theta*)
+            correction = torch._foreach_sub([self.step_buffers[names[i]] for i in penalised], [self.anchors[names[i]] for i in penalised])
+            torch._foreach_mul_(correction, [self.importances[names[i]] for i in penalised])
+            corrected = torch._foreach_add([grads[i] for i in penalised], correction, alpha=-2.0 * self.si_lambda)
+            for i, grad in zip(penalised, corrected):
+                grads[i] = grad
+        moved_back = [self.step_buffers[n] for n in names]
+        torch._foreach_sub_(moved_back, [params[n] for n in names])  # theta_old - theta_new
+        torch._foreach_addcmul_([self.omega[n] for n in names], grads, moved_back)
+        self.stepped = []
 
     @torch.no_grad()
     def after_training_exp(self, strategy, **kwargs):
@@ -89,7 +103,7 @@ class SynapticIntelligence(SupervisedPlugin):
             gained = self.omega[name].clamp(min=0.0) / (moved.pow(2) + self.eps)
             self.importances[name] = self.importances.get(name, torch.zeros_like(param)) + gained
             self.anchors[name] = param.detach().clone()
-        self.omega, self.task_start = {}, {}
+        self.omega, self.task_start, self.step_buffers = {}, {}, {}
 
 
 def build(config: SIConfig, context: BuildContext) -> list:

@@ -439,3 +439,15 @@ def test_si_path_integral_is_minus_the_loss_gradient_times_each_step_with_its_ow
         if task == 1:  # the penalty acted on task 2, so its gradient was there to remove
             assert any(float(v.abs().sum()) > 0 for v in plugin.importances.values())
         plugin.after_training_exp(strategy)
+
+
+def test_ewc_and_mas_with_a_zero_weight_train_exactly_as_naive(tiny_run):
+    """Their importance passes draw nothing from the random stream: a zero penalty leaves naive's matrix to the digit.
+
+    Before, the DataLoader of the pass drew a seed, which shifted every later dropout mask; on MiniLM's
+    task-incremental scenario stream EWC at lambda 0 then forgot 23.8 points where naive forgot 6.2.
+    """
+    naive, _ = tiny_run("naive", scenario="task_incremental", tasks=3, epochs=2)
+    for entry in ({"ewc": {"ewc_lambda": 0.0}}, {"mas": {"lambda_reg": 0.0}}):
+        zero, _ = tiny_run(entry, scenario="task_incremental", tasks=3, epochs=2)
+        assert zero.matrix == naive.matrix, entry

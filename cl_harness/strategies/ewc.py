@@ -13,6 +13,7 @@ from avalanche.training.plugins import EWCPlugin
 
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.strategies.common.importance import ewc_penalty
+from cl_harness.strategies.common.rng import rng_untouched
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -43,8 +44,14 @@ class EWC(EWCPlugin):
     """Avalanche's EWCPlugin (importances, anchors, online update) with the penalty computed by ``ewc_penalty``.
 
     Importances are Avalanche's: the squared gradient of each training mini-batch's mean loss, averaged
-    over the mini-batches, computed with the model in eval mode after each task.
+    over the mini-batches, computed with the model in eval mode after each task, without moving the
+    random stream (so that ``ewc_lambda: 0`` trains exactly as naive does).
     """
+
+    def after_training_exp(self, strategy, **kwargs):
+        """Avalanche's importance pass, leaving the random stream where training left it (``rng_untouched``)."""
+        with rng_untouched(strategy.device):
+            super().after_training_exp(strategy, **kwargs)
 
     def before_backward(self, strategy, **kwargs):
         finished = strategy.clock.train_exp_counter  # tasks already trained on

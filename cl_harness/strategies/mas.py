@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from avalanche.training.plugins import MASPlugin
 
+from cl_harness.strategies.common.rng import rng_untouched
+
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -16,23 +18,32 @@ from cl_harness.strategies.registry import BuildContext, StrategyInfo
 class MASConfig:
     """Memory Aware Synapses: loss + lambda * sum_k Omega_k (theta_k - theta*_k)^2."""
 
-    lambda_reg: float = field(default=1.0, metadata={"help": (
-        "lambda, the weight of the penalty (Aljundi et al. 2018 use 1); changes training at fine-tuning step sizes "
-        "(docs/defaults.md)"), "ge": 0.0})
+    lambda_reg: float = field(default=100.0, metadata={"help": (
+        "lambda, the weight of the penalty. Default 100, not Aljundi et al. 2018's 1: with the importance pass kept out "
+        "of the random stream, lambda 1 trained exactly as naive (docs/defaults.md: a small search; 1e4 stops learning)"),
+        "ge": 0.0})
     alpha: float = field(
         default=0.5,
         metadata={"help": "Omega <- alpha * Omega_old + (1 - alpha) * Omega_new after each task", "ge": 0.0, "le": 1.0},
     )
 
 
+class MAS(MASPlugin):
+    """Avalanche's MASPlugin, its importance pass leaving the random stream untouched (``lambda_reg: 0`` is naive)."""
+
+    def after_training_exp(self, strategy, **kwargs):
+        with rng_untouched(strategy.device):
+            super().after_training_exp(strategy, **kwargs)
+
+
 def build(config: MASConfig, context: BuildContext) -> list:
-    """Avalanche's MASPlugin, used as is.
+    """Avalanche's MASPlugin, its importance pass kept out of the random stream.
 
     After each task it averages ``|d ||f(x)||^2 / d theta|`` over the task's training mini-batches
     (``f(x)``: the logits). Logits of masked units are constants (``MASKED_LOGIT``), so they add nothing
     to the gradient: only the units the model has trained on shape the importances.
     """
-    return [MASPlugin(lambda_reg=config.lambda_reg, alpha=config.alpha)]
+    return [MAS(lambda_reg=config.lambda_reg, alpha=config.alpha)]
 
 
 INFO = StrategyInfo(

@@ -34,23 +34,24 @@ def run_tasks(function, calls_for, address: str | None, cpus: float, gpus: float
     from ray.exceptions import RayError
 
     started_here = RayExecutor(address, 0, cpus, gpus).connect()
-    refs = []
+    pending = []
     try:
         slots = max(1, int(ray.cluster_resources().get("CPU", 1.0) // cpus))
         task = ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
-        refs = [task.remote(*args) for args in calls_for(slots)]
+        pending = [task.remote(*args) for args in calls_for(slots)]
         errors: list[str | None] = []
-        for ref in refs:
+        for ref in list(pending):
             try:
                 ray.get(ref)
                 errors.append(None)
             except RayError as exc:
                 lines = str(exc).strip().splitlines()
                 errors.append(f"{type(exc).__name__}: {lines[-1] if lines else ''}")
+            pending.remove(ref)
         return errors
     finally:
-        for ref in refs:
-            ray.cancel(ref)  # interrupted here: the tasks end their trial runs KILLED
+        for ref in pending:  # interrupted here: the unfinished tasks end their trial runs KILLED
+            ray.cancel(ref)  # (never a finished task: cancelling one can crash Ray 2.60's driver)
         if started_here:
             ray.shutdown()
 

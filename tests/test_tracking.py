@@ -246,3 +246,27 @@ def test_one_log_batch_call_per_step(store: Store, monkeypatch: pytest.MonkeyPat
     run.log_step(2, {"a:b": 0.1, "a@b": 0.2})  # distinct names stay distinct keys (a short hash of each)
     assert len(calls) == 2 and metric_key("a:b") != metric_key("a@b")
     run.end()
+
+
+def test_a_tag_write_that_lost_an_insert_race_is_retried_once_and_other_failures_are_not():
+    """Two processes finishing one grid set the parent's tags and the shared view at once: the loser's insert hits the
+    unique key (seen in CI: experiment_tags), and its retry finds the tag and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    from cl_harness.tracking.store import retry_if_raced
+
+    calls = []
+
+    def write():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
+        return "written"
+
+    assert retry_if_raced(write) == "written" and len(calls) == 2
+
+    def broken():
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    with pytest.raises(MlflowException, match="locked"):
+        retry_if_raced(broken)

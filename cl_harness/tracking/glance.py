@@ -14,6 +14,7 @@ from cl_harness.tracking.links import artifact_url
 
 from cl_harness.tracking.schema import NOTE_TAG, SHARED_VIEW_TAG_PREFIX
 from cl_harness.tracking.schema import REPORT_HTML_ARTIFACT as REPORT_ARTIFACT
+from cl_harness.tracking.store import retry_if_raced
 
 
 def note(markdown: str) -> dict[str, str]:
@@ -45,7 +46,8 @@ def view_state(metric_keys: Sequence[str]) -> dict:
 
 def share_view(client: MlflowClient, experiment_id: str, key: str, metric_keys: Sequence[str]) -> str:
     """Store a runs-table view showing ``metric_keys`` as columns, under ``key``; returns the key."""
-    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(view_state(metric_keys)))
+    value = json.dumps(view_state(metric_keys))
+    retry_if_raced(lambda: client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, value))
     return key
 
 

@@ -7,7 +7,9 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse, urlunparse
 
 from mlflow import MlflowClient
@@ -20,6 +22,7 @@ from cl_harness.tracking.store_guard import probe_store, store_creation_lock
 SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
 
 _BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+T = TypeVar("T")
 
 
 def is_store_failure(exc: BaseException) -> bool:
@@ -30,6 +33,26 @@ def is_store_failure(exc: BaseException) -> bool:
     from sqlalchemy.exc import SQLAlchemyError
 
     return isinstance(exc, (MlflowException, RequestException, TrackingStoreError, SQLAlchemyError, sqlite3.Error))
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    """Whether a store write failed because another writer inserted the same key first (SQL unique constraint)."""
+    text = str(exc)
+    return "UNIQUE constraint failed" in text or "IntegrityError" in text or "duplicate key" in text.lower()
+
+
+def retry_if_raced(write: Callable[[], T]) -> T:
+    """``write()``, once more if it lost an insert race (two processes finishing one grid set the same tag at once).
+
+    MLflow's SQL store sets a tag by looking it up and inserting it when absent; a second writer that looked
+    before the first inserted fails on the unique key. Its retry finds the tag and updates it.
+    """
+    try:
+        return write()
+    except MlflowException as exc:
+        if not is_duplicate_key(exc):
+            raise
+        return write()
 
 
 def sqlite_db_path(uri: str) -> Path | None:

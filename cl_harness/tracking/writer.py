@@ -27,7 +27,7 @@ from mlflow.utils.validation import (
 
 from cl_harness.tracking import schema
 from cl_harness.tracking.schema import END_STATUSES, PARENT_RUN_TAG, metric_key
-from cl_harness.tracking.store import run_exists
+from cl_harness.tracking.store import retry_if_raced, run_exists
 
 TRACKED_PACKAGES = ("torch", "transformers", "avalanche-lib", "mlflow", "datasets", "cl-harness")
 
@@ -179,7 +179,7 @@ class RunLogger:
         """Set run tags (values as strings, truncated to MLflow's limit), in batches of 100."""
         items = [RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(self._run_id, tags=chunk)
+            retry_if_raced(lambda chunk=chunk: self._client.log_batch(self._run_id, tags=chunk))  # two finishers of one grid
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run terminated with status FINISHED, FAILED or KILLED."""

@@ -292,25 +292,9 @@ def test_a_ray_run_whose_worker_always_dies_fails_and_the_grid_finishes(ray_clus
 @pytest.mark.slow
 def test_a_search_on_ray_runs_its_trials_in_ray_workers_sharing_each_study(ray_cluster, tmp_path, tiny_bert, capsys):
     """2 strategies x 2 trials with --executor ray on a 2-CPU cluster: 2 tasks, each one trial of each study."""
-    from mlflow import MlflowClient
-    from test_search import experiment_with_search
-    from test_search_processes import LR, study_states
+    from test_search_processes import check_trained_in_two_other_processes, two_strategy_search
 
-    pids = tmp_path / "pids"
-    record = {"cl_test_plugins:RecordProcess": {"pid_file": str(pids)}}
-    strategies = [{"name": "naive", "plugins": ["naive", record]}, {"name": "ewc", "plugins": ["ewc", record]}]
-    spaces = {"naive": LR, "ewc": {"ewc.ewc_lambda": {"low": 10, "high": 1e4, "log": True}}}
-    path = experiment_with_search(tmp_path, tiny_bert, {"n_trials": 2, "pruner": "none", "spaces": spaces}, strategies=strategies)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path, pids, uri = two_strategy_search(tmp_path, tiny_bert)
     assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--executor", "ray", "--search-only"]) == 0
     assert "its missing trials run here" not in capsys.readouterr().err
-
-    (folder,) = (tmp_path / "runs").glob("*/search-*")
-    assert study_states(folder, "naive") == study_states(folder, "ewc") == ["COMPLETE", "COMPLETE"]
-    trainers = pids.read_text().split()
-    assert len(trainers) == 4 and len(set(trainers)) == 2 and str(os.getpid()) not in trainers  # two Ray workers
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    assert sorted(r.info.run_name for r in runs if r.data.tags.get("cl_harness.role") == "trial") == [
-        f"{label}/trial{n}/seed0" for label in ("ewc", "naive") for n in (0, 1)]
+    check_trained_in_two_other_processes(tmp_path, pids, uri)  # the two Ray workers

@@ -84,27 +84,35 @@ def test_a_search_killed_mid_trial_resumes_to_the_configured_trial_count(tmp_pat
     assert parent.info.status == "FINISHED" and "best_params.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-@pytest.mark.slow
-def test_two_workers_share_each_strategys_study(tmp_path, tiny_bert, capsys):
-    """2 strategies x 2 trials in 2 worker processes: each study ends with 2 complete trials, all trained in the workers."""
-    from mlflow import MlflowClient
-
+def two_strategy_search(tmp_path: Path, tiny_bert) -> tuple[Path, Path, str]:
+    """naive and ewc, 2 trials each, every trained run recording its process id: (experiment, pid file, store URI)."""
     pids = tmp_path / "pids"
     record = {"cl_test_plugins:RecordProcess": {"pid_file": str(pids)}}
     strategies = [{"name": "naive", "plugins": ["naive", record]}, {"name": "ewc", "plugins": ["ewc", record]}]
     spaces = {"naive": LR, "ewc": {"ewc.ewc_lambda": {"low": 10, "high": 1e4, "log": True}}}
     path = experiment_with_search(tmp_path, tiny_bert, {"n_trials": 2, "pruner": "none", "spaces": spaces}, strategies=strategies)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--workers", "2", "--search-only"]) == 0
-    assert "stopped with exit code" not in capsys.readouterr().err
+    return path, pids, f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def check_trained_in_two_other_processes(tmp_path: Path, pids: Path, uri: str) -> None:
+    """Each study ended with 2 complete trials, all 4 trained in 2 processes other than this one, all FINISHED."""
+    from mlflow import MlflowClient
 
     (folder,) = (tmp_path / "runs").glob("*/search-*")
     assert study_states(folder, "naive") == study_states(folder, "ewc") == ["COMPLETE", "COMPLETE"]
     trainers = pids.read_text().split()
-    assert len(trainers) == 4 and len(set(trainers)) == 2 and str(os.getpid()) not in trainers  # two worker processes
-
+    assert len(trainers) == 4 and len(set(trainers)) == 2 and str(os.getpid()) not in trainers
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.info.run_name for r in runs if r.data.tags.get("cl_harness.role") == "trial") == [
         f"{label}/trial{n}/seed0" for label in ("ewc", "naive") for n in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_workers_share_each_strategys_study(tmp_path, tiny_bert, capsys):
+    """2 strategies x 2 trials in 2 worker processes: each study ends with 2 complete trials, all trained in the workers."""
+    path, pids, uri = two_strategy_search(tmp_path, tiny_bert)
+    assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--workers", "2", "--search-only"]) == 0
+    assert "stopped with exit code" not in capsys.readouterr().err
+    check_trained_in_two_other_processes(tmp_path, pids, uri)

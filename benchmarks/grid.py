@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-avalanche", action="store_true", help="time the harness alone")
     parser.add_argument("--bf16-harness", action="store_true", help="also time the harness with training.precision bf16")
     parser.add_argument("--dry-run", action="store_true", help="write and validate the experiment, print the plan, train nothing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data_root = args.data_root.resolve()  # written into a stream file in a temporary folder
+    return args
 
 
 def write_experiment(folder: Path, args: argparse.Namespace) -> Path:

@@ -249,9 +249,10 @@ def shown_metrics(table: pd.DataFrame) -> list[str]:
     return [m for m in TABLE_METRICS if f"{m}_mean" in table and table[f"{m}_mean"].notna().any()]
 
 
-def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of a ``Comparison.table()``: strategy, runs, then ``mean ± std`` per metric."""
-    metrics = shown_metrics(table)
+def display_rows(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells of a ``Comparison.table()``: strategy, runs, then ``mean ± std`` per metric (all
+    shown metrics, or ``metrics``), the accuracy followed by its interval and p-values where computed."""
+    metrics = shown_metrics(table) if metrics is None else list(metrics)
     extra_headers, extra_cells = statistics_display(table, lambda v: format_value(v, "acc"))
     headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in metrics[:1]] + extra_headers + [HEADERS.get(m, m) for m in metrics[1:]]
     rows = []

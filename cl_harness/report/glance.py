@@ -16,11 +16,10 @@ from cl_harness.tracking.schema import SUMMARY_PREFIX, summary_key  # noqa: F401
 from cl_harness.report.compare import (
     HEADERS,
     Comparison,
-    format_mean_std,
-    format_value,
+    display_rows,
     shown_metrics,
 )
-from cl_harness.report.statistics import ALPHA, BOOTSTRAP_FROM, statistics_display
+from cl_harness.report.statistics import ALPHA, BOOTSTRAP_FROM
 
 #: Parent-run summary metrics: ``summary/<measure>/<strategy>``, the mean over the strategy's finished runs (fractions).
 SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc")
@@ -49,16 +48,7 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
 def compact_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the compact comparison: strategy, runs, mean ± std of COMPACT_METRICS (accuracies in %),
     and after the accuracy its 95% interval and Holm-corrected p-values against the best and naive, where computed."""
-    metrics = [m for m in COMPACT_METRICS if m in shown_metrics(table)]
-    stat_headers, stat_cells = statistics_display(table, lambda v: format_value(v, "acc"))
-    first = metrics[:1]  # acc, followed by its interval and tests
-    headers = ["strategy", "runs"] + [HEADERS.get(m, m) for m in first] + stat_headers + [HEADERS.get(m, m) for m in metrics[1:]]
-    rows = []
-    for index, (_, row) in enumerate(table.iterrows()):
-        cells = [format_mean_std(row[f"{m}_mean"], row[f"{m}_std"], m) for m in metrics]
-        rows.append([str(row["strategy"]), f"{int(row['n_finished'])}/{int(row['n_runs'])}"]
-                    + cells[:1] + stat_cells[index] + cells[1:])
-    return headers, rows
+    return display_rows(table, [m for m in COMPACT_METRICS if m in shown_metrics(table)])
 
 
 def significance_legend(table: pd.DataFrame) -> str:
@@ -93,7 +83,8 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def parent_description(comparison: Comparison, report_link: str | None = None) -> str:
     """The parent run's markdown description: the comparison table (accuracies in %), the report link, unfinished runs."""
-    headers, rows = compact_rows(comparison.table())
+    table = comparison.table()  # computed once: its intervals are bootstraps
+    headers, rows = compact_rows(table)
     finished = len(comparison.finished())
     tags = comparison.parent_tags
     parts = [
@@ -104,7 +95,7 @@ def parent_description(comparison: Comparison, report_link: str | None = None) -
         "",
         ("Best mean final accuracy first. Accuracy-based columns in %; a cell is the mean ± sample std over the "
          "finished runs (seeds × task orders), the mean alone for one run or a constant value. "
-         + significance_legend(comparison.table())).strip(),
+         + significance_legend(table)).strip(),
     ]
     if report_link:
         parts += ["", f"Every metric, per-run values and plots: [report.html]({report_link})"]

@@ -107,6 +107,40 @@ def test_a_full_disk_during_the_write_keeps_the_last_good_checkpoint(tmp_path, m
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_write_that_fails_in_the_background_is_raised_by_wait_and_the_last_good_checkpoint_stays(tmp_path, monkeypatch):
+    """The file is written by a background thread (start_checkpoint); its error reaches the run when it waits."""
+    import cl_harness.runner.checkpoint as checkpoint
+
+    save(tmp_path, 1, 1.0)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    model = torch.nn.Linear(3, 2)
+    pending = checkpoint.start_checkpoint(tmp_path, 2, model, torch.optim.SGD(model.parameters(), lr=0.1), [], SimpleNamespace())
+    with pytest.raises(OSError) as raised:
+        pending.wait()
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_checkpoint_is_a_snapshot_taken_when_it_starts(tmp_path):
+    """Training may go on while the bytes are written: what is saved is the state when ``start_checkpoint`` was called."""
+    from cl_harness.runner.checkpoint import start_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    pending = start_checkpoint(tmp_path, 1, model, torch.optim.SGD(model.parameters(), lr=0.1), [], SimpleNamespace())
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    pending.wait()
+    assert torch.equal(load_checkpoint(tmp_path)["model"]["weight"], torch.ones(2, 3))
+
+
 def test_a_full_disk_during_a_run_exits_3_and_leaves_nothing_running(tmp_path, tiny_bert, monkeypatch, capsys):
     from cl_harness.cli import main
 
@@ -184,8 +218,8 @@ def test_no_checkpoint_after_the_last_task_and_a_run_stopped_there_resumes_from_
     experiment = write_experiment(tmp_path, tiny_bert, ["naive"])
     monkeypatch.chdir(tmp_path)
     written = []
-    real_save = run_module.save_checkpoint
-    monkeypatch.setattr(run_module, "save_checkpoint", lambda folder, step, *rest: (written.append(step), real_save(folder, step, *rest)))
+    real_start = run_module.start_checkpoint
+    monkeypatch.setattr(run_module, "start_checkpoint", lambda folder, step, *rest: (written.append(step), real_start(folder, step, *rest))[1])
     real_outcome = run_module.TrainingRun._save_outcome
 
     def stop_once(self, state, result):

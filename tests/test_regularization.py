@@ -162,10 +162,11 @@ def test_ewc_penalty_is_differentiable_towards_the_anchor():
 
 
 def test_online_ewc_keeps_one_set_of_importances(tiny_run):
-    result, strategy = tiny_run({"ewc": {"mode": "online", "decay": 0.5}})
+    result, strategy = tiny_run({"ewc": {"mode": "online", "decay": 0.5}}, tasks=3)
     plugin = strategy.plugins[0]
     assert result.status == "FINISHED", result.error
-    assert list(plugin.importances) == [1] and list(plugin.saved_params) == [1]  # separate: see the next tests
+    # after tasks 1 and 2, kept as one set; none after the last task, which no later task would pay (separate: below)
+    assert list(plugin.importances) == [1] and list(plugin.saved_params) == [1]
 
 
 def test_online_ewc_decays_the_old_importances():
@@ -180,17 +181,18 @@ def test_online_ewc_decays_the_old_importances():
 def test_separate_ewc_keeps_importances_per_task_and_a_larger_lambda_stays_nearer_the_anchor(tiny_run):
     distances = {}
     for ewc_lambda in (0.0, 1.0e6):
-        result, strategy = tiny_run({"ewc": {"ewc_lambda": ewc_lambda}}, lr=3e-3)
+        result, strategy = tiny_run({"ewc": {"ewc_lambda": ewc_lambda}}, lr=3e-3, tasks=3)
         assert result.status == "FINISHED", result.error
         plugin, model = strategy.plugins[0], strategy.model
         names = [name for name, _ in model.named_parameters()]
-        assert list(plugin.importances) == [0, 1] and list(plugin.saved_params) == [0, 1]  # one set per task
+        # one set per task, none after the last (no later task is penalised with it)
+        assert list(plugin.importances) == [0, 1] and list(plugin.saved_params) == [0, 1]
         for task in (0, 1):
             assert list(plugin.importances[task]) == names
             assert all(float(imp.data.min()) >= 0 for imp in plugin.importances[task].values())
         assert sum(float(imp.data.sum()) for imp in plugin.importances[0].values()) > 0
         distances[ewc_lambda] = ewc_penalty(model, plugin.saved_params[0], plugin.importances[0]).item()
-    # both runs share task 1 (same seed), so the same anchor; the penalty held task 2 near it
+    # both runs share task 1 (same seed), so the same anchor; the penalty held tasks 2 and 3 near it
     assert distances[1.0e6] < 0.5 * distances[0.0]
 
 

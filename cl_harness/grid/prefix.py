@@ -27,25 +27,30 @@ def prefix_folder(grid: Path, unit: PrefixUnit) -> Path:
     return grid / PREFIXES_FOLDER / unit.name.replace("/", "-")
 
 
-def prefix_ready(folder: Path) -> bool:
-    """True when ``folder`` holds a finished prefix whose checkpoint matches its recorded size and sha256."""
+def prefix_ready(folder: Path, hashed: bool = True) -> bool:
+    """True when ``folder`` holds a finished prefix whose checkpoint matches its recorded size and sha256.
+
+    ``hashed=False`` skips reading the checkpoint back (it was just written, and hashed from memory).
+    """
     try:
         state = load_state(folder)
     except ConfigError:  # a damaged state file: the prefix is trained again
         return False
     checkpoint = folder / CHECKPOINT_FILE
-    return state is not None and state.status == FINISHED and checkpoint.is_file() and verify(checkpoint) is None
+    finished = state is not None and state.status == FINISHED and checkpoint.is_file()
+    return finished and (not hashed or verify(checkpoint) is None)
 
 
 def ensure_prefix(prepared: PreparedExperiment, unit: PrefixUnit, grid: Path, show_progress: bool) -> SharedPrefix | None:
     """The unit's prefix for a run to fork: reused from its folder, else trained here first; None if its training failed."""
     folder = prefix_folder(grid, unit)
     with run_lock(folder, unit.name):  # runs of the same prefix in other processes wait here
-        if not prefix_ready(folder):
-            plan = prepared.run_plan(PlannedRun(StrategySpec(PREFIX_LABEL), unit.seed, unit.order_index, unit.order, unit.training))
-            plan.prefix = SharedPrefix(folder, save=True)
-            train_and_evaluate(plan, None, show_progress)
-        return SharedPrefix(folder) if prefix_ready(folder) else None  # a failed prefix: the run trains task 1 itself
+        if prefix_ready(folder):
+            return SharedPrefix(folder)
+        plan = prepared.run_plan(PlannedRun(StrategySpec(PREFIX_LABEL), unit.seed, unit.order_index, unit.order, unit.training))
+        plan.prefix = SharedPrefix(folder, save=True)
+        train_and_evaluate(plan, None, show_progress)
+        return SharedPrefix(folder) if prefix_ready(folder, hashed=False) else None  # a failed prefix: the run trains task 1 itself
 
 
 def train_time_saved(runs: list[PlannedRun], results: list[RunResult], grid: Path) -> float | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import random
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,53 @@ def checkpoint_payload(step: int, model, optimizer, plugins: list, clock, loss_s
 
 def save_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> None:
     """The checkpoint after ``step`` tasks, written and verified (see ``checkpoint_payload``)."""
-    payload = checkpoint_payload(step, model, optimizer, plugins, clock, loss_scale)
-    write_verified(folder, step, lambda f: torch.save(payload, f))
+    start_checkpoint(folder, step, model, optimizer, plugins, clock, loss_scale).wait()
+
+
+def start_checkpoint(folder: Path, step: int, model, optimizer, plugins: list, clock, loss_scale=None) -> PendingCheckpoint:
+    """Serialise the checkpoint after ``step`` tasks now, and write it in the background; ``wait()`` once it must be on disk.
+
+    The payload is a snapshot taken here: training may change the model while the bytes are written.
+    """
+    data = serialize(folder, checkpoint_payload(step, model, optimizer, plugins, clock, loss_scale))
+    return PendingCheckpoint(folder, step, data)
+
+
+class PendingCheckpoint:
+    """A serialised checkpoint that a background thread writes, hashes and syncs (``write_verified``).
+
+    The run starts one right after a task's training, scores the tasks meanwhile, and waits for it before the
+    step counts as done: the same guarantees as a synchronous write, with the disk time hidden behind evaluation.
+    A write error (a full disk) is raised by ``wait``.
+    """
+
+    def __init__(self, folder: Path, step: int, data: memoryview) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, args=(folder, step, data), name="cl-harness-checkpoint")
+        self._thread.start()
+
+    def _write(self, folder: Path, step: int, data: memoryview) -> None:
+        try:
+            write_verified(folder, step, data)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._error = exc
+
+    def wait(self) -> None:
+        """Return once the checkpoint is on disk; raise what the write raised."""
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def serialize(folder: Path, payload: dict) -> memoryview:
+    """``torch.save`` of a checkpoint payload into memory (its failures raised as OSError naming ``folder``'s checkpoint)."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(payload, buffer)
+    except RuntimeError as exc:
+        raise _as_os_error(exc, folder) from exc
+    return buffer.getbuffer()
 
 
 def file_digest(path: Path) -> dict:
@@ -134,29 +181,29 @@ def _as_os_error(exc: RuntimeError, folder: Path) -> OSError:
     return OSError(code, f"{os.strerror(code)} while writing a checkpoint", str(folder / CHECKPOINT_FILE))
 
 
-def write_verified(folder: Path, step: int, write) -> None:
-    """Write ``checkpoint.pt`` atomically with its digest beside it, keeping the previous one until the new one is whole."""
+def write_verified(folder: Path, step: int, data: memoryview | bytes) -> None:
+    """Write ``checkpoint.pt`` atomically with its digest beside it, keeping the previous one until the new one is whole.
+
+    The sha256 is taken from ``data`` in memory (one pass, no re-read of the file).
+    """
     path = folder / CHECKPOINT_FILE
     folder.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as file:
-            try:
-                write(file)
-                file.flush()
-            except RuntimeError as exc:
-                raise _as_os_error(exc, folder) from exc
+            file.write(data)
+            file.flush()
             os.fsync(file.fileno())
-        digest = {**file_digest(tmp), "step": step}
+        digest = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "step": step}
         previous = folder / PREVIOUS_CHECKPOINT_FILE
         if path.is_file() and verify(path) is None:  # the last good one stays until the new one is in place
             os.replace(path, previous)
             os.replace(digest_path(path), digest_path(previous))
         digest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
-        data = json.dumps(digest).encode()
-        atomic_write_bytes(digest_path(path), lambda f: f.write(data))
+        encoded = json.dumps(digest).encode()
+        atomic_write_bytes(digest_path(path), lambda f: f.write(encoded))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from cl_harness.runner.checkpoint import checkpoint_payload, restore_rng_states, write_verified
+from cl_harness.runner.checkpoint import checkpoint_payload, restore_rng_states, serialize, write_verified
 
 PREFIX_TASKS = 1  # tasks a prefix trains
 
@@ -60,7 +59,7 @@ def save_prefix(folder: Path, strategy, meter, loss_scale=None) -> float:
     payload = checkpoint_payload(PREFIX_TASKS, strategy.model, strategy.optimizer, [], strategy.clock, loss_scale)
     payload["grads"] = {name: p.grad for name, p in strategy.model.named_parameters() if p.grad is not None}
     payload["meter"] = {"examples": meter.examples, "seconds": seconds}
-    write_verified(folder, PREFIX_TASKS, lambda f: torch.save(payload, f))
+    write_verified(folder, PREFIX_TASKS, serialize(folder, payload))
     return seconds
 
 

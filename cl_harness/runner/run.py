@@ -29,13 +29,14 @@ from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import (
+    PendingCheckpoint,
     RunState,
     load_checkpoint,
     load_state,
     remove_checkpoints,
     restore_rng_states,
-    save_checkpoint,
     save_state,
+    start_checkpoint,
 )
 from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
@@ -417,21 +418,29 @@ class TrainingRun:
                 state.status, state.metrics = "FINISHED", {schema.TRAIN_TIME_METRIC: self.prefix_seconds}
                 save_state(plan.prefix.folder, state)
                 return
-            with known_warnings_silenced():
-                row = self.evaluate(self.model, step)
-                state.correct.append(self.evaluate.correct)
-                if self.validate:
-                    state.valid_matrix.append(self.validate(self.model, step))
+            # No checkpoint after the last task: the run finishes next and deletes its weights unread. A run killed
+            # between here and then resumes from the previous checkpoint (steps_done stays there) and retrains it.
+            # The checkpoint is taken now (scoring changes no state it holds) and written while the tasks are scored.
+            pending = self._start_checkpoint(step) if self.folder and step < last_step else None
+            try:
+                with known_warnings_silenced():
+                    row = self.evaluate(self.model, step)
+                    state.correct.append(self.evaluate.correct)
+                    if self.validate:
+                        state.valid_matrix.append(self.validate(self.model, step))
+            finally:
+                if pending is not None:
+                    pending.wait()  # on disk before the step counts as done
             result.matrix.append(row)
             if self.folder:
-                # No checkpoint after the last task: the run finishes next and deletes its weights unread. A run killed
-                # between here and then resumes from the previous checkpoint (steps_done stays there) and retrains it.
-                if step < last_step:
-                    save_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
+                if pending is not None:
                     state.steps_done = step
                 save_state(self.folder, state)
             trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})
+
+    def _start_checkpoint(self, step: int) -> PendingCheckpoint:
+        return start_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)
 
     def _at_prefix_end(self, step: int):
         """Where task 1's epochs end in a run linked to a shared prefix: save the prefix there, or fork it in their place."""

@@ -14,6 +14,7 @@ from avalanche.training.plugins import EWCPlugin
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.strategies.common.importance import ewc_penalty
 from cl_harness.strategies.common.rng import rng_untouched
+from cl_harness.strategies.common.stream import more_tasks_follow
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -50,7 +51,12 @@ class EWC(EWCPlugin):
     """
 
     def after_training_exp(self, strategy, **kwargs):
-        """Avalanche's importance pass, leaving the random stream where training left it (``rng_untouched``)."""
+        """Avalanche's importance pass, leaving the random stream where training left it (``rng_untouched``).
+
+        Skipped after the stream's last task: no later task is penalised with it (and the pass changes nothing else).
+        """
+        if not more_tasks_follow(strategy):
+            return
         with rng_untouched(strategy.device):
             super().after_training_exp(strategy, **kwargs)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from avalanche.training.plugins import MASPlugin
 
 from cl_harness.strategies.common.rng import rng_untouched
-
+from cl_harness.strategies.common.stream import more_tasks_follow
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
 
@@ -32,6 +32,9 @@ class MAS(MASPlugin):
     """Avalanche's MASPlugin, its importance pass leaving the random stream untouched (``lambda_reg: 0`` is naive)."""
 
     def after_training_exp(self, strategy, **kwargs):
+        """The importance pass, except after the stream's last task (no later task is penalised with it)."""
+        if not more_tasks_follow(strategy):
+            return
         with rng_untouched(strategy.device):
             super().after_training_exp(strategy, **kwargs)
 

@@ -203,6 +203,28 @@ def padded_eval(model: nn.Module, inputs: torch.Tensor, batch: int) -> None:
         model(inputs[start : start + batch]).argmax(1)
 
 
+def model_flops(config, lengths: torch.Tensor, passes: int) -> float:
+    """FLOPs an encoder needs for texts of ``lengths`` real tokens: ``passes`` 1 for inference, 3 for training.
+
+    Per layer and token, the linear maps (attention projections and feed-forward) take ``2 * (4 h^2 + 2 h f)``, the
+    attention scores and weighted sum ``4 h l`` (Kaplan et al. 2020's count); padding is not counted (model-FLOP
+    utilisation counts the work a text needs, so a padded loop scores lower for the same speed).
+    """
+    hidden, layers, inner = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    lengths = lengths.double()
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * inner)
+    forward = layers * (per_token * lengths.sum() + 4 * hidden * (lengths * lengths).sum())
+    return passes * float(forward)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of the best of three runs of square matrix products: the practical peak of these cores (or this GPU)."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = min(timed(lambda: [a @ b for _ in range(repeats)]) for _ in range(3))
+    return 2 * size**3 * repeats / best
+
+
 def measure(variants: dict, rounds: int) -> dict[str, float]:
     """Seconds per variant: round-robin, best of ``rounds`` (load on a shared machine hits all variants alike)."""
     seconds: dict[str, float] = {}
@@ -295,6 +317,13 @@ def main() -> None:
         for name, s in seconds.items():
             rate = args.examples / s
             print(f"  {name:<34} {rate:6.1f} ex/s   x{rate / base:4.2f} vs (c)   x{rate / best:4.2f} vs (b)")
+        peak = matmul_peak_flops(device)
+        needed = model_flops(load_encoder(config).config, train_x[:, 1].sum(1), passes=3)
+        print(f"  model FLOPs utilisation (the {needed / 1e9:.0f} GFLOP the texts need, padding not counted, against the "
+              f"{peak / 1e9:.0f} GFLOP/s of an fp32 {2048}x{2048} matmul here):")
+        for name in ("(c) Avalanche Naive, padded", "(d) cl-harness naive", "(g) cl-harness naive, bf16"):
+            if name in seconds:
+                print(f"    {name:<32} {needed / seconds[name] / 1e9:6.1f} GFLOP/s = {100 * needed / seconds[name] / peak:4.1f}% of that peak")
 
         replay = measure(
             {

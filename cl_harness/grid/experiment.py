@@ -20,7 +20,14 @@ from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_stat
 from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.runner.prefix import PREFIX_TASKS
 from cl_harness.tracking import writer
-from cl_harness.tracking.schema import FAILED, FINISHED, KILLED, SHARED_PREFIX_TASKS_TAG, TRAIN_TIME_SAVED_METRIC
+from cl_harness.tracking.schema import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    SHARED_PREFIX_TASKS_TAG,
+    TOKENISE_TIME_METRIC,
+    TRAIN_TIME_SAVED_METRIC,
+)
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
 from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
@@ -234,6 +241,7 @@ def run_experiment(
         if restart and grid.exists():  # keep the old folder, out of the way
             grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
         parent = open_parent(client, experiment_id, prepared, grid, tags)
+    parent.log_final({TOKENISE_TIME_METRIC: prepared.tokenise_seconds})
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)

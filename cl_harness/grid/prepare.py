@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import dataclasses
 import functools
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class PreparedExperiment:
     encoded: list[EncodedTask]
     cache: TokenCache | None = None  # its hits and misses tell whether tokenising was skipped
     resources: dict = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
+    tokenise_seconds: float = 0.0  # wall time of tokenising (or reading from the token cache), logged on the parent run
 
     # One hop to what runs read (``experiment.training.lr``) instead of ``experiment.checked.loaded.config.training.lr``.
     @property
@@ -318,5 +320,6 @@ def prepare_experiment(checked: CheckedExperiment, cache: TokenCache | None | st
             return encode_texts(checked.tokenizer, texts, max_length)
         return cache.encode(texts, max_length, lambda t, n: encode_texts(checked.tokenizer, t, n))
 
+    started = time.perf_counter()
     encoded = checked.kinds.encode_tasks(checked.tasks, checked.space, encode)
-    return PreparedExperiment(checked, encoded, cache, checked.kind_resources())
+    return PreparedExperiment(checked, encoded, cache, checked.kind_resources(), time.perf_counter() - started)

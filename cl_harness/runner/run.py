@@ -377,12 +377,15 @@ class TrainingRun:
             state.valid_matrix = state.valid_matrix[: checkpoint["step"]]
             state.steps_done = checkpoint["step"]
             note = f"resumed after task {state.steps_done} from {self.folder}"
+            scored = {}
         else:
+            scoring = time.perf_counter()
             note = self._step_0(state)
+            scored = {schema.EVAL_TIME_METRIC: time.perf_counter() - scoring}
             state.matrix, state.valid_matrix, state.steps_done = [], [], 0
             if self.folder:
                 save_state(self.folder, state)
-        self._log_step(0, state.initial, self._extra())
+        self._log_step(0, state.initial, {**self._extra(), **scored})
         for step, row in enumerate(state.matrix, start=1):
             self._log_step(step, row, {})
         return note
@@ -422,12 +425,14 @@ class TrainingRun:
             # between here and then resumes from the previous checkpoint (steps_done stays there) and retrains it.
             # The checkpoint is taken now (scoring changes no state it holds) and written while the tasks are scored.
             pending = self._start_checkpoint(step) if self.folder and step < last_step else None
+            scoring = time.perf_counter()
             try:
                 with known_warnings_silenced():
                     row = self.evaluate(self.model, step)
                     state.correct.append(self.evaluate.correct)
                     if self.validate:
                         state.valid_matrix.append(self.validate(self.model, step))
+                scored = time.perf_counter() - scoring
             finally:
                 if pending is not None:
                     pending.wait()  # on disk before the step counts as done
@@ -436,7 +441,8 @@ class TrainingRun:
                 if pending is not None:
                     state.steps_done = step
                 save_state(self.folder, state)
-            trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
+            trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.EVAL_TIME_METRIC: scored,
+                       schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})
 
     def _start_checkpoint(self, step: int) -> PendingCheckpoint:

@@ -104,6 +104,8 @@ PPPL_PREFIX = "pppl"  # pppl/<task>: an mlm task's pseudo-perplexity
 EM_PREFIX = "em"  # em/<task>: an instruction task's exact match of the generated answer (where the task asks)
 SEEN_AVG_METRIC = "acc/seen_avg"  # mean of the columns of the tasks trained so far
 TRAIN_TIME_METRIC = "train_time_s"  # per step: seconds spent training the step's task
+EVAL_TIME_METRIC = "eval_time_s"  # per step: seconds spent scoring every task (test and validation splits)
+TOKENISE_TIME_METRIC = "tokenise_time_s"  # on the parent run: seconds spent tokenising the stream (or reading its cache)
 TRAINABLE_PARAMS_METRIC = "trainable_params"
 #: Prefix sharing: on a run that forked task 1 from its grid's shared prefix, and on the parent (grid/prefix.py).
 SHARED_PREFIX_TASKS_TAG = "shared_prefix_tasks"  # tasks taken from the prefix

@@ -318,9 +318,12 @@ def main() -> None:
             rate = args.examples / s
             print(f"  {name:<34} {rate:6.1f} ex/s   x{rate / base:4.2f} vs (c)   x{rate / best:4.2f} vs (b)")
         peak = matmul_peak_flops(device)
-        needed = model_flops(load_encoder(config).config, train_x[:, 1].sum(1), passes=3)
+        encoder_config = load_encoder(config).config
+        needed = model_flops(encoder_config, train_x[:, 1].sum(1), passes=3)
+        padded = model_flops(encoder_config, torch.full((len(train_x),), args.max_length), passes=3)
         print(f"  model FLOPs utilisation (the {needed / 1e9:.0f} GFLOP the texts need, padding not counted, against the "
-              f"{peak / 1e9:.0f} GFLOP/s of an fp32 {2048}x{2048} matmul here):")
+              f"{peak / 1e9:.0f} GFLOP/s of an fp32 {2048}x{2048} matmul here; padded to {args.max_length} they take "
+              f"{padded / 1e9:.0f} GFLOP, x{padded / needed:.2f}: the most that cutting padding can give):")
         for name in ("(c) Avalanche Naive, padded", "(d) cl-harness naive", "(g) cl-harness naive, bf16"):
             if name in seconds:
                 print(f"    {name:<32} {needed / seconds[name] / 1e9:6.1f} GFLOP/s = {100 * needed / seconds[name] / peak:4.1f}% of that peak")
@@ -359,7 +362,12 @@ def main() -> None:
         args.eval_rounds,
     )
     padded_s, harness_s = evaluation["padded"], evaluation["harness"]
-    print(f"\nevaluation ({args.eval_examples} examples, batch {args.eval_batch_size}):")
+    eval_lengths = eval_x[:, 1].sum(1).cpu()
+    encoder_config = harness_model.encoder.config
+    eval_needed = model_flops(encoder_config, eval_lengths, passes=1)
+    eval_padded = model_flops(encoder_config, torch.full((len(eval_lengths),), args.max_length), passes=1)
+    print(f"\nevaluation ({args.eval_examples} examples, batch {args.eval_batch_size}; padded to {args.max_length} they take "
+          f"x{eval_padded / eval_needed:.2f} the FLOPs they need):")
     print(f"  padded inference loop              {args.eval_examples / padded_s:6.1f} ex/s")
     print(f"  cl-harness evaluator               {args.eval_examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
     if with_bf16:

@@ -115,6 +115,39 @@ def test_search_picks_best_params_on_validation_only_and_resumes(tmp_path, tiny_
     assert resumed.n_complete == 3
 
 
+def test_trials_that_differ_only_in_strategy_values_share_task_1_and_score_as_unshared_trials(tmp_path, tiny_bert):
+    """EWC trials over ewc_lambda alone train the same task 1: each forks it from one prefix under the search folder,
+    with the trial values an unshared search gives (to 1e-6), and the prefix weights go once the search ends."""
+    from cl_harness.runner.checkpoint import CHECKPOINT_FILE, STATE_FILE
+    from cl_harness.runner.run import train_and_evaluate
+
+    search = {"n_trials": 3, "pruner": "none", "spaces": {"ewc": {"ewc_lambda": {"low": 10, "high": 1e6, "log": True}}}}
+    values, forked = {}, {"shared": [], "unshared": []}
+    for mode in ("shared", "unshared"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        path = experiment_with_search(folder, tiny_bert, search)
+        if mode == "unshared":
+            data = yaml.safe_load(path.read_text())
+            path.write_text(yaml.safe_dump({**data, "prefix_sharing": False}, sort_keys=False))
+        prepared, plan = prepared_for(path)
+
+        def recording(plan_, *args, into=forked[mode], **kwargs):
+            result = train_and_evaluate(plan_, *args, **kwargs)
+            into.append(result.metrics.get("train_time_saved_s", 0.0) > 0)
+            return result
+
+        run_search(prepared, plan, folder / "search", train=recording)
+        trials = optuna.load_study(study_name="ewc", storage=f"sqlite:///{folder / 'search' / 'search.db'}").trials
+        values[mode] = [(t.params, t.value) for t in trials]
+    assert forked == {"shared": [True, True, True], "unshared": [False, False, False]}
+    for (params, shared), (same_params, unshared) in zip(values["shared"], values["unshared"]):
+        assert params == same_params and shared == pytest.approx(unshared, abs=1e-6)
+    (prefix,) = (tmp_path / "shared" / "search" / "prefixes").iterdir()
+    assert (prefix / STATE_FILE).is_file() and not (prefix / CHECKPOINT_FILE).exists()
+    assert not (tmp_path / "unshared" / "search" / "prefixes").exists()
+
+
 def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path):
     """The pruner sees only ``valid_acc/seen_avg``; a fake training reports good trials, then a bad one."""
     from cl_harness.runner.run import RunResult

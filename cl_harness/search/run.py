@@ -23,8 +23,10 @@ import optuna
 import yaml
 
 from cl_harness.grid.experiment import safe_name
-from cl_harness.grid.plan import PlannedRun
-from cl_harness.grid.prepare import PreparedExperiment
+from cl_harness.grid.plan import PlannedRun, PrefixUnit
+from cl_harness.grid.prefix import PREFIXES_FOLDER, ensure_prefix
+from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
+from cl_harness.runner.checkpoint import remove_checkpoints
 from cl_harness.runner.run import train_and_evaluate
 from cl_harness.search.config import ParamSpace, SearchPlan, _plugin_params
 from cl_harness.strategies.registry import PluginSpec, StrategySpec
@@ -69,6 +71,10 @@ class TrialReporter:
 
     def logged_steps(self, key: str) -> set[int]:
         return self.inner.logged_steps(key) if self.inner is not None else set()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.inner is not None:
+            self.inner.set_tags(tags)
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.inner is not None:
@@ -141,12 +147,28 @@ class StrategyResult:
     n_pruned: int
 
 
+def trials_share_prefix(prepared: PreparedExperiment, plan: SearchPlan, spec: StrategySpec) -> bool:
+    """Whether the strategy's trials start from shared task-1 prefixes (``runner/prefix.py``), as a grid's runs do.
+
+    They can when the experiment shares prefixes, the strategy trains task 1 as naive does, and no searched
+    ``training.*`` value is drawn from a range (a range never repeats a value: each prefix would serve one trial).
+    """
+    spaces = plan.spaces[spec.label]
+    ranged = any(name.startswith("training.") and space.choice is None for name, space in spaces.items())
+    return not ranged and spec.naive_prefix_tasks >= 1 and shares_prefix(prepared.checked.loaded)
+
+
 def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.Study, plan: SearchPlan, n_trials: int,
-               train: TrainFn | None = None, trial_logger: TrialLogger | None = None) -> None:
-    """Run ``n_trials`` more trials of the strategy's study (several processes may do so on one study at once)."""
+               train: TrainFn | None = None, trial_logger: TrialLogger | None = None, prefix_root: Path | None = None) -> None:
+    """Run ``n_trials`` more trials of the strategy's study (several processes may do so on one study at once).
+
+    With ``prefix_root`` (the search folder) and ``trials_share_prefix``, each trial seed forks task 1 from the prefix
+    of its seed and training values under ``prefix_root/prefixes/``, trained by the first trial that needs it.
+    """
     train = train or train_and_evaluate
     order = tuple(range(len(prepared.checked.tasks)))
     n_steps = len(order)
+    sharing = prefix_root is not None and trials_share_prefix(prepared, plan, spec)
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: sample(trial, name, space) for name, space in plan.spaces[spec.label].items()}
@@ -157,7 +179,10 @@ def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.S
             reporter = TrialReporter(trial, position * n_steps, inner)
             planned = PlannedRun(trial_spec, seed, 0, order, tuple(training.items()))
             try:
-                result = train(prepared.run_plan(planned), reporter, show_progress=False)
+                run_plan = prepared.run_plan(planned)
+                if sharing:
+                    run_plan.prefix = ensure_prefix(prepared, PrefixUnit(seed, 0, order, (), planned.training), prefix_root, False)
+                result = train(run_plan, reporter, show_progress=False)
             except BaseException as exc:  # pruned, interrupted or broken: the trial run does not stay RUNNING
                 if inner is not None:
                     inner.end(schema.KILLED if isinstance(exc, (optuna.TrialPruned, KeyboardInterrupt)) else schema.FAILED)
@@ -201,11 +226,13 @@ def run_search(prepared: PreparedExperiment, plan: SearchPlan, folder: Path, tra
     for spec in searched(prepared, plan):
         study = open_study(folder, spec.label, plan)
         fail_stale_trials(study)
-        run_trials(prepared, spec, study, plan, remaining_trials(study, plan), train, trial_logger)
+        run_trials(prepared, spec, study, plan, remaining_trials(study, plan), train, trial_logger, prefix_root=folder)
         results.append(study_result(study, spec.label))
         if on_result is not None:
             on_result(results[-1])
     write_best_params(folder / BEST_PARAMS_FILE, results)
+    for prefix in (folder / PREFIXES_FOLDER).glob("*"):  # every trial has run: the prefixes' weights are not needed again
+        remove_checkpoints(prefix)
     return results
 
 

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(
             f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]}).\n"
-            "  Every finished task is checkpointed in the run folders (checkpoint_dir, default runs/); once the store is "
+            "  The runs' checkpoints are kept in the run folders (checkpoint_dir, default runs/); once the store is "
             "reachable, run the same command again: it resumes and logs the missing steps.",
             file=sys.stderr,
         )

@@ -64,4 +64,4 @@ class TrainingError(Exception):
 
 
 class TrackingStoreError(Exception):
-    """The tracking store failed in a worker process; the command stops with exit 3, finished tasks checkpointed."""
+    """The tracking store failed in a worker process; the command stops with exit 3, the runs' checkpoints kept."""

@@ -113,6 +113,7 @@ def write_experiment(
         "strategies": strategies,
         "seeds": [0],
         "checkpoint_dir": str(directory / "runs"),
+        "checkpoint_every_s": 0,  # a checkpoint after every task, which the resume tests kill runs between
     }
     path = directory / "experiment.yaml"
     path.write_text(yaml.safe_dump(experiment, sort_keys=False))

@@ -256,3 +256,43 @@ def yaml_copy(path: Path, to: Path, **changes) -> Path:
     config = {**yaml.safe_load(path.read_text()), **changes}
     to.write_text(yaml.safe_dump(config, sort_keys=False))
     return to
+
+
+def test_tasks_shorter_than_checkpoint_every_s_are_not_checkpointed_and_a_stopped_run_retrains_them(tmp_path, tiny_bert, monkeypatch, capsys):
+    """checkpoint_every_s: an hour: a tiny 3-task run writes no checkpoint; stopped before its outcome, it starts again
+    from task 1 in the same MLflow run (every step logged once) and ends as a run checkpointed after every task."""
+    import cl_harness.runner.run as run_module
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8, tasks=3)
+    experiment = yaml_copy(write_experiment(tmp_path, tiny_bert, ["naive"]), tmp_path / "hourly.yaml", checkpoint_every_s=3600)
+    monkeypatch.chdir(tmp_path)
+    written = []
+    real_start = run_module.start_checkpoint
+    monkeypatch.setattr(run_module, "start_checkpoint", lambda folder, step, *rest: (written.append(step), real_start(folder, step, *rest))[1])
+    real_outcome = run_module.TrainingRun._save_outcome
+
+    def stop_once(self, state, result):
+        monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", real_outcome)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", stop_once)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 130
+    assert written == [] and not list((tmp_path / "runs").rglob(CHECKPOINT_FILE))
+    capsys.readouterr()
+    assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 0
+    assert "resumed" not in capsys.readouterr().out and written == []
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (child,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`cl_harness.role` = 'child'")
+    assert child.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "acc/seen_avg")) == [0, 1, 2, 3]
+    every_task = yaml_copy(experiment, tmp_path / "every.yaml", name="every", checkpoint_every_s=0)
+    assert main(["run", str(every_task), "--tracking-uri", uri, "--no-progress"]) == 0
+    assert written == [1, 2]
+    (reference,) = client.search_runs([client.get_experiment_by_name("every").experiment_id], "tags.`cl_harness.role` = 'child'")
+    for metric in ("acc", "forgetting", "bwt"):
+        assert child.data.metrics[metric] == pytest.approx(reference.data.metrics[metric], abs=1e-6)

@@ -111,6 +111,10 @@ class ExperimentConfig:
     order_seed: int = field(default=0, metadata={"help": "seed that draws the random orders"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint_dir: str = field(default="runs", metadata={"help": "run folders with checkpoints, relative to the cwd"})
+    checkpoint_every_s: float = field(default=60.0, metadata={"ge": 0.0, "help": (
+        "a run checkpoints after a task once this many seconds have passed since its last checkpoint (or its start); "
+        "0: after every task. A killed run resumes from its last checkpoint and retrains the tasks after it, with the "
+        "same results")})
     description: str = ""
     search: Any = field(default=None, metadata={"help": "per-strategy hyperparameter search (cl_harness/search/config.py)"})
     prefix_sharing: bool = field(default=True, metadata={"help": (

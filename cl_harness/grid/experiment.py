@@ -152,6 +152,7 @@ def grid_folder(prepared: PreparedExperiment) -> Path:
     config = prepared.checked.resolved_config()
     config.pop("tracking", None)
     config.pop("prefix_sharing", None)  # the same results either way: a grid resumed with or without it is the same grid
+    config.pop("checkpoint_every_s", None)  # likewise
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(prepared.config.checkpoint_dir)
     return root / safe_name(prepared.config.name) / digest

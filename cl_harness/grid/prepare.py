@@ -153,7 +153,7 @@ class PreparedExperiment:
             planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
             training, self.scenario, self.checked.kinds, self.resources,
             position=f"{self.runs.index(planned) + 1}/{len(self.runs)}" if planned in self.runs else "",
-            loop=GenerativeRun if self.checked.generative else None,
+            loop=GenerativeRun if self.checked.generative else None, checkpoint_every_s=self.config.checkpoint_every_s,
         )
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints after every task: model, optimizer, plugin states, accuracy matrix so far and RNG states.
+"""Checkpoints after a task (every task, or once ``checkpoint_every_s`` have passed): model, optimizer, plugin states
+and RNG states; the accuracy matrix so far is in the run's ``state.json``.
 
 Written atomically (a temporary file, then a rename) into the run's own folder, so a crash while
 writing never leaves a corrupt checkpoint in place. Only files in that folder are ever loaded.

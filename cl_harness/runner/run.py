@@ -170,6 +170,7 @@ class RunPlan:
     position: str = ""  # "2/9": the run's place in its grid, for progress bars
     loop: Any = None  # the run's class; None: TrainingRun. Generative backbones: runner.generative.GenerativeRun
     prefix: SharedPrefix | None = None  # task 1 shared with the grid's other runs (runner/prefix.py)
+    checkpoint_every_s: float = 0.0  # with a run folder: checkpoint after a task once this long since the last one (0: every task)
 
     @property
     def label(self) -> str:
@@ -269,8 +270,9 @@ def final_metrics(matrix: list[list[float]], initial: list[float], mode: str) ->
 class TrainingRun:
     """One run: the untrained baseline, then each task in the plan's order, every task scored after every step.
 
-    With a run ``folder``, a checkpoint is written after every task and a run found there unfinished
-    continues after its last finished task, logging only the steps the ``logger``'s run does not hold yet.
+    With a run ``folder``, a checkpoint is written after a task (but the last) once ``plan.checkpoint_every_s`` have
+    passed since the previous one, and a run found there unfinished continues after its last checkpointed task,
+    logging only the steps the ``logger``'s run does not hold yet.
     After ``execute``, ``model`` and ``strategy`` (the Avalanche template with its plugins) stay inspectable.
     """
 
@@ -285,6 +287,7 @@ class TrainingRun:
         self.tasks_trained = 0
         self.fork: dict | None = None  # the shared prefix's saved state, when this run starts from it
         self.prefix_seconds = 0.0  # a prefix run: the seconds of task 1's epochs it saved
+        self.last_checkpoint = 0.0  # perf_counter() at the last checkpoint, or where training started in this process
 
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
@@ -410,6 +413,7 @@ class TrainingRun:
         plan = self.plan
         steps = experiences_to_train(make_benchmark(plan.tasks), plan.strategy.train_data)
         last_step = steps[-1][0] if steps else 0
+        self.last_checkpoint = time.perf_counter()  # or this process's start on it: what a crash now would lose begins here
         for step, experience in steps:
             if step <= state.steps_done:
                 continue
@@ -423,8 +427,10 @@ class TrainingRun:
                 return
             # No checkpoint after the last task: the run finishes next and deletes its weights unread. A run killed
             # between here and then resumes from the previous checkpoint (steps_done stays there) and retrains it.
+            # Nor before checkpoint_every_s have passed since the last one: a short task costs less to retrain than to save.
             # The checkpoint is taken now (scoring changes no state it holds) and written while the tasks are scored.
-            pending = self._start_checkpoint(step) if self.folder and step < last_step else None
+            due = self.folder and step < last_step and time.perf_counter() - self.last_checkpoint >= plan.checkpoint_every_s
+            pending = self._start_checkpoint(step) if due else None
             scoring = time.perf_counter()
             try:
                 with known_warnings_silenced():
@@ -436,6 +442,7 @@ class TrainingRun:
             finally:
                 if pending is not None:
                     pending.wait()  # on disk before the step counts as done
+                    self.last_checkpoint = time.perf_counter()
             result.matrix.append(row)
             if self.folder:
                 if pending is not None:

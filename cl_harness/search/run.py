@@ -126,6 +126,7 @@ def search_folder(prepared: PreparedExperiment) -> Path:
     config = prepared.checked.resolved_config()
     config.pop("tracking", None)
     config["search"] = {k: v for k, v in (config.get("search") or {}).items() if k != "n_trials"}
+    config.pop("checkpoint_every_s", None)  # trials keep no checkpoints
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(prepared.config.checkpoint_dir)
     return root / safe_name(prepared.config.name) / f"search-{digest}"

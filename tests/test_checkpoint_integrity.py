@@ -208,15 +208,11 @@ def test_a_killed_run_with_a_damaged_checkpoint_resumes_from_the_previous_one(tm
     assert steps == [0, 1, 2, 3]
 
 
-def test_no_checkpoint_after_the_last_task_and_a_run_stopped_there_resumes_from_the_one_before(tmp_path, tiny_bert, monkeypatch, capsys):
-    """The last task's weights would be deleted unread when the run finishes: none are written. A run stopped between
-    its last logged step and its outcome resumes from the checkpoint after task 2 and ends as an uninterrupted run."""
+def checkpoints_recorded_and_one_stop_before_the_outcome(monkeypatch) -> list[int]:
+    """The steps the runs checkpoint after, appended to the list returned; the first run to finish is stopped (Ctrl-C)
+    between its last logged step and its outcome."""
     import cl_harness.runner.run as run_module
-    from cl_harness.cli import main
 
-    write_demo_stream(tmp_path, per_class=8, tasks=3)
-    experiment = write_experiment(tmp_path, tiny_bert, ["naive"])
-    monkeypatch.chdir(tmp_path)
     written = []
     real_start = run_module.start_checkpoint
     monkeypatch.setattr(run_module, "start_checkpoint", lambda folder, step, *rest: (written.append(step), real_start(folder, step, *rest))[1])
@@ -227,6 +223,18 @@ def test_no_checkpoint_after_the_last_task_and_a_run_stopped_there_resumes_from_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", stop_once)
+    return written
+
+
+def test_no_checkpoint_after_the_last_task_and_a_run_stopped_there_resumes_from_the_one_before(tmp_path, tiny_bert, monkeypatch, capsys):
+    """The last task's weights would be deleted unread when the run finishes: none are written. A run stopped between
+    its last logged step and its outcome resumes from the checkpoint after task 2 and ends as an uninterrupted run."""
+    from cl_harness.cli import main
+
+    write_demo_stream(tmp_path, per_class=8, tasks=3)
+    experiment = write_experiment(tmp_path, tiny_bert, ["naive"])
+    monkeypatch.chdir(tmp_path)
+    written = checkpoints_recorded_and_one_stop_before_the_outcome(monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = ["run", str(experiment), "--tracking-uri", uri, "--no-progress"]
     assert main(argv) == 130
@@ -261,22 +269,12 @@ def yaml_copy(path: Path, to: Path, **changes) -> Path:
 def test_tasks_shorter_than_checkpoint_every_s_are_not_checkpointed_and_a_stopped_run_retrains_them(tmp_path, tiny_bert, monkeypatch, capsys):
     """checkpoint_every_s: an hour: a tiny 3-task run writes no checkpoint; stopped before its outcome, it starts again
     from task 1 in the same MLflow run (every step logged once) and ends as a run checkpointed after every task."""
-    import cl_harness.runner.run as run_module
     from cl_harness.cli import main
 
     write_demo_stream(tmp_path, per_class=8, tasks=3)
     experiment = yaml_copy(write_experiment(tmp_path, tiny_bert, ["naive"]), tmp_path / "hourly.yaml", checkpoint_every_s=3600)
     monkeypatch.chdir(tmp_path)
-    written = []
-    real_start = run_module.start_checkpoint
-    monkeypatch.setattr(run_module, "start_checkpoint", lambda folder, step, *rest: (written.append(step), real_start(folder, step, *rest))[1])
-    real_outcome = run_module.TrainingRun._save_outcome
-
-    def stop_once(self, state, result):
-        monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", real_outcome)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_module.TrainingRun, "_save_outcome", stop_once)
+    written = checkpoints_recorded_and_one_stop_before_the_outcome(monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["run", str(experiment), "--tracking-uri", uri, "--no-progress"]) == 130
     assert written == [] and not list((tmp_path / "runs").rglob(CHECKPOINT_FILE))

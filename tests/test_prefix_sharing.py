@@ -12,6 +12,7 @@ from conftest import write_experiment
 from cl_harness.cli import main
 from cl_harness.config.loader import load_experiment
 from cl_harness.data.demo import DEMO_LABELS
+from cl_harness.evaluation.evaluator import Evaluator
 from cl_harness.grid.experiment import grid_folder, run_experiment
 from cl_harness.grid.plan import prefix_units
 from cl_harness.grid.prefix import ensure_prefix, prefix_folder, prefix_ready
@@ -60,7 +61,8 @@ def prepared_of(path: Path):
 def grids(tmp_path_factory, tiny_bert):
     """Per scenario: a grid killed after its prefix was saved, then resumed (tracked), and every run of it trained unshared.
 
-    ``{scenario: (prepared, shared results, unshared results, prefix state.json before the resume)}``
+    ``{scenario: (prepared, shared results, unshared results, prefix state.json before the resume, the (split, step)
+    scorings the resumed grid ran)}``
     """
     import torch
 
@@ -74,9 +76,19 @@ def grids(tmp_path_factory, tiny_bert):
         grid = grid_folder(prepared)
         ensure_prefix(prepared, unit, grid, False)  # the grid was killed after its prefix was saved
         saved = (prefix_folder(grid, unit) / STATE_FILE).read_text()
-        shared = run_experiment(prepared, f"sqlite:///{root}/mlflow.db", show_progress=False)
+        scored, original = [], Evaluator.__call__
+
+        def counted(self, model, step, scored=scored, original=original):
+            scored.append((self.split, step))
+            return original(self, model, step)
+
+        Evaluator.__call__ = counted  # which (split, step) the shared grid's runs scored themselves
+        try:
+            shared = run_experiment(prepared, f"sqlite:///{root}/mlflow.db", show_progress=False)
+        finally:
+            Evaluator.__call__ = original
         unshared = [train_and_evaluate(prepared.run_plan(planned), None, False) for planned in prepared.runs]
-        out[scenario] = (prepared, shared, unshared, saved)
+        out[scenario] = (prepared, shared, unshared, saved, scored)
     torch.set_num_threads(threads)
     return root, out
 
@@ -105,7 +117,7 @@ def test_a_resumed_grid_forks_its_saved_prefix_into_the_unshared_matrices_valida
     from mlflow import MlflowClient
 
     root, out = grids
-    prepared, shared, unshared, saved = out[scenario]
+    prepared, shared, unshared, saved, _ = out[scenario]
     assert all(p.prefix is not None for p in prepared.runs)  # every strategy here shares task 1
     grid = grid_folder(prepared)
     folder = prefix_folder(grid, prepared.runs[0].prefix)
@@ -123,6 +135,16 @@ def test_a_resumed_grid_forks_its_saved_prefix_into_the_unshared_matrices_valida
     seconds = shared[0].metrics[schema.TRAIN_TIME_SAVED_METRIC]  # one prefix: each run saved its training time
     assert parent.data.tags[schema.SHARED_PREFIX_TASKS_TAG] == "1"
     assert parent.data.metrics[schema.TRAIN_TIME_SAVED_METRIC] == pytest.approx((len(shared) - 1) * seconds)
+
+
+@pytest.mark.parametrize("scenario", ["class_incremental", "domain_incremental"])
+def test_forks_take_their_task_1_scores_from_the_prefix_which_scored_it_once(grids, scenario):
+    """No strategy here changes the weights in its task-1 hooks, so no fork scores step 1 itself (the prefix did, with
+    the same model); the matrices still equal the unshared runs' (the test above)."""
+    prepared, _, _, saved, scored = grids[1][scenario]
+    assert yaml.safe_load(saved)["matrix"], "the prefix scored task 1"
+    assert ("test", 1) not in scored and ("valid", 1) not in scored
+    assert scored.count(("test", 2)) == scored.count(("valid", 2)) == len(prepared.runs)
 
 
 def test_a_prefix_is_reused_while_its_checkpoint_verifies_and_trained_again_once_damaged(tmp_path, tiny_bert):

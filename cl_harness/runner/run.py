@@ -421,7 +421,9 @@ class TrainingRun:
             with known_warnings_silenced(), self._at_prefix_end(step):
                 plan.kinds.get(task.kind).train(TrainStep(self.model, self.strategy, task, experience, self.env, self.meter))
             self.tasks_trained += 1
-            if plan.prefix is not None and plan.prefix.save:  # its runs score task 1 after their own hooks
+            if plan.prefix is not None and plan.prefix.save:
+                # Scored once here: a fork whose own hooks leave the weights as saved takes these scores (_shared_scores).
+                state.matrix = [self._score(state, step)]
                 state.status, state.metrics = "FINISHED", {schema.TRAIN_TIME_METRIC: self.prefix_seconds}
                 save_state(plan.prefix.folder, state)
                 return
@@ -433,11 +435,7 @@ class TrainingRun:
             pending = self._start_checkpoint(step) if due else None
             scoring = time.perf_counter()
             try:
-                with known_warnings_silenced():
-                    row = self.evaluate(self.model, step)
-                    state.correct.append(self.evaluate.correct)
-                    if self.validate:
-                        state.valid_matrix.append(self.validate(self.model, step))
+                row = self._score(state, step)
                 scored = time.perf_counter() - scoring
             finally:
                 if pending is not None:
@@ -451,6 +449,38 @@ class TrainingRun:
             trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.EVAL_TIME_METRIC: scored,
                        schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})
+
+    def _score(self, state: RunState, step: int) -> list[float]:
+        """The matrix row after ``step`` (test), its per-example hits and the validation row added to ``state``.
+
+        A fork's task-1 scores come from its prefix when its own hooks left the weights as the prefix saved them.
+        """
+        shared = self._shared_scores(step)
+        if shared is not None:
+            row, correct, valid = shared
+            state.correct.append(correct)
+            if self.validate:
+                state.valid_matrix.append(valid)
+            return row
+        with known_warnings_silenced():
+            row = self.evaluate(self.model, step)
+            state.correct.append(self.evaluate.correct)
+            if self.validate:
+                state.valid_matrix.append(self.validate(self.model, step))
+        return row
+
+    def _shared_scores(self, step: int) -> tuple[list[float], list, list[float]] | None:
+        """The prefix's step-1 scores, if this run forked it and its model equals the saved one (else None)."""
+        if step != PREFIX_TASKS or not self.fork:
+            return None
+        saved, self.fork = self.fork["model"], None  # not needed again: its memory goes
+        prefix = load_state(self.plan.prefix.folder)
+        if prefix is None or not prefix.matrix or len(prefix.correct) < 2:  # a prefix saved before it scored task 1
+            return None
+        current = self.model.state_dict()
+        if current.keys() != saved.keys() or not all(torch.equal(current[k], saved[k]) for k in current):
+            return None  # the strategy's hooks changed the model: score it
+        return prefix.matrix[0], prefix.correct[1], prefix.valid_matrix[0] if prefix.valid_matrix else []
 
     def _start_checkpoint(self, step: int) -> PendingCheckpoint:
         return start_checkpoint(self.folder, step, self.model, self.strategy.optimizer, self.plugins, self.strategy.clock, self.loss_scale)

@@ -147,6 +147,34 @@ def test_forks_take_their_task_1_scores_from_the_prefix_which_scored_it_once(gri
     assert scored.count(("test", 2)) == scored.count(("valid", 2)) == len(prepared.runs)
 
 
+def test_a_fork_whose_hooks_change_the_weights_scores_task_1_itself(tmp_path, tiny_bert, monkeypatch):
+    """The prefix's step-1 scores hold for its own weights only: a fork whose weights differ after its hooks (here the
+    fork is nudged after loading) scores step 1 itself, and gets other scores than the prefix's."""
+    import torch
+
+    import cl_harness.runner.run as run_module
+
+    prepared = prepared_of(experiment(tmp_path, tiny_bert, "nudged", ["naive", "ewc"], "domain_incremental"))
+    planned = prepared.runs[1]
+    shared = ensure_prefix(prepared, planned.prefix, grid_folder(prepared), False)
+    real_fork = run_module.fork_prefix
+
+    def nudged_fork(payload, strategy, *args):
+        real_fork(payload, strategy, *args)
+        with torch.no_grad():
+            strategy.model.heads[0].bias.add_(5.0 * torch.arange(strategy.model.heads[0].bias.numel()))
+
+    monkeypatch.setattr(run_module, "fork_prefix", nudged_fork)
+    scored, original = [], Evaluator.__call__
+    monkeypatch.setattr(Evaluator, "__call__", lambda self, model, step: (scored.append((self.split, step)), original(self, model, step))[1])
+    plan = prepared.run_plan(planned)
+    plan.prefix = shared
+    result = train_and_evaluate(plan, None, False)
+    assert ("test", 1) in scored and ("valid", 1) in scored
+    prefix_row = yaml.safe_load((shared.folder / STATE_FILE).read_text())["matrix"][0]
+    assert result.matrix[0] != prefix_row
+
+
 def test_a_prefix_is_reused_while_its_checkpoint_verifies_and_trained_again_once_damaged(tmp_path, tiny_bert):
     prepared = prepared_of(experiment(tmp_path, tiny_bert, "damaged", ["ewc", "lwf"], "class_incremental"))
     unit, grid = prepared.runs[0].prefix, grid_folder(prepared)

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_TRACKING
     except KeyboardInterrupt:
-        print("interrupted: the last finished task's checkpoint is kept; run the same command again to resume", file=sys.stderr)
+        print("interrupted: the runs' checkpoints and logged steps are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -43,7 +43,7 @@ from cl_harness.config.experiment import BackboneConfig  # noqa: E402
 from cl_harness.data.benchmark import EncodedTask  # noqa: E402
 from cl_harness.data.encoding import encode_texts  # noqa: E402
 from cl_harness.evaluation.evaluator import Evaluator  # noqa: E402
-from cl_harness.models.backbone import load_encoder, load_tokenizer  # noqa: E402
+from cl_harness.models.backbone import load_encoder, load_model_config, load_tokenizer  # noqa: E402
 from cl_harness.models.classifier import TextClassifier  # noqa: E402
 from cl_harness.runner.hooks import LengthBucketing  # noqa: E402
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling  # noqa: E402
@@ -318,7 +318,7 @@ def main() -> None:
             rate = args.examples / s
             print(f"  {name:<34} {rate:6.1f} ex/s   x{rate / base:4.2f} vs (c)   x{rate / best:4.2f} vs (b)")
         peak = matmul_peak_flops(device)
-        encoder_config = load_encoder(config).config
+        encoder_config = load_model_config(config)
         needed = model_flops(encoder_config, train_x[:, 1].sum(1), passes=3)
         padded = model_flops(encoder_config, torch.full((len(train_x),), args.max_length), passes=3)
         print(f"  model FLOPs utilisation (the {needed / 1e9:.0f} GFLOP the texts need, padding not counted, against the "

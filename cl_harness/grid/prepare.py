@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 import dataclasses
 import functools
+import time
 from dataclasses import dataclass, field
 
 from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from cl_harness.runner.checkpoint import checkpoint_payload, restore_rng_states, serialize, write_verified
 
 PREFIX_TASKS = 1  # tasks a prefix trains

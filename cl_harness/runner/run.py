@@ -286,6 +286,7 @@ class TrainingRun:
         self.strategy = None
         self.tasks_trained = 0
         self.fork: dict | None = None  # the shared prefix's saved state, when this run starts from it
+        self.prefix_state: RunState | None = None  # that prefix's state.json (its step-0 and step-1 scores), read once
         self.prefix_seconds = 0.0  # a prefix run: the seconds of task 1's epochs it saved
         self.last_checkpoint = 0.0  # perf_counter() at the last checkpoint, or where training started in this process
 
@@ -401,7 +402,7 @@ class TrainingRun:
                 state.correct = [self.evaluate.correct]
                 state.valid_initial = self.validate(self.model, 0) if self.validate else []
             return None
-        shared = load_state(self.plan.prefix.folder)
+        shared = self.prefix_state = load_state(self.plan.prefix.folder)
         state.initial, state.correct, state.valid_initial = shared.initial, shared.correct[:1], shared.valid_initial
         state.train_time_saved_s = shared.metrics[schema.TRAIN_TIME_METRIC]
         if self.logger:
@@ -474,7 +475,7 @@ class TrainingRun:
         if step != PREFIX_TASKS or not self.fork:
             return None
         saved, self.fork = self.fork["model"], None  # not needed again: its memory goes
-        prefix = load_state(self.plan.prefix.folder)
+        prefix = self.prefix_state
         if prefix is None or not prefix.matrix or len(prefix.correct) < 2:  # a prefix saved before it scored task 1
             return None
         current = self.model.state_dict()

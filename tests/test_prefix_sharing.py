@@ -191,6 +191,29 @@ def test_a_prefix_is_reused_while_its_checkpoint_verifies_and_trained_again_once
     assert (folder / STATE_FILE).read_text() != first and prefix_ready(folder)
 
 
+def test_a_reused_prefix_is_read_and_checked_once_and_its_fork_does_not_read_it_again(tmp_path, tiny_bert, monkeypatch):
+    """ensure_prefix hands the checkpoint it verified to the run; the run forks it without loading the file again,
+    and lets the plan's reference go (the memory is freed once task 1 is forked)."""
+    import cl_harness.runner.checkpoint as checkpoint_module
+    import cl_harness.runner.run as run_module
+
+    prepared = prepared_of(experiment(tmp_path, tiny_bert, "read-once", ["naive", "ewc"], "class_incremental"))
+    planned = prepared.runs[1]
+    grid = grid_folder(prepared)
+    trained = ensure_prefix(prepared, planned.prefix, grid, False)
+    assert trained.saved is None  # just trained in this process: not read back here
+    reads, real_read = [], checkpoint_module._try_load
+    monkeypatch.setattr(checkpoint_module, "_try_load", lambda path: (reads.append(path), real_read(path))[1])
+    shared = ensure_prefix(prepared, planned.prefix, grid, False)
+    assert reads == [prefix_folder(grid, planned.prefix) / CHECKPOINT_FILE] and shared.saved["step"] == 1
+    monkeypatch.setattr(run_module, "load_checkpoint", lambda folder: pytest.fail(f"{folder} read again"))
+    plan = prepared.run_plan(planned)
+    plan.prefix = shared
+    result = train_and_evaluate(plan, None, False)
+    assert result.status == schema.FINISHED and result.metrics[schema.TRAIN_TIME_SAVED_METRIC] > 0
+    assert plan.prefix.saved is None
+
+
 def test_dry_run_shows_the_prefix_units_and_the_runs_that_fork_them(tmp_path, tiny_bert, capsys):
     path = experiment(tmp_path, tiny_bert, "dry", ["ewc", "lwf", "si", {"name": "mine", "plugins": ["ewc", "cl_test_plugins:LoaderSpy"]}],
                       "class_incremental", seeds=[0, 1])

@@ -14,7 +14,7 @@ from cl_harness.errors import ConfigError
 from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import PREFIX_LABEL, PlannedRun, PrefixUnit, prefix_units
 from cl_harness.grid.prepare import PreparedExperiment
-from cl_harness.runner.checkpoint import CHECKPOINT_FILE, load_state, remove_checkpoints, verify
+from cl_harness.runner.checkpoint import CHECKPOINT_FILE, load_intact, load_state, remove_checkpoints, verify
 from cl_harness.runner.prefix import SharedPrefix
 from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.strategies.registry import StrategySpec
@@ -27,26 +27,33 @@ def prefix_folder(grid: Path, unit: PrefixUnit) -> Path:
     return grid / PREFIXES_FOLDER / unit.name.replace("/", "-")
 
 
+def _finished(folder: Path) -> bool:
+    """True when ``folder``'s state says its prefix finished and its checkpoint file is there."""
+    try:
+        state = load_state(folder)
+    except ConfigError:  # a damaged state file: the prefix is trained again
+        return False
+    return state is not None and state.status == FINISHED and (folder / CHECKPOINT_FILE).is_file()
+
+
 def prefix_ready(folder: Path, hashed: bool = True) -> bool:
     """True when ``folder`` holds a finished prefix whose checkpoint matches its recorded size and sha256.
 
     ``hashed=False`` skips reading the checkpoint back (it was just written, and hashed from memory).
     """
-    try:
-        state = load_state(folder)
-    except ConfigError:  # a damaged state file: the prefix is trained again
-        return False
-    checkpoint = folder / CHECKPOINT_FILE
-    finished = state is not None and state.status == FINISHED and checkpoint.is_file()
-    return finished and (not hashed or verify(checkpoint) is None)
+    return _finished(folder) and (not hashed or verify(folder / CHECKPOINT_FILE) is None)
 
 
 def ensure_prefix(prepared: PreparedExperiment, unit: PrefixUnit, grid: Path, show_progress: bool) -> SharedPrefix | None:
-    """The unit's prefix for a run to fork: reused from its folder, else trained here first; None if its training failed."""
+    """The unit's prefix for a run to fork: reused from its folder, else trained here first; None if its training failed.
+
+    A reused prefix comes with its checkpoint, read and checked once here (the fork does not read it again).
+    """
     folder = prefix_folder(grid, unit)
     with run_lock(folder, unit.name):  # runs of the same prefix in other processes wait here
-        if prefix_ready(folder):
-            return SharedPrefix(folder)
+        saved = load_intact(folder / CHECKPOINT_FILE) if _finished(folder) else None
+        if saved is not None:
+            return SharedPrefix(folder, saved=saved)
         plan = prepared.run_plan(PlannedRun(StrategySpec(PREFIX_LABEL), unit.seed, unit.order_index, unit.order, unit.training))
         plan.prefix = SharedPrefix(folder, save=True)
         train_and_evaluate(plan, None, show_progress)

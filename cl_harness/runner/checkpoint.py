@@ -216,6 +216,11 @@ def digest_path(path: Path) -> Path:
 
 def verify(path: Path) -> str | None:
     """None if ``path`` matches the size and sha256 recorded beside it, else what is wrong."""
+    return _digest_problem(path, path.stat().st_size, lambda: file_digest(path)["sha256"])
+
+
+def _digest_problem(path: Path, size: int, sha256) -> str | None:
+    """What is wrong with ``path``'s recorded size and hash against ``size`` and ``sha256()`` (called only if needed)."""
     try:
         expected = json.loads(digest_path(path).read_text())
     except FileNotFoundError:
@@ -224,27 +229,34 @@ def verify(path: Path) -> str | None:
         return "its size and hash file is damaged"
     if not isinstance(expected, dict):
         return "its size and hash file is damaged"
-    size = path.stat().st_size
     if size != expected.get("size"):
         return f"it has {size} bytes, {expected.get('size')} were written"
-    if file_digest(path)["sha256"] != expected.get("sha256"):
+    if sha256() != expected.get("sha256"):
         return "its sha256 differs from the one written"
     return None
 
 
 def _try_load(path: Path) -> tuple[dict | None, str | None]:
+    """The checkpoint at ``path`` and None, or None and what is wrong with it: read once, hashed from memory, loaded."""
     if not path.is_file():
         return None, None
-    problem = verify(path)
+    data = memoryview(path.read_bytes())
+    problem = _digest_problem(path, len(data), lambda: hashlib.sha256(data).hexdigest())
     if problem is not None and digest_path(path).exists():
         return None, problem
     try:  # a checkpoint without a digest file (written by an older version, or just before it): it must load
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError... on a damaged file
         return None, f"it cannot be read ({type(exc).__name__})"
     if not isinstance(payload, dict) or "step" not in payload:
         return None, "it holds no checkpoint"
     return payload, None
+
+
+def load_intact(path: Path) -> dict | None:
+    """The checkpoint at ``path`` if it is there and matches its recorded size and sha256, else None."""
+    payload, problem = _try_load(path)
+    return payload if problem is None and digest_path(path).exists() else None
 
 
 def load_checkpoint(folder: Path) -> dict | None:

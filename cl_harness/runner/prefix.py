@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cl_harness.runner.checkpoint import checkpoint_payload, restore_rng_states, serialize, write_verified
@@ -23,10 +23,14 @@ PREFIX_TASKS = 1  # tasks a prefix trains
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """A run's link to its grid's shared prefix in ``folder``: ``save``: train task 1 and save it there; else start from it."""
+    """A run's link to its grid's shared prefix in ``folder``: ``save``: train task 1 and save it there; else start from it.
+
+    ``saved``: the prefix's checkpoint when the caller has already read and checked it (else the run loads it).
+    """
 
     folder: Path
     save: bool = False
+    saved: dict | None = field(default=None, compare=False, repr=False)
 
 
 @contextmanager

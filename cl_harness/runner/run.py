@@ -9,7 +9,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +297,9 @@ class TrainingRun:
         state.tasks = plan.task_names
         checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
         forking = plan.prefix is not None and not plan.prefix.save and not checkpoint and not state.steps_done
-        self.fork = load_checkpoint(plan.prefix.folder) if forking else None
+        if forking:
+            self.fork = plan.prefix.saved or load_checkpoint(plan.prefix.folder)
+            plan.prefix = replace(plan.prefix, saved=None)  # self.fork holds it until task 1 is forked, then lets it go
         seed_everything(plan.seed)
         reset_peak_memory(self.device)
         self._build(checkpoint)

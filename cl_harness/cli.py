@@ -26,8 +26,8 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", help="experiment YAML file")
+def _add_config_args(parser: argparse.ArgumentParser, what: str = "experiment YAML file") -> None:
+    parser.add_argument("experiment", help=what)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value, e.g. --set training.epochs=1 (repeatable)")
     parser.add_argument("--data-root", help="directory that ${DATA_ROOT} in stream files points to")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution_args(run)
 
     validate = sub.add_parser("validate", help="check config, stream, data, backbone and strategies without training")
-    _add_config_args(validate)
+    _add_config_args(validate, "experiment or stream YAML file")
 
     strategies = sub.add_parser("strategies", help="list the registered strategies and their parameters")
     strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="comparison table and report.html for an experiment, read from MLflow")
     compare.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
     compare.add_argument("--parent", help="parent run id (default: the most recent invocation)")
-    compare.add_argument("--out", help="folder for report.html, CSV and plots (default: reports/<experiment>/<parent id>)")
+    compare.add_argument("--out", help="folder for report.html, CSV and plots "
+                                       "(default: reports/<experiment>/<first 8 characters of the parent run id>)")
     compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints its address once it answers")

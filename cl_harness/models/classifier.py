@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from cl_harness.data.encoding import lengths
 from cl_harness.models.chunking import padding_optimal_chunks
+from cl_harness.models.fused_inference import fused_linears
 from cl_harness.models.lora import routed
 
 MASKED_LOGIT = -1.0e4  # finite, so that distillation losses on masked units stay finite
@@ -116,6 +117,11 @@ class TextClassifier(MultiTaskModule):
             head = self.heads[task]
             logits[rows, : head.out_features] = head(features[rows])
         return logits
+
+    def scoring(self):
+        """Context for inference passes: the encoder's linear layers fused with their bias and GELU, in fp32 on a CPU
+        (``models/fused_inference.py``); a no-op elsewhere. The model is given back unchanged."""
+        return fused_linears(self.encoder) if self.autocast_dtype is None else nullcontext()
 
     def forward_single_task(self, x: Tensor, task_label: int) -> Tensor:
         return self.forward(x, task_label)

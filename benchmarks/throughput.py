@@ -9,7 +9,8 @@ Measures, on AG News with the bundled MiniLM (batch 16, full fine-tuning):
   tensors, (d) the harness's naive strategy (its model trims each batch, its optimizer is fused
   AdamW), (e) the same with ``training.length_bucketing``, (f) loop (b) with fused AdamW, for
   reference;
-  evaluation examples/s of a padded inference loop against the harness's evaluator;
+  evaluation examples/s of a padded inference loop against the harness's evaluator, with and without its fused
+  scoring path (models/fused_inference.py);
   replay (two AG News tasks, length bucketing off) of Avalanche's ReplayPlugin on padded tensors
   against the harness's replay;
   peak memory of a 5-task against a 2-task class-incremental replay run (DBpedia, 2 classes a task).
@@ -348,6 +349,8 @@ def main() -> None:
     eval_x, eval_y = inputs[: args.eval_examples].to(device), targets[: args.eval_examples].to(device)
     padded_model, harness_model = fresh_padded(), fresh_harness()
     bf16_model = fresh_harness("bf16") if with_bf16 else None
+    eager_model = fresh_harness()
+    eager_model.scoring = nullcontext  # the same evaluator without the fused scoring path: what that path gives
 
     def harness_eval(model):
         return Evaluator([EncodedTask("eval", 0, eval_x, eval_y, eval_x, eval_y)], default_kinds(),
@@ -357,6 +360,7 @@ def main() -> None:
         {
             "padded": (lambda: padded_model, amp(lambda m: padded_eval(m, eval_x, args.eval_batch_size))),
             "harness": (lambda: harness_model, harness_eval),
+            "harness eager": (lambda: eager_model, harness_eval),
             **({"harness bf16": (lambda: bf16_model, harness_eval)} if with_bf16 else {}),
         },
         args.eval_rounds,
@@ -370,6 +374,9 @@ def main() -> None:
           f"x{eval_padded / eval_needed:.2f} the FLOPs they need):")
     print(f"  padded inference loop              {args.eval_examples / padded_s:6.1f} ex/s")
     print(f"  cl-harness evaluator               {args.eval_examples / harness_s:6.1f} ex/s   x{padded_s / harness_s:4.2f}")
+    eager_s = evaluation["harness eager"]
+    print(f"  cl-harness evaluator, no fusion    {args.eval_examples / eager_s:6.1f} ex/s   x{padded_s / eager_s:4.2f}"
+          "   (the scoring fast path off: models/fused_inference.py)")
     if with_bf16:
         bf16_s = evaluation["harness bf16"]
         print(f"  cl-harness evaluator, bf16         {args.eval_examples / bf16_s:6.1f} ex/s   x{padded_s / bf16_s:4.2f}")

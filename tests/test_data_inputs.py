@@ -1,5 +1,7 @@
 """Bad data and backbone inputs are refused with one message naming the file, the line or row, the key and what is
-allowed: backbones without a usable tokenizer, unknown bundled names and files given as backbones."""
+allowed: backbones without a usable tokenizer, texts that are not strings, NaN in JSON, labels of mixed types,
+domain-incremental tasks without a shared label, a bad label_names or classes value, an unclosed CSV quote and a
+data root that is not a folder."""
 
 from __future__ import annotations
 
@@ -135,6 +137,170 @@ def test_backbone_errors_carry_the_experiment_file_and_line(name, tmp_path):
     with pytest.raises(ConfigError) as info:
         load_tokenizer(BackboneConfig(name=name), source=source)
     assert str(info.value).startswith(f"{tmp_path / 'experiment.yaml'}:4: backbone.name: "), str(info.value)
+
+
+# -- 3. texts that are not strings, NaN and Infinity -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [42, 1.5, True])
+def test_a_text_that_is_not_a_string_is_refused(value, tmp_path):
+    items = rows()
+    items[3]["text"] = value
+    write_jsonl(tmp_path / "train.jsonl", items)
+    err = refused(stream_file(tmp_path, [files_task("train.jsonl"), OTHER]))
+    assert err.key == "tasks[0].text_field" and err.file.endswith("stream.yaml") and err.line == 4
+    assert "instead of text in 'text' (first: row 3 (line 4)" in err.message, err.message
+
+
+def test_a_csv_text_column_of_digits_stays_text(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{i},{'pos' if i % 2 else 'neg'}\n" for i in range(10)))
+    task = load_task(load_stream(stream_file(tmp_path, [files_task("train.csv"), OTHER]), {}), 0)
+    assert sorted(task.train_texts + task.test_texts) == sorted(str(i) for i in range(10))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_nan_and_infinity_in_a_data_file_are_refused(constant, suffix, tmp_path):
+    lines = [json.dumps(item) for item in rows()]
+    lines[5] = '{"text": %s, "label": "pos"}' % constant
+    text = "[" + ",\n".join(lines) + "]\n" if suffix == ".json" else "\n".join(lines) + "\n"
+    (tmp_path / f"train{suffix}").write_text(text)
+    err = refused(stream_file(tmp_path, [files_task(f"train{suffix}"), OTHER]))
+    assert err.key == "tasks[0].source.train_file"
+    assert f"{constant} at line 6 is not valid JSON" in err.message, err.message
+
+
+def test_nan_inside_a_string_is_text(tmp_path):
+    items = rows()
+    items[0]["text"] = "NaN is not a number, Infinity is far"
+    (tmp_path / "train.json").write_text(json.dumps(items))
+    task = load_task(load_stream(stream_file(tmp_path, [files_task("train.json"), OTHER]), {}), 0)
+    assert "NaN is not a number, Infinity is far" in task.train_texts + task.test_texts
+
+
+# -- 4. labels of mixed types ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "kind"), [(True, "true/false values"), (1.5, "numbers"), (1, "integers")])
+def test_labels_of_mixed_types_are_refused(value, kind, tmp_path):
+    items = rows()
+    items[7]["label"] = value
+    write_jsonl(tmp_path / "train.jsonl", items)
+    err = refused(stream_file(tmp_path, [files_task("train.jsonl"), OTHER]))
+    assert err.key == "tasks[0].label_field"
+    assert f"strings (9 rows), {kind} (1 row)" in err.message and "row 7 (line 8) of the train split" in err.message
+    assert "all strings or all integers" in err.hint
+
+
+def test_labels_of_one_type_across_splits(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    write_jsonl(tmp_path / "test.jsonl", rows(4, labels=(0, 1)))
+    err = refused(stream_file(tmp_path, [files_task("train.jsonl", "test.jsonl"), OTHER]))
+    assert "strings (10 rows), integers (4 rows)" in err.message and "of the test split" in err.message
+
+
+def test_integer_labels_alone_are_fine(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows(labels=(0, 1)))
+    task = load_task(load_stream(stream_file(tmp_path, [files_task("train.jsonl"), OTHER]), {}), 0)
+    assert task.label_names == ["0", "1"]
+
+
+# -- 5. domain-incremental tasks must share labels -------------------------------------------------------------------
+
+
+def test_domain_incremental_tasks_without_a_shared_label_are_refused(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    path = stream_file(tmp_path, [files_task("train.jsonl"), OTHER], scenario="domain_incremental")
+    err = refused(path, index=1)
+    assert err.key == "tasks[1]" and "must share their label set" in err.message and "rename_labels" in err.hint
+
+
+def test_domain_incremental_tasks_renamed_onto_one_label_set_pass(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    renamed = {**OTHER, "rename_labels": {"music": "pos", "weather": "neg"}}
+    stream = load_stream(stream_file(tmp_path, [files_task("train.jsonl"), renamed], scenario="domain_incremental"), {})
+    assert [sorted(load_task(stream, i).label_names) for i in range(2)] == [["neg", "pos"], ["neg", "pos"]]
+
+
+def test_domain_incremental_tasks_may_overlap_partly(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows(labels=("pos", "neg", "music")))
+    stream = load_stream(stream_file(tmp_path, [files_task("train.jsonl"), OTHER], scenario="domain_incremental"), {})
+    assert load_task(stream, 0) and load_task(stream, 1).label_names == ["music", "weather"]
+
+
+def test_validate_of_a_stream_refuses_disjoint_domain_tasks(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    path = stream_file(tmp_path, [files_task("train.jsonl"), OTHER], scenario="domain_incremental")
+    assert main(["validate", str(path)]) == 2
+    assert "must share their label set" in capsys.readouterr().err
+
+
+# -- 6. and 7. label_names and classes values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [5, "sports"])
+def test_label_names_that_is_neither_a_list_nor_a_file(value, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    err = refused(stream_file(tmp_path, [files_task("train.jsonl", label_names=value), OTHER]))
+    assert err.key == "tasks[0].label_names"
+    assert err.message == f"expected a list of names or a path to a JSON file; got {value}"
+
+
+def test_a_missing_label_names_file_is_still_called_a_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", rows())
+    err = refused(stream_file(tmp_path, [files_task("train.jsonl", label_names="labels.json"), OTHER]))
+    assert "label names file not found" in err.message
+
+
+@pytest.mark.parametrize(("scenario", "classes", "message"), [
+    ("task_incremental", [], "list at least one class"),
+    ("class_incremental", [], "list at least 2 classes"),
+])
+def test_too_few_classes_are_refused_where_they_are_written(scenario, classes, message, tmp_path):
+    path = stream_file(tmp_path, [files_task("train.jsonl", classes=classes), OTHER], scenario=scenario)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_stream(path, {})
+    assert info.value.key == "tasks[0].classes" and info.value.line == 8
+
+
+# -- 8. CSV with an unclosed quote -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('text,label\n"unterminated quote,pos\nanother,neg\n' + "row,neg\n" * 10, 2),
+    ('text,label\na,pos\n"multi\nline",neg\nb,"pos\nc,neg\n', 5),
+])
+def test_an_unclosed_csv_quote_names_the_line_it_opens(text, line, tmp_path):
+    (tmp_path / "train.csv").write_text(text)
+    err = refused(stream_file(tmp_path, [files_task("train.csv"), OTHER]))
+    assert f"line {line} opens a quoted field that is never closed" in err.message, err.message
+
+
+def test_a_quoted_field_over_several_lines_is_fine(tmp_path):
+    (tmp_path / "train.csv").write_text('text,label\n"one\ntwo",pos\n' + "".join(f"t {i},{'pos' if i % 2 else 'neg'}\n" for i in range(9)))
+    task = load_task(load_stream(stream_file(tmp_path, [files_task("train.csv"), OTHER]), {}), 0)
+    assert "one\ntwo" in task.train_texts + task.test_texts
+
+
+# -- 9. the data root ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("root", "problem"), [("absent", "does not exist"), ("afile", "is not a folder")])
+def test_a_data_root_that_is_not_a_folder_is_named(root, problem, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x\n")
+    path = stream_file(tmp_path, [files_task("${DATA_ROOT}/agnews/train.json", "${DATA_ROOT}/agnews/test.json"), OTHER])
+    err = refused(path, variables={"DATA_ROOT": str(tmp_path / root)})
+    assert err.key == "--data-root" and err.message == f"{tmp_path / root} {problem}"
+    assert main(["validate", str(path), "--data-root", str(tmp_path / root)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --data-root: {tmp_path / root} {problem}")
+
+
+def test_a_missing_folder_in_a_data_path_is_named(tmp_path):
+    (tmp_path / "afile").write_text("x\n")
+    err = refused(stream_file(tmp_path, [files_task(str(tmp_path / "gone" / "train.json")), OTHER]))
+    assert f"(its folder {tmp_path / 'gone'} does not exist)" in err.message
+    err = refused(stream_file(tmp_path, [files_task(str(tmp_path / "afile" / "train.json")), OTHER]))
+    assert f"(its folder {tmp_path / 'afile'} is a file, not a folder)" in err.message
 
 
 def test_validate_names_an_unknown_bundled_backbone(tmp_path, capsys):

@@ -149,5 +149,10 @@ class StreamConfig:
                     path + ("tasks", index, "name"), f"duplicate task name {task.name!r} (also task {seen[task.name]})"
                 )
             seen[task.name] = index
+        for index, task in enumerate(self.tasks):
+            if task.type == "classification" and task.classes == []:
+                need = "at least 2 classes (a class_incremental task needs 2)" if self.scenario == "class_incremental" else "at least one class"
+                raise source.error(path + ("tasks", index, "classes"), f"list {need}",
+                                   hint="or leave classes out to keep every label of the task")
         if all(task.type == "mlm" for task in self.tasks):
             raise source.error(path + ("tasks",), "a stream needs at least one classification task besides its mlm tasks")

@@ -36,11 +36,19 @@ class RawSplit:
     num_rows: int
     origin: str
     class_labels: dict[str, list[str]] = field(default_factory=dict)
+    lines: list[int] | None = None  # the file line where each row starts (JSON lines, CSV), for messages
+    strings: dict[str, list[str]] = field(default_factory=dict)  # CSV columns turned into ints, as written
 
     @property
     def field_names(self) -> list[str]:
         """The column names, in file order."""
         return list(self.columns)
+
+    def row(self, index: int) -> str:
+        """How a message names row ``index``: ``row 3`` or, when the file's lines are known, ``row 3 (line 5)``."""
+        if self.lines is not None and 0 <= index < len(self.lines):
+            return f"row {index} (line {self.lines[index]})"
+        return f"row {index}"
 
 
 class _DatasetColumns(Mapping):
@@ -185,14 +193,16 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def rows_to_split(rows: Sequence[Mapping[str, Any]], origin: str, class_labels: dict | None = None) -> RawSplit:
+def rows_to_split(
+    rows: Sequence[Mapping[str, Any]], origin: str, class_labels: dict | None = None, lines: list[int] | None = None
+) -> RawSplit:
     """Columns from a list of row objects; a row that lacks a key has None there."""
     names: dict[str, None] = {}
     for row in rows:
         for key in row:
             names.setdefault(key, None)
     columns = {name: [row.get(name) for row in rows] for name in names}
-    return RawSplit(columns, len(rows), origin, dict(class_labels or {}))
+    return RawSplit(columns, len(rows), origin, dict(class_labels or {}), lines)
 
 
 def dataset_to_split(data: Any, origin: str) -> RawSplit:
@@ -216,6 +226,11 @@ def read_file(path: Path) -> RawSplit:
             hint=f"use one of {', '.join(FILE_SUFFIXES)}",
         )
     if not path.exists():
+        blocked = _first_missing_folder(path)
+        if blocked is not None:
+            folder, is_file = blocked
+            what = "is a file, not a folder" if is_file else "does not exist"
+            raise _FileProblem(f"file not found: {path} (its folder {folder} {what})")
         raise _FileProblem(f"file not found: {path}", hint="relative paths resolve against the stream file's directory")
     if not path.is_file():
         raise _FileProblem(f"not a file: {path}")
@@ -232,26 +247,63 @@ def read_file(path: Path) -> RawSplit:
         raise _FileProblem(f"{path}: JSON nested too deeply") from None
 
 
+def _first_missing_folder(path: Path) -> tuple[Path, bool] | None:
+    """The first ancestor folder of ``path`` that does not exist or is a file: ``(folder, is_file)``; None if all exist."""
+    for parent in reversed(path.parents):
+        if not parent.exists():
+            return parent, False
+        if not parent.is_dir():
+            return parent, True
+    return None
+
+
 def _read_json(path: Path, suffix: str, text: str) -> RawSplit:
     """Rows of a .json file (an array of objects, or JSON lines) or a .jsonl file."""
     if suffix == ".json":
-        document = _whole_json(text)
+        document = _whole_json(path, text)
         if document is not _NOT_ONE_DOCUMENT:
             return rows_to_split(_json_rows(path, document), str(path))
         if text.lstrip()[:1] == "[":
             return rows_to_split(_parse_json_array(path, text), str(path))
-    return rows_to_split(_parse_json_lines(path, text), str(path))
+    rows, lines = _parse_json_lines(path, text)
+    return rows_to_split(rows, str(path), lines=lines)
 
 
 _NOT_ONE_DOCUMENT = object()
+_CONSTANT_HINT = "JSON has no NaN or Infinity: write null, a number or a string instead"
+_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 
 
-def _whole_json(text: str) -> object:
+class _JsonConstant(Exception):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a data file: Python's json reads them, JSON does not have them."""
+
+
+def _refuse_constant(name: str) -> object:
+    raise _JsonConstant(name)
+
+
+def _loads(text: str) -> object:
+    """``json.loads`` that refuses the NaN and Infinity constants (``_JsonConstant``)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _constant_problem(path: Path, text: str, name: str, line: int | None = None) -> _FileProblem:
+    """The problem for a NaN/Infinity constant; its line is found in ``text`` when not given."""
+    if line is None:
+        match = next((m for m in _STRING_OR_CONSTANT.finditer(text) if m.group(1)), None)
+        line = text.count("\n", 0, match.start()) + 1 if match else None
+    where = f" at line {line}" if line else ""
+    return _FileProblem(f"{path}: {name}{where} is not valid JSON", hint=_CONSTANT_HINT)
+
+
+def _whole_json(path: Path, text: str) -> object:
     """The file's text as one JSON document, or ``_NOT_ONE_DOCUMENT`` (e.g. JSON lines in a .json file)."""
     try:
-        return json.loads(text)
+        return _loads(text)
     except json.JSONDecodeError:
         return _NOT_ONE_DOCUMENT
+    except _JsonConstant as constant:
+        raise _constant_problem(path, text, str(constant)) from None
 
 
 def json_type_name(value: object) -> str:
@@ -287,9 +339,11 @@ def _check_row(path: Path, row: Any, where: str) -> dict:
 def _parse_json_array(path: Path, text: str) -> list[dict]:
     """Rows of a file holding one JSON array of objects."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except json.JSONDecodeError as exc:
         raise _FileProblem(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except _JsonConstant as constant:
+        raise _constant_problem(path, text, str(constant)) from None
     return _json_rows(path, data)
 
 
@@ -301,39 +355,85 @@ def _json_rows(path: Path, data: object) -> list[dict]:
     return [_check_row(path, row, f"item {index}") for index, row in enumerate(data)]
 
 
-def _parse_json_lines(path: Path, text: str) -> list[dict]:
-    """Rows of a JSON-lines file: one object per non-blank line."""
-    rows = []
+def _parse_json_lines(path: Path, text: str) -> tuple[list[dict], list[int]]:
+    """Rows of a JSON-lines file, one object per non-blank line, and the line of each."""
+    rows, lines = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _loads(line)
         except json.JSONDecodeError as exc:
             raise _FileProblem(f"{path}: invalid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
+        except _JsonConstant as constant:
+            raise _constant_problem(path, line, str(constant), number) from None
         rows.append(_check_row(path, row, f"line {number}"))
-    return rows
+        lines.append(number)
+    return rows, lines
 
 
 def _read_csv(path: Path, text: str) -> RawSplit:
-    """Rows of a CSV file with a header; integer-looking columns become ints."""
+    """Rows of a CSV file with a header; integer-looking columns become ints (their text kept in ``strings``)."""
     reader = csv.reader(io.StringIO(text, newline=""))
+    total_lines = len(text.splitlines())
+    start = 1
     try:
         header = next(reader, None)
         if not header:
             raise _FileProblem(f"{path}: empty CSV file (a header line is needed)")
-        records = []
+        records, lines = [], []
+        start = reader.line_num + 1
         for record in reader:
+            spans = reader.line_num > start
+            if spans and reader.line_num >= total_lines:  # a quoted field that runs to the end of the file
+                opened = _unterminated_quote_line(text, start)
+                if opened is not None:
+                    raise _FileProblem(
+                        f"{path}: line {opened} opens a quoted field that is never closed",
+                        hint='close the quote, or write a quote inside a quoted field as ""',
+                    )
             if record and len(record) != len(header):
                 raise _FileProblem(
-                    f"{path}: line {reader.line_num} has {len(record)} fields, the header has {len(header)}"
+                    f"{path}: line {start} has {len(record)} fields, the header has {len(header)}"
                 )
             if record:
                 records.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
     except csv.Error as exc:
+        opened = _unterminated_quote_line(text, start) if "end of data" in str(exc) else None
+        if opened is not None:
+            raise _FileProblem(f"{path}: line {opened} opens a quoted field that is never closed") from None
         raise _FileProblem(f"{path}: invalid CSV at line {reader.line_num}: {exc}") from None
-    columns = {name: _maybe_ints([r[i] for r in records]) for i, name in enumerate(header)}
-    return RawSplit(columns, len(records), str(path))
+    columns, strings = {}, {}
+    for i, name in enumerate(header):
+        values = [r[i] for r in records]
+        columns[name] = _maybe_ints(values)
+        if columns[name] is not values:
+            strings[name] = values
+    return RawSplit(columns, len(records), str(path), lines=lines, strings=strings)
+
+
+def _unterminated_quote_line(text: str, first_line: int) -> int | None:
+    """The line of a quote that opens a field and is never closed, in the records from ``first_line`` on; None if none."""
+    rest = text.splitlines(keepends=True)[first_line - 1 :]
+    line, in_quote, opened, field_start, i = first_line, False, 0, True, 0
+    chunk = "".join(rest)
+    while i < len(chunk):
+        char = chunk[i]
+        if in_quote:
+            if char == '"':
+                if chunk[i + 1 : i + 2] == '"':
+                    i += 1
+                else:
+                    in_quote = False
+        elif char == '"' and field_start:
+            in_quote, opened = True, line
+        field_start = not in_quote and char in ",\r\n"
+        if char == "\n":
+            line += 1
+        i += 1
+    return opened if in_quote else None
 
 
 def _maybe_ints(values: list[str]) -> list:

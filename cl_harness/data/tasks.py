@@ -11,8 +11,8 @@ from typing import Any, Sequence
 from cl_harness.config.loader import LoadedStream
 from cl_harness.config.schema import did_you_mean
 from cl_harness.config.stream import TaskConfig
-from cl_harness.data.sources import RawSplit, read_source
-from cl_harness.errors import ConfigError
+from cl_harness.data.sources import RawSplit, json_type_name, read_source
+from cl_harness.errors import ConfigError, clip, short_repr
 
 _EMPTY_HINT = "check classes, drop_unknown_labels, *_per_class and the source's splits"
 
@@ -100,6 +100,8 @@ class _TaskCutter:
             return self.cut_texts()
         raw = self.read()
         declared, inferred = self.label_names(raw)
+        if inferred:  # declared names make an int an index and a string a name; inferred ones need one type
+            self.check_label_types(raw)
         by_value = inferred or self.labels_are_names(raw, declared)
         splits = {
             name: self.examples(split, declared, by_value, name) for name, split in raw.items() if split is not None
@@ -115,6 +117,30 @@ class _TaskCutter:
                         valid_texts=valid.texts, valid_labels=valid.labels)
 
     # -- label names -------------------------------------------------------------------------------
+
+    def check_label_types(self, raw: dict[str, RawSplit | None]) -> None:
+        """Labels read from the data alone (no label_names) are all strings or all integers: a ``true`` or ``1.5``
+        among names would silently become a class of its own."""
+        field = self.task.label_field
+        found: dict[str, list[tuple[str, RawSplit, int]]] = {}  # kind -> (split name, split, row) of each label
+        for split_name, split in raw.items():
+            if split is None or field not in split.columns:
+                continue  # a missing field is reported where the labels are read
+            for row, value in enumerate(split.columns[field]):
+                if value is not None:
+                    found.setdefault(_label_kind(value), []).append((split_name, split, row))
+        if not found or (len(found) == 1 and next(iter(found)) in ("strings", "integers")):
+            return
+        usual = max(found, key=lambda kind: (kind in ("strings", "integers"), len(found[kind])))
+        odd = next(kind for kind in found if kind != usual) if len(found) > 1 else usual
+        split_name, split, row = found[odd][0]
+        kinds = ", ".join(f"{kind} ({len(rows)} row{'s' if len(rows) != 1 else ''})" for kind, rows in found.items())
+        raise self.fail(
+            ("label_field",),
+            f"labels of {len(found)} types in {field!r}: {kinds}; first of the {odd}: {split.row(row)} of the "
+            f"{split_name} split ({split.origin}): {short_repr(split.columns[field][row])}",
+            hint="all labels of a task must be of one type: all strings or all integers",
+        )
 
     def label_names(self, raw: dict[str, RawSplit | None]) -> tuple[list[str], bool]:
         """The label names (list, JSON file, ClassLabel or inferred from the data) and whether they were inferred."""
@@ -139,6 +165,9 @@ class _TaskCutter:
         path = Path(name).expanduser()
         path = path if path.is_absolute() else self.stream.base_dir / path
         if not path.is_file():
+            if not path.exists() and path.suffix.lower() != ".json" and "/" not in name and "\\" not in name:
+                raise self.fail(("label_names",), f"expected a list of names or a path to a JSON file; got {clip(name, 80)}",
+                                hint="label_names: [neg, pos], or label_names: labels.json")
             raise self.fail(("label_names",), f"label names file not found: {path}", hint="give a list, or a JSON file")
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -209,6 +238,8 @@ class _TaskCutter:
     def text_column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list[str]:
         """One text column as strings; a missing value is an error naming the row."""
         values = self.column(split, name, keys, split_name)
+        if name in split.strings:  # a CSV column of integer-looking texts: the texts as written
+            values = list(split.strings[name])
         structured = [row for row, value in enumerate(values) if isinstance(value, (dict, list, tuple))]
         if structured:
             kind = "a JSON object" if isinstance(values[structured[0]], dict) else "a list"
@@ -218,11 +249,20 @@ class _TaskCutter:
                 f"{name!r} (first: row {structured[0]})",
                 hint="text_field must name a column of plain strings",
             )
+        not_text = [row for row, value in enumerate(values) if value is not None and not isinstance(value, str)]
+        if not_text:
+            first = values[not_text[0]]
+            raise self.fail(
+                keys,
+                f"{len(not_text)} rows of the {split_name} split ({split.origin}) hold {json_type_name(first)} instead "
+                f"of text in {name!r} (first: {split.row(not_text[0])}: {short_repr(first)})",
+                hint='a text must be a string: write "42", not 42',
+            )
         for row, value in enumerate(values):
             if value is None and not self.task.drop_empty_texts:
-                raise self.fail(keys, f"row {row} of the {split_name} split ({split.origin}) has no value for {name!r}",
+                raise self.fail(keys, f"{split.row(row)} of the {split_name} split ({split.origin}) has no value for {name!r}",
                                 hint="set drop_empty_texts: true on the task to drop such rows")
-        return [v if isinstance(v, str) else ("" if v is None else str(v)) for v in values]
+        return ["" if v is None else v for v in values]
 
     def column(self, split: RawSplit, name: str, keys: tuple, split_name: str) -> list:
         """A column of the split; a missing field is an error listing the fields that exist."""
@@ -411,6 +451,19 @@ def inferred_names(raw_labels: list) -> list[str]:
     return list(dict.fromkeys(str(v) for v in ordered))
 
 
+def _label_kind(value: Any) -> str:
+    """How a label's type is named in messages (plural): strings, integers, true/false values, numbers, ..."""
+    if isinstance(value, bool):
+        return "true/false values"
+    if isinstance(value, int):
+        return "integers"
+    if isinstance(value, str):
+        return "strings"
+    if isinstance(value, float):
+        return "numbers"
+    return {dict: "objects", list: "lists"}.get(type(value), type(value).__name__ + " values")
+
+
 def label_id(value: Any, names: list[str], lookup: dict[str, int], by_name_only: bool = False) -> int | None:
     """The id of a raw label: a name, or an int index into the names; None when unknown."""
     if isinstance(value, int) and not isinstance(value, bool) and not by_name_only:
@@ -421,8 +474,82 @@ def label_id(value: Any, names: list[str], lookup: dict[str, int], by_name_only:
 
 
 def load_task(stream: LoadedStream, index: int) -> TaskData:
-    """Read and cut task ``index`` of the stream."""
-    return _TaskCutter(stream, index).cut()
+    """Read and cut task ``index`` of the stream; in a domain-incremental stream, it must share a label with the first."""
+    check_data_root(stream, index)
+    task = _TaskCutter(stream, index).cut()
+    if stream.config.scenario == "domain_incremental" and task.kind == "classification":
+        _check_shared_labels(stream, index, task)
+    return task
+
+
+def _check_shared_labels(stream: LoadedStream, index: int, task: TaskData) -> None:
+    """Refuse a task of a domain-incremental stream that shares no label with the stream's first classification task.
+
+    Partial overlap is allowed (the head holds the union of the names); no overlap at all is class-incremental in effect.
+    The label names of the tasks cut so far are kept on the stream object.
+    """
+    seen: dict[int, list[str]] = stream.__dict__.setdefault("_cut_label_names", {})
+    seen[index] = list(task.label_names)
+    first = min(seen)
+    if first >= index:
+        return
+    if not set(seen[first]) & set(task.label_names):
+        first_name = stream.config.tasks[first].name
+        raise stream.source.error(
+            ("tasks", index),
+            f"the tasks of a domain_incremental stream must share their label set; task {task.name!r} "
+            f"({', '.join(task.label_names)}) shares no label with task {first_name!r} ({', '.join(seen[first])})",
+            hint="map the labels onto common names with rename_labels (e.g. {music: first, weather: second}), "
+            "or use scenario: class_incremental",
+        )
+
+
+def check_data_root(stream: LoadedStream, index: int) -> None:
+    """Refuse a ``${DATA_ROOT}`` (``--data-root``) that does not exist or is not a folder, before any file under it is read."""
+    task = stream.config.tasks[index]
+    named = [(("source", key), getattr(task.source, key)) for key in ("train_file", "test_file", "path")]
+    named.append((("label_names",), task.label_names if isinstance(task.label_names, str) else None))
+    if not any(value for _, value in named):
+        return
+    raw = _raw_task(stream, index)
+    for keys, value in named:
+        written = _dig(raw, keys)
+        if not value or not isinstance(written, str) or not written.startswith(DATA_ROOT_VARIABLE):
+            continue
+        rest = written[len(DATA_ROOT_VARIABLE):]
+        if "${" in rest or not value.endswith(rest):
+            continue
+        root = Path(value[: len(value) - len(rest)] or "/")
+        problem = None if root.is_dir() else ("is not a folder" if root.exists() else "does not exist")
+        if problem:
+            raise ConfigError(
+                f"{root} {problem}",
+                key="--data-root",
+                hint=f"the stream {stream.path.name} reads its data from ${{DATA_ROOT}} (tasks[{index}], "
+                f"line {stream.source.line_of(('tasks', index) + keys)}); pass the folder that holds it",
+            )
+
+
+DATA_ROOT_VARIABLE = "${DATA_ROOT}"
+
+
+def _raw_task(stream: LoadedStream, index: int) -> Any:
+    """Task ``index`` of the stream file as written (before ``${VAR}`` expansion); None when it cannot be read."""
+    from cl_harness.config.yaml_io import load_yaml
+
+    try:
+        data, _ = load_yaml(stream.path, "stream")
+        return data["tasks"][index]
+    except Exception:  # noqa: BLE001 - the file was read once already; without it the check is skipped
+        return None
+
+
+def _dig(data: Any, keys: tuple) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
 
 
 def load_stream_tasks(stream: LoadedStream) -> list[TaskData]:

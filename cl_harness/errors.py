@@ -38,6 +38,7 @@ class ConfigError(Exception):
         line: int | None = None,
         key: str | None = None,
         hint: str | None = None,
+        origin: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -45,11 +46,14 @@ class ConfigError(Exception):
         self.line = line
         self.key = key
         self.hint = hint
+        self.origin = origin  # where the value came from when not from the file's line, e.g. "--set training.lr=0"
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             where = self.file + (f":{self.line}" if self.line else "") + ": "
+        if self.origin:
+            where += f"{clip(self.origin, MAX_KEY_CHARS)}: "
         key = f"{clip(self.key, MAX_KEY_CHARS)}: " if self.key else ""
         hint = f"\n  hint: {clip(self.hint, MAX_MESSAGE_CHARS)}" if self.hint else ""
         return f"{where}{key}{clip(self.message, MAX_MESSAGE_CHARS)}{hint}"

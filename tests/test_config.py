@@ -93,7 +93,7 @@ def test_overrides_apply_before_validation(tmp_path):
     assert (config.training.epochs, config.training.lr, config.seeds) == (3, 2e-5, [1, 2])
     err = error_of(path, ["training.epoch=3"])
     assert err.key == "training.epoch" and err.hint == "did you mean 'epochs'?"
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
         load_experiment(path, ["training.epochs"])
 
 

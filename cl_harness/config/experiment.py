@@ -104,9 +104,10 @@ class ExperimentConfig:
     stream: str = field(metadata={"help": "stream YAML, relative to this file"})
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    strategies: list[Any] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy specs"})
-    seeds: list[int] = field(default_factory=lambda: [0])
-    orders: list[list[str]] | None = field(default=None, metadata={"help": "task orders to run, each naming every task"})
+    strategies: list[Any] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy specs", "example": "[naive, ewc]"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"example": "[0, 1, 2]"})
+    orders: list[list[str]] | None = field(default=None, metadata={
+        "help": "task orders to run, each naming every task", "example": "[[a, b], [b, a]]"})
     permutations: int | None = field(default=None, metadata={"ge": 1, "help": "run the stream order plus N-1 random orders"})
     order_seed: int = field(default=0, metadata={"help": "seed that draws the random orders"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

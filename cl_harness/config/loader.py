@@ -95,6 +95,8 @@ def load_experiment(
     stream_path = Path(config.stream).expanduser()
     if not stream_path.is_absolute():
         stream_path = Path(path).resolve().parent / stream_path
+    if stream_path.is_dir():
+        raise source.error(("stream",), f"{stream_path} is a directory; give a YAML stream file")
     if not stream_path.is_file():
         raise source.error(("stream",), f"stream file not found: {stream_path}")
     stream = load_stream(stream_path, variables)

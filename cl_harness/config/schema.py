@@ -2,7 +2,12 @@
 
 A config is a dataclass. Field metadata may hold ``help`` (one line shown by the CLI) and the
 bounds ``gt``, ``ge``, ``le`` and ``lt``. ``parse(cls, data, source)`` builds it and raises one
-``ConfigError`` naming the file, line and key path of the first problem.
+``ConfigError`` naming the file, line and key path of the first problem. ``example`` in the metadata is a valid
+value a message shows (``strategies: naive`` -> "expected a list (e.g. [naive, ewc])").
+
+Numbers given as strings are accepted on purpose: ``${VAR}`` expands to a string (``epochs: ${EPOCHS}``) and PyYAML
+reads ``1e-3`` (no dot) as a string, so an integer field takes ``"3"`` (or ``"3.0"``) and a number field ``"1e-3"``.
+Booleans are not numbers: ``epochs: true`` is refused, as is ``"abc"`` or ``"2.5"`` for an integer.
 """
 
 from __future__ import annotations
@@ -29,20 +34,28 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
-def _type_name(tp: Any) -> str:
+_NAMES = {bool: ("true/false", "true/false values"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), list: ("a list", "lists"), tuple: ("a list", "lists"), dict: ("a mapping", "mappings")}
+
+
+def _type_name(tp: Any, plural: bool = False) -> str:
+    """How a message names type ``tp``, in words ("a list of integers"); never a Python type name."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+        return " or ".join(_type_name(a, plural) for a in typing.get_args(tp) if a is not type(None))
     if origin in (list, tuple):
         (arg, *_) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(arg)}"
-    if origin is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+        words = "lists" if plural else "a list"
+        return words if arg is Any else f"{words} of {_type_name(arg, plural=True)}"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "mappings" if plural else "a mapping"
+    if tp is Any:
+        return "values" if plural else "a value"
+    if tp in _NAMES:
+        return _NAMES[tp][plural]
+    return "values" if plural else "a value"
 
 
 def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPath) -> None:
@@ -56,8 +69,8 @@ def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPat
             raise source.error(path, f"must be {word} {meta[key]}, got {short_repr(value)}")
 
 
-def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
-    """Convert ``value`` to type ``tp`` or raise a ConfigError at ``path``."""
+def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | None = None) -> Any:
+    """Convert ``value`` to type ``tp`` or raise a ConfigError at ``path`` (``example``: a valid value to show)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -70,7 +83,7 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
             if arg is type(None):
                 continue
             try:
-                return coerce(arg, value, source, path)
+                return coerce(arg, value, source, path, example)
             except Exception as exc:  # noqa: BLE001 - try the next member of the union
                 errors.append(exc)
         if len(errors) == 1:
@@ -85,7 +98,9 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath) -> Any:
     if origin in (list, tuple):
         (arg, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise source.error(path, f"expected {_type_name(tp)}, got {short_repr(value)}")
+            scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool) and typing.get_origin(arg) is None
+            shown = example or (f"[{value}]" if scalar else None)
+            raise source.error(path, f"expected {_type_name(tp)}" + (f" (e.g. {shown})" if shown else "") + f", got {short_repr(value)}")
         return [coerce(arg, v, source, path + (i,)) for i, v in enumerate(value)]
     if origin is dict:
         _, arg = typing.get_args(tp) or (str, Any)
@@ -143,7 +158,17 @@ def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
+        if not isinstance(key, str):
+            shown = {None: "null", True: "true", False: "false"}[key] if key is None or isinstance(key, bool) else short_repr(key)
+            raise source.error(
+                path, f"the key {shown} is not a name; keys must be names" + (f" ({', '.join(fields)})" if fields else ""),
+                hint="write the key as a name; put it in quotes if a name looks like a number", line=source.line_of(path + (key,)),
+            )
         if key not in fields:
+            if not fields:
+                owner = path[-1] if path and isinstance(path[-1], str) else "this section"
+                raise source.error(path + (key,), f"{owner} takes no parameters; remove {key!r}",
+                                   hint=f"list it by its name alone, e.g. - {owner}; training settings go under `training:`")
             raise source.error(
                 path + (key,),
                 f"unknown key; allowed: {', '.join(fields)}",
@@ -152,10 +177,7 @@ def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()
     kwargs = {}
     for name, fld in fields.items():
         if name in data:
-            value = coerce(hints[name], data[name], source, path + (name,))
-            _check_bounds(value, fld.metadata, source, path + (name,))
-            check_seed_key(name, value, source, path + (name,))
-            kwargs[name] = value
+            kwargs[name] = check_value(hints[name], fld, data[name], source, path + (name,))
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise source.error(path + (name,) if not path else path, f"missing required key {name!r}")
     obj = cls(**kwargs)
@@ -163,6 +185,21 @@ def parse(cls: type, data: Any, source: Source | None = None, path: KeyPath = ()
     if check is not None:
         check(source, path)
     return obj
+
+
+def check_value(tp: Any, fld: dataclasses.Field, value: Any, source: Source, path: KeyPath) -> Any:
+    """``value`` for field ``fld`` (of type ``tp``) converted and checked against its bounds; the one owner of those
+    rules, for a plain value and for each value a search may try."""
+    value = coerce(tp, value, source, path, fld.metadata.get("example"))
+    _check_bounds(value, fld.metadata, source, path)
+    check_seed_key(fld.name, value, source, path)
+    return value
+
+
+def field_of(cls: type, name: str) -> tuple[Any, dataclasses.Field]:
+    """The type and the field ``name`` of dataclass ``cls``."""
+    fld = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return typing.get_type_hints(cls)[name], fld
 
 
 def to_dict(obj: Any) -> Any:

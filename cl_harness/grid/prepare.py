@@ -22,7 +22,7 @@ from cl_harness.models.head_init import init_heads_from_label_names
 from cl_harness.runner.generative import GenerativeModelFactory, GenerativeRun
 from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
-from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys
+from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys, position_limit
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
 from cl_harness.tasks import default_kinds
@@ -242,6 +242,23 @@ def check_lora_targets(loaded: LoadedExperiment, strategies: list[StrategySpec],
             )
 
 
+def check_prompt_length(loaded: LoadedExperiment, model_config) -> None:
+    """Prompt tuning puts ``num_virtual_tokens`` soft tokens before every input: with ``training.max_length`` they must fit
+    the backbone's position embeddings."""
+    peft = loaded.config.backbone.peft
+    limit = position_limit(model_config)
+    if peft.method != "prompt_tuning" or limit is None:
+        return
+    max_length = loaded.config.training.max_length
+    if peft.num_virtual_tokens + max_length > limit:
+        raise loaded.source.error(
+            ("backbone", "peft", "num_virtual_tokens"),
+            f"{peft.num_virtual_tokens} virtual tokens + training.max_length {max_length} = "
+            f"{peft.num_virtual_tokens + max_length} positions; the backbone has {limit} (from its config)",
+            hint=f"keep backbone.peft.num_virtual_tokens + training.max_length <= {limit}",
+        )
+
+
 def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], tokenizer, kinds: TaskKindRegistry) -> None:
     """Each task kind of the stream checks what it needs (e.g. mlm: a [MASK] token, strategies that train task by task)."""
     for kind in kinds.used_by([t.type for t in loaded.stream.config.tasks]):
@@ -304,6 +321,7 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     check_lora_targets(loaded, strategies, model_config)
     check_task_kinds(loaded, strategies, tokenizer, kinds)
     check_max_length(loaded, model_config, tokenizer)
+    check_prompt_length(loaded, model_config)
     return CheckedExperiment(loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs, kinds)
 
 

@@ -21,12 +21,16 @@ plugin (``<plugin>.<param>`` when the strategy has several plugins).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from cl_harness.config.experiment import TrainingConfig
-from cl_harness.config.schema import did_you_mean, field_names, parse
+from cl_harness.config.schema import check_value, did_you_mean, field_names, field_of, parse
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.errors import ConfigError
 from cl_harness.strategies.registry import StrategySpec
 from cl_harness.tracking import schema
 
@@ -54,6 +58,11 @@ class ParamSpace:
             return
         if self.low is None or self.high is None:
             raise source.error(path, "a range needs `low` and `high` (or give `choice: [...]`)")
+        if self.type == "int":
+            for bound in ("low", "high"):
+                if not float(getattr(self, bound)).is_integer():
+                    raise source.error(path + (bound,), f"an int range needs whole-number bounds; {bound} is {getattr(self, bound)}",
+                                       hint="e.g. {low: 1, high: 4, type: int}, or type: float")
         if not self.low < self.high:
             raise source.error(path + ("high",), f"empty range: high ({self.high}) must be greater than low ({self.low})")
         if self.log and self.low <= 0:
@@ -123,7 +132,63 @@ def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_
         for name, space in params.items():
             check_parameter(str(name), known, label, source, where + (name,))
             spaces[label][str(name)] = parse(ParamSpace, space, source, where + (name,))
+        for name, space in spaces[label].items():
+            check_space_values(name, space, labels[label], spaces[label], source, where + (name,))
     return SearchPlan(config, spaces)
+
+
+def _target(name: str, spec: StrategySpec) -> tuple[type, str, Any]:
+    """The config class and field a searched parameter sets, and the strategy's own config (None for training.*)."""
+    if name.startswith("training."):
+        return TrainingConfig, name.removeprefix("training."), None
+    index, field_name = _plugin_params(spec)[name]
+    config = spec.plugins[index].config
+    return type(config), field_name, config
+
+
+def _value_type(tp: Any) -> Any:
+    """``tp`` without ``None`` (``int | None`` -> ``int``)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def check_space_values(name: str, space: ParamSpace, spec: StrategySpec, searched: dict[str, ParamSpace], source: Source,
+                       path: KeyPath) -> None:
+    """Every choice and both ends of a range must be values the parameter's field accepts: its type, its bounds
+    (``ge``/``gt``/``le``/``lt``) and its allowed values, checked by the schema's own ``check_value``.
+
+    A choice is replaced by its converted values (``"1e-3"`` -> 0.001). A value the strategy's other settings refuse
+    (EWC's ``decay`` while ``mode: separate``) is refused too, unless another of its parameters is searched as well.
+    """
+    cls, field_name, config = _target(name, spec)
+    tp, fld = field_of(cls, field_name)
+    kind = _value_type(tp)
+    if space.choice is not None:
+        values = [check_value(tp, fld, v, source, path + ("choice", i)) for i, v in enumerate(space.choice)]
+        space.choice[:] = values
+        where = [path + ("choice", i) for i in range(len(values))]
+    else:
+        if kind not in (int, float):
+            allowed = " | ".join(map(repr, typing.get_args(kind))) if typing.get_origin(kind) is Literal else None
+            raise source.error(path, f"{name} is not a number, so it has no range; give `choice: [...]`"
+                               + (f" of {allowed}" if allowed else ""))
+        if kind is int and space.type != "int":
+            raise source.error(path + ("type",), f"{name} is an integer; a float range would give it fractions",
+                               hint=f"add type: int, e.g. {{low: {math.ceil(space.low)}, high: {math.floor(space.high)}, type: int}}")
+        values = [check_value(tp, fld, getattr(space, bound), source, path + (bound,)) for bound in ("low", "high")]
+        where = [path + ("low",), path + ("high",)]
+    if config is None or getattr(config, "check", None) is None:
+        return
+    plugin_fields = {n for n in searched if n != name and _target(n, spec)[2] is config}
+    if plugin_fields:  # the other searched values change what this one may be
+        return
+    for value, at in zip(values, where):
+        try:
+            dataclasses.replace(config, **{field_name: value}).check(source, path[:-1])
+        except ConfigError as exc:  # the strategy's own cross-field rule, reported at the value
+            raise source.error(at, f"{exc.message} (with the strategy's other settings)", hint=exc.hint) from None
 
 
 def check_parameter(name: str, known: dict, label: str, source: Source, path: KeyPath) -> None:

@@ -86,6 +86,7 @@ BAD_SPACES = [
     ("ewc_lambda: {low: 0.5, high: 2.5, type: int}", "search.spaces.ewc.ewc_lambda.low", "whole-number bounds", 9),
     ("mode: {low: 0, high: 1}", "search.spaces.ewc.mode", "give `choice: [...]` of 'separate' | 'online'", 9),
     ("decay: {choice: [0.5, 0.9]}", "search.spaces.ewc.decay.choice[0]", "applies only to mode: online", 9),
+    ("ewc_lambda: {choice: [10, [20]]}", "search.spaces.ewc.ewc_lambda.choice[1]", "cannot choose between lists", 9),
 ]
 
 

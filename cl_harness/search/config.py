@@ -30,7 +30,7 @@ from typing import Any, Literal, Union
 from cl_harness.config.experiment import TrainingConfig
 from cl_harness.config.schema import check_value, did_you_mean, field_names, field_of, parse
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import ConfigError
+from cl_harness.errors import ConfigError, short_repr
 from cl_harness.strategies.registry import StrategySpec
 from cl_harness.tracking import schema
 
@@ -166,6 +166,11 @@ def check_space_values(name: str, space: ParamSpace, spec: StrategySpec, searche
     tp, fld = field_of(cls, field_name)
     kind = _value_type(tp)
     if space.choice is not None:
+        for i, v in enumerate(space.choice):
+            if isinstance(v, (list, dict)):
+                raise source.error(path + ("choice", i), "a choice is one number, string, true/false or null; "
+                                   f"Optuna cannot choose between lists or mappings (got {short_repr(v)})",
+                                   hint=f"search a parameter that takes one value, or fix {name} in `strategies`")
         values = [check_value(tp, fld, v, source, path + ("choice", i)) for i, v in enumerate(space.choice)]
         space.choice[:] = values
         where = [path + ("choice", i) for i in range(len(values))]

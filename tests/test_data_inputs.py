@@ -139,6 +139,20 @@ def test_backbone_errors_carry_the_experiment_file_and_line(name, tmp_path):
     assert str(info.value).startswith(f"{tmp_path / 'experiment.yaml'}:4: backbone.name: "), str(info.value)
 
 
+def test_validate_gives_backbone_errors_their_line_and_refuses_a_tokenizer_that_knows_no_text(tiny_bert, tmp_path, capsys):
+    """check_experiment passes the experiment's source and a sample of the stream's texts to the backbone checks."""
+    stream_file(tmp_path, [files_task("train.jsonl", test=None), OTHER])
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"zzyzx qwxv {i}kq", "label": ("pos", "neg")[i % 2]} for i in range(10)])
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(f"name: e\nstream: stream.yaml\nbackbone: {tiny_bert}\ntraining: {{max_length: 24}}\n")
+    assert main(["validate", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert f"{experiment}:3: backbone.name: " in err and "texts of task 'first' to its unknown token" in err and "Traceback" not in err, err
+    experiment.write_text("name: e\nstream: stream.yaml\nbackbone: bundled:nope\n")
+    assert main(["validate", str(experiment)]) == 2
+    assert f"{experiment}:3: backbone.name: unknown bundled backbone" in capsys.readouterr().err
+
+
 # -- 3. texts that are not strings, NaN and Infinity -----------------------------------------------------------------
 
 

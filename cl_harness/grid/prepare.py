@@ -20,7 +20,7 @@ from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
 from cl_harness.models.generative import context_length, load_generative_config, load_generative_tokenizer
 from cl_harness.models.head_init import init_heads_from_label_names
 from cl_harness.runner.generative import GenerativeModelFactory, GenerativeRun
-from cl_harness.models.backbone import check_tokenizer_matches, load_model_config, load_tokenizer
+from cl_harness.models.backbone import check_tokenizer_covers, check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
 from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys, position_limit
 from cl_harness.strategies import default_registry
@@ -315,9 +315,11 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     check_backbone_kind(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     runs, tasks = plan_and_read(loaded, strategies, kinds)
-    tokenizer = load_tokenizer(config.backbone)
-    model_config = load_model_config(config.backbone)
-    check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
+    tokenizer = load_tokenizer(config.backbone, loaded.source)
+    model_config = load_model_config(config.backbone, loaded.source)
+    check_tokenizer_matches(tokenizer, model_config, config.backbone.name, loaded.source)
+    for task in tasks:  # a tokenizer that reads every text of a task as its unknown token is refused
+        check_tokenizer_covers(tokenizer, task.train_texts, config.backbone.name, loaded.source, f"task {task.name!r}")
     check_lora_targets(loaded, strategies, model_config)
     check_task_kinds(loaded, strategies, tokenizer, kinds)
     check_max_length(loaded, model_config, tokenizer)

@@ -140,8 +140,8 @@ def check_tokenizer_vocabulary(tokenizer, name: str, source: Source | None = Non
         )
 
 
-def check_tokenizer_covers(tokenizer, texts: list, name: str, source: Source | None = None) -> None:
-    """Refuse a tokenizer that maps a sample of the stream's texts entirely to its unknown token.
+def check_tokenizer_covers(tokenizer, texts: list, name: str, source: Source | None = None, where: str = "the stream") -> None:
+    """Refuse a tokenizer that maps a sample of ``where``'s texts (the stream's, or one task's) entirely to its unknown token.
 
     ``texts``: strings or (str, str) pairs; at most ``UNK_SAMPLE`` of them, spread over the list, are tokenised.
     """
@@ -155,7 +155,7 @@ def check_tokenizer_covers(tokenizer, texts: list, name: str, source: Source | N
     ids = [i for row in tokenizer(sample, add_special_tokens=False)["input_ids"] for i in row if i not in special_ids]
     if ids and all(i == unk for i in ids):
         raise _error(
-            f"the tokenizer of backbone {name!r} maps every token of {len(sample)} texts of the stream to its unknown "
+            f"the tokenizer of backbone {name!r} maps every token of {len(sample)} texts of {where} to its unknown "
             f"token {tokenizer.unk_token!r}; the model could learn nothing",
             source,
             hint="the tokenizer does not belong to this data (or its vocabulary files are wrong)",

@@ -14,9 +14,9 @@ import yaml
 
 from cl_harness.cli import main
 from cl_harness.config.experiment import BackboneConfig
-from cl_harness.config.loader import load_stream
+from cl_harness.config.loader import load_stream, make_variables
 from cl_harness.config.yaml_io import Source
-from cl_harness.data.tasks import load_task
+from cl_harness.data.tasks import load_stream_tasks, load_task
 from cl_harness.errors import ConfigError
 from cl_harness.models.backbone import (
     check_tokenizer_covers,
@@ -224,8 +224,10 @@ def test_integer_labels_alone_are_fine(tmp_path):
 
 def test_domain_incremental_tasks_without_a_shared_label_are_refused(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", rows())
-    path = stream_file(tmp_path, [files_task("train.jsonl"), OTHER], scenario="domain_incremental")
-    err = refused(path, index=1)
+    stream = load_stream(stream_file(tmp_path, [files_task("train.jsonl"), OTHER], scenario="domain_incremental"), {})
+    with pytest.raises(ConfigError) as info:
+        load_stream_tasks(stream)
+    err = info.value
     assert err.key == "tasks[1]" and "must share their label set" in err.message and "rename_labels" in err.hint
 
 
@@ -303,8 +305,9 @@ def test_a_quoted_field_over_several_lines_is_fine(tmp_path):
 def test_a_data_root_that_is_not_a_folder_is_named(root, problem, tmp_path, capsys):
     (tmp_path / "afile").write_text("x\n")
     path = stream_file(tmp_path, [files_task("${DATA_ROOT}/agnews/train.json", "${DATA_ROOT}/agnews/test.json"), OTHER])
-    err = refused(path, variables={"DATA_ROOT": str(tmp_path / root)})
-    assert err.key == "--data-root" and err.message == f"{tmp_path / root} {problem}"
+    with pytest.raises(ConfigError) as info:
+        make_variables(tmp_path / root)
+    assert info.value.key == "--data-root" and info.value.message == f"{tmp_path / root} {problem}"
     assert main(["validate", str(path), "--data-root", str(tmp_path / root)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --data-root: {tmp_path / root} {problem}")
 

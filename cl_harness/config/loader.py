@@ -12,6 +12,7 @@ from cl_harness.config.limits import check_name, check_numbers
 from cl_harness.config.schema import parse, to_dict
 from cl_harness.config.stream import StreamConfig
 from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load_yaml
+from cl_harness.errors import ConfigError
 
 
 @dataclass
@@ -50,7 +51,11 @@ def make_variables(data_root: str | Path | None = None, environ: Mapping[str, st
     """``${VAR}`` values: the environment, plus ``DATA_ROOT`` from ``--data-root``."""
     variables = dict(os.environ if environ is None else environ)
     if data_root is not None:
-        variables["DATA_ROOT"] = str(Path(data_root).expanduser().resolve())
+        root = Path(data_root).expanduser().resolve()
+        if not root.is_dir():
+            raise ConfigError(f"{root} {'is not a folder' if root.exists() else 'does not exist'}", key="--data-root",
+                              hint="pass the folder that ${DATA_ROOT} in the stream file stands for")
+        variables["DATA_ROOT"] = str(root)
     return variables
 
 

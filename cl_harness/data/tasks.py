@@ -474,84 +474,35 @@ def label_id(value: Any, names: list[str], lookup: dict[str, int], by_name_only:
 
 
 def load_task(stream: LoadedStream, index: int) -> TaskData:
-    """Read and cut task ``index`` of the stream; in a domain-incremental stream, it must share a label with the first."""
-    check_data_root(stream, index)
-    task = _TaskCutter(stream, index).cut()
-    if stream.config.scenario == "domain_incremental" and task.kind == "classification":
-        _check_shared_labels(stream, index, task)
-    return task
+    """Read and cut task ``index`` of the stream."""
+    return _TaskCutter(stream, index).cut()
 
 
-def _check_shared_labels(stream: LoadedStream, index: int, task: TaskData) -> None:
+def check_shared_labels(stream: LoadedStream, tasks: list[TaskData | None]) -> None:
     """Refuse a task of a domain-incremental stream that shares no label with the stream's first classification task.
 
-    Partial overlap is allowed (the head holds the union of the names); no overlap at all is class-incremental in effect.
-    The label names of the tasks cut so far are kept on the stream object.
+    ``tasks``: the stream's tasks in order (None: not read). Partial overlap is allowed (the one head holds the union
+    of the names); no overlap at all is class-incremental in effect.
     """
-    seen: dict[int, list[str]] = stream.__dict__.setdefault("_cut_label_names", {})
-    seen[index] = list(task.label_names)
-    first = min(seen)
-    if first >= index:
+    if stream.config.scenario != "domain_incremental":
         return
-    if not set(seen[first]) & set(task.label_names):
-        first_name = stream.config.tasks[first].name
-        raise stream.source.error(
-            ("tasks", index),
-            f"the tasks of a domain_incremental stream must share their label set; task {task.name!r} "
-            f"({', '.join(task.label_names)}) shares no label with task {first_name!r} ({', '.join(seen[first])})",
-            hint="map the labels onto common names with rename_labels (e.g. {music: first, weather: second}), "
-            "or use scenario: class_incremental",
-        )
-
-
-def check_data_root(stream: LoadedStream, index: int) -> None:
-    """Refuse a ``${DATA_ROOT}`` (``--data-root``) that does not exist or is not a folder, before any file under it is read."""
-    task = stream.config.tasks[index]
-    named = [(("source", key), getattr(task.source, key)) for key in ("train_file", "test_file", "path")]
-    named.append((("label_names",), task.label_names if isinstance(task.label_names, str) else None))
-    if not any(value for _, value in named):
+    labelled = [(index, task) for index, task in enumerate(tasks) if task is not None and task.kind == "classification"]
+    if not labelled:
         return
-    raw = _raw_task(stream, index)
-    for keys, value in named:
-        written = _dig(raw, keys)
-        if not value or not isinstance(written, str) or not written.startswith(DATA_ROOT_VARIABLE):
-            continue
-        rest = written[len(DATA_ROOT_VARIABLE):]
-        if "${" in rest or not value.endswith(rest):
-            continue
-        root = Path(value[: len(value) - len(rest)] or "/")
-        problem = None if root.is_dir() else ("is not a folder" if root.exists() else "does not exist")
-        if problem:
-            raise ConfigError(
-                f"{root} {problem}",
-                key="--data-root",
-                hint=f"the stream {stream.path.name} reads its data from ${{DATA_ROOT}} (tasks[{index}], "
-                f"line {stream.source.line_of(('tasks', index) + keys)}); pass the folder that holds it",
+    first_index, first = labelled[0]
+    for index, task in labelled[1:]:
+        if not set(first.label_names) & set(task.label_names):
+            raise stream.source.error(
+                ("tasks", index),
+                f"the tasks of a domain_incremental stream must share their label set; task {task.name!r} "
+                f"({', '.join(task.label_names)}) shares no label with task {first.name!r} ({', '.join(first.label_names)})",
+                hint="map the labels onto common names with rename_labels (e.g. {music: first, weather: second}), "
+                "or use scenario: class_incremental",
             )
 
 
-DATA_ROOT_VARIABLE = "${DATA_ROOT}"
-
-
-def _raw_task(stream: LoadedStream, index: int) -> Any:
-    """Task ``index`` of the stream file as written (before ``${VAR}`` expansion); None when it cannot be read."""
-    from cl_harness.config.yaml_io import load_yaml
-
-    try:
-        data, _ = load_yaml(stream.path, "stream")
-        return data["tasks"][index]
-    except Exception:  # noqa: BLE001 - the file was read once already; without it the check is skipped
-        return None
-
-
-def _dig(data: Any, keys: tuple) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
 def load_stream_tasks(stream: LoadedStream) -> list[TaskData]:
-    """Read and cut every task of the stream, in order."""
-    return [load_task(stream, index) for index in range(len(stream.config.tasks))]
+    """Read and cut every task of the stream, in order (a domain-incremental stream's tasks must share labels)."""
+    tasks = [load_task(stream, index) for index in range(len(stream.config.tasks))]
+    check_shared_labels(stream, tasks)
+    return tasks

@@ -11,7 +11,7 @@ from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, Train
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
 from cl_harness.data.benchmark import EncodedTask, LabelSpace
 from cl_harness.data.encoding import encode_texts
-from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task, sample_per_class
+from cl_harness.data.tasks import TaskData, check_shared_labels, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
 from cl_harness.errors import HubUnreachableError
 from cl_harness.data.instruction import EncodedInstructionTask
@@ -185,6 +185,7 @@ def check_stream(path, data_root=None) -> CheckedStream:
         except HubUnreachableError as error:
             unreachable = error
             tasks.append(None)
+    check_shared_labels(loaded, tasks)
     return CheckedStream(loaded, tasks, unreachable)
 
 

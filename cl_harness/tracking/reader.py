@@ -34,7 +34,7 @@ from cl_harness.tracking.schema import (
     parse_planned_runs,
     parse_run_name,
 )
-from cl_harness.tracking.store import public_uri
+from cl_harness.tracking.store_guard import public_uri
 
 MAX_LISTED = 20
 

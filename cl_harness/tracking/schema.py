@@ -181,6 +181,10 @@ def parse_task_metric(key: str) -> tuple[str, str] | None:
 
 # --- artifacts -------------------------------------------------------------------------------------
 
+ARTIFACTS_FOLDER = "artifacts"  # beside a local SQLite store's database file: its runs' artifacts, one folder per experiment
+# Tables MLflow creates first in a new SQLite store: a database with tables but none of these is someone else's.
+MLFLOW_CORE_TABLES = frozenset({"alembic_version", "experiments", "experiment_tags", "runs", "tags", "params", "metrics"})
+
 CONFIG_ARTIFACT = "config.yaml"
 MATRIX_ARTIFACT = "accuracy_matrix.json"
 MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlparse, urlunparse
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.errors import ConfigError, TrackingStoreError
-from cl_harness.tracking.store_guard import probe_store, store_creation_lock
-
-SERVER_HINT = "start it with `mlflow server --host 127.0.0.1 --port 5000` or drop --tracking-uri to use the local store"
+from cl_harness.tracking.schema import ARTIFACTS_FOLDER
+from cl_harness.tracking.store_guard import UriSource, probe_store, sqlite_db_path, store_creation_lock
+from cl_harness.tracking.store_guard import check_tracking_reachable as check_tracking_reachable  # its home is store_guard
 
 _BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 T = TypeVar("T")
@@ -55,17 +50,6 @@ def retry_if_raced(write: Callable[[], T]) -> T:
         return write()
 
 
-def sqlite_db_path(uri: str) -> Path | None:
-    """The database file of a local ``sqlite:///path`` URI (relative to the cwd unless absolute); None otherwise."""
-    prefix = "sqlite:///"
-    if not uri.lower().startswith(prefix):
-        return None
-    path = uri[len(prefix) :].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
 def choose_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI (nothing created)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -85,15 +69,8 @@ def absolute_uri(uri: str) -> str:
     db = sqlite_db_path(uri)
     if db is None or db.is_absolute():
         return uri
-    return f"sqlite:///{db.resolve()}" + (uri[uri.index("?"):] if "?" in uri else "")
-
-
-def public_uri(uri: str) -> str:
-    """The tracking URI without any user:password part."""
-    parts = urlparse(uri)
-    if not parts.netloc or "@" not in parts.netloc:
-        return uri
-    return urlunparse(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    scheme = uri[: uri.index(":///") + len(":///")]  # sqlite:/// or sqlite+driver:///
+    return f"{scheme}{db.resolve()}" + (uri[uri.index("?"):] if "?" in uri else "")
 
 
 def _dir_name(name: str) -> str:
@@ -106,25 +83,7 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
     db = sqlite_db_path(uri)
     if db is None:
         return None
-    return (db.parent.resolve() / "artifacts" / _dir_name(experiment_name)).as_uri()
-
-
-def check_tracking_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Raise ConfigError if an http(s) tracking server does not answer ``<uri>/health``; no-op for local stores."""
-    if urlparse(uri).scheme.lower() not in ("http", "https"):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):
-            return
-    except urllib.error.HTTPError as exc:  # the server answered (even 404/401): it is reachable
-        exc.close()
-        return
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise ConfigError(
-            f"MLflow tracking server {uri} is not reachable ({reason})", key="tracking.uri", hint=SERVER_HINT
-        ) from exc
+    return (db.parent.resolve() / ARTIFACTS_FOLDER / _dir_name(experiment_name)).as_uri()
 
 
 def connect(uri: str) -> MlflowClient:
@@ -132,12 +91,12 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def open_store(uri: str | None) -> tuple[str, MlflowClient]:
-    """Resolve ``uri`` (``choose_tracking_uri``), check the store answers, and connect: ``(uri, client)``."""
+def open_store(uri: str | None, source: UriSource | None = None, create: bool = True) -> tuple[str, MlflowClient]:
+    """Resolve ``uri`` (``choose_tracking_uri``), check the store (one that is missing is created only if ``create``), connect."""
     chosen = choose_tracking_uri(uri)
-    probe_store(chosen)  # a local store that is read-only, damaged or in the way fails here, in milliseconds
-    resolved = resolve_tracking_uri(chosen)
-    check_tracking_reachable(resolved)
+    # a local store that is read-only, damaged, someone else's or in the way, or a server that does not answer, fails here
+    probe_store(chosen, source or UriSource(), writes=create)
+    resolved = resolve_tracking_uri(chosen) if create else chosen
     return resolved, connect(resolved)
 
 

@@ -1,29 +1,104 @@
 """Fast checks on the tracking store before any run is opened in it, and the lock that serialises its first creation.
 
-A mistyped URI is a config mistake (exit 2, at the key it came from). A local store that cannot
-be used (a read-only folder, a file where its folder should be, a database file that is not
-SQLite) is a store outage (exit 3), found in milliseconds instead of after MLflow's retries.
+A mistyped URI is a config mistake (exit 2, at the key it came from). A store that cannot be used
+(a read-only folder, a file where its folder or artifact folder should be, a database file that is
+not SQLite or is someone else's SQLite database, an in-memory database, a server that does not
+answer, or no store at all where a command only reads) is a store problem (exit 3), found in
+milliseconds instead of after MLflow's retries, and before anything is written.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
+import re
 import sqlite3
 import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse, urlunparse
 
 from cl_harness.errors import ConfigError, TrackingStoreError, clip
+from cl_harness.tracking.schema import ARTIFACTS_FOLDER, MLFLOW_CORE_TABLES
 
 # Schemes MLflow's tracking stores accept (a ``+driver`` suffix is allowed on database schemes).
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
 SQLITE_HEADER = b"SQLite format 3\x00"
 STORE_LOCK_TIMEOUT_S = 120.0
+SERVER_TIMEOUT_S = 3.0
+_SQLITE_PREFIX = re.compile(r"sqlite(\+[A-Za-z0-9_]+)?:///", re.IGNORECASE)
+_MAX_TABLES_NAMED = 5
 
 
 class StoreUnavailableError(TrackingStoreError):
-    """The local tracking store cannot be used as it is (exit 3): the message says what to fix."""
+    """The tracking store cannot be used as it is (exit 3): the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class UriSource:
+    """Where a tracking URI came from (a flag, a variable, or a YAML key with file and line), for messages to name."""
+
+    key: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def prefix(self) -> str:
+        """``file:line: key: `` (the parts known), or nothing for the default store."""
+        where = self.file + (f":{self.line}" if self.line else "") + ": " if self.file else ""
+        return where + (f"{self.key}: " if self.key else "")
+
+    def other_store(self) -> str:
+        """How to choose another store, in the terms of where this one was given."""
+        if self.key == "$MLFLOW_TRACKING_URI":
+            return "set $MLFLOW_TRACKING_URI to another store"
+        if self.key and not self.key.startswith("-"):
+            return f"set {self.key} to another store"
+        return "choose another store with --tracking-uri"
+
+
+def uri_source(cli_uri: str | None) -> UriSource:
+    """The source of the URI of a command without an experiment file: ``--tracking-uri``, the variable or the default."""
+    if cli_uri is not None:
+        return UriSource("--tracking-uri")
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return UriSource("$MLFLOW_TRACKING_URI")
+    return UriSource()
+
+
+def sqlite_location(uri: str) -> str | None:
+    """The database part (before any ``?``) of a ``sqlite[+driver]:///`` URI; None for other stores."""
+    match = _SQLITE_PREFIX.match(uri)
+    return uri[match.end():].split("?", 1)[0] if match else None
+
+
+def is_in_memory_sqlite(uri: str) -> bool:
+    """Whether ``uri`` is an SQLite database held in memory (``:memory:``, ``file::memory:``, ``mode=memory``)."""
+    location = sqlite_location(uri)
+    if location is None:
+        return False
+    query = parse_qs(uri.split("?", 1)[1]) if "?" in uri else {}
+    return location == ":memory:" or location.startswith("file::memory:") or "memory" in query.get("mode", [])
+
+
+def sqlite_db_path(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///path`` URI (relative to the cwd unless absolute); None otherwise."""
+    location = sqlite_location(uri)
+    if not location or is_in_memory_sqlite(uri):
+        return None
+    return Path(location)
+
+
+def public_uri(uri: str) -> str:
+    """The tracking URI without any user:password part."""
+    parts = urlparse(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunparse(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def uri_error(uri: str, message: str, key: str, file: str | None = None, line: int | None = None) -> ConfigError:
@@ -72,59 +147,123 @@ def can_create_in(folder: Path) -> str | None:
     return None
 
 
-def probe_sqlite_store(db: Path) -> None:
-    """Raise StoreUnavailableError when the SQLite store at ``db`` cannot be created, written or read as SQLite."""
+def probe_sqlite_store(db: Path, source: UriSource = UriSource(), writes: bool = True) -> None:
+    """Raise StoreUnavailableError when the SQLite store at ``db`` cannot be used: created and written (``writes``), or read."""
+    where, other = source.prefix(), source.other_store()
+    if not writes and not db.exists():
+        raise StoreUnavailableError(f"{where}no MLflow store at {db} (no such file); {other}, e.g. the one `cl-harness run` wrote to")
     folder = db.parent
     existing = _first_existing(folder)
     if not existing.is_dir():
-        raise StoreUnavailableError(
-            f"the tracking store {db} cannot be created: {existing} is a file, not a folder; move it away or choose "
-            "another store with --tracking-uri"
-        )
-    why = can_create_in(existing)
-    if why is not None:
-        raise StoreUnavailableError(
-            f"the tracking store folder {existing} is not writable ({why}); make it writable or choose another "
-            "store with --tracking-uri"
-        )
+        raise StoreUnavailableError(f"{where}the tracking store {db} cannot be created: {existing} is a file, not a folder; "
+                                    f"move it away or {other}")
+    if writes:
+        why = can_create_in(existing)
+        if why is not None:
+            raise StoreUnavailableError(f"{where}the tracking store folder {existing} is not writable ({why}); make it writable or {other}")
     if db.exists():
         if not db.is_file():
-            raise StoreUnavailableError(f"the tracking store {db} is not a file; choose another store with --tracking-uri")
+            raise StoreUnavailableError(f"{where}the tracking store {db} is not a file; {other}")
         try:
-            with db.open("r+b") as file:
+            with db.open("r+b" if writes else "rb") as file:
                 header = file.read(len(SQLITE_HEADER))
         except OSError as exc:
-            raise StoreUnavailableError(f"the tracking store {db} cannot be opened for writing ({exc.strerror})") from None
+            raise StoreUnavailableError(f"{where}the tracking store {db} cannot be opened ({exc.strerror}); {other}") from None
         if header and header != SQLITE_HEADER:
             raise StoreUnavailableError(
-                f"the tracking store {db} is not an SQLite database (corrupt or another file); move it away to start "
-                "a new store, or choose another with --tracking-uri"
+                f"{where}the tracking store {db} is not an SQLite database (corrupt or another file); move it away to start "
+                f"a new store, or {other}"
             )
-        if header:
-            _check_sqlite_readable(db)
+        tables = sqlite_tables(db, source) if header else set()
+        if tables and not tables & MLFLOW_CORE_TABLES:
+            named = ", ".join(sorted(tables)[:_MAX_TABLES_NAMED]) + (", ..." if len(tables) > _MAX_TABLES_NAMED else "")
+            raise StoreUnavailableError(f"{where}{db} is a SQLite database but not an MLflow store (it has tables "
+                                        f"{clip(named, 160)}); give a new file or an MLflow store")
+        if not tables and not writes:
+            raise StoreUnavailableError(f"{where}no MLflow store at {db} (the database is empty); {other}, "
+                                        "e.g. the one `cl-harness run` wrote to")
+    if writes:
+        check_artifact_folder(folder / ARTIFACTS_FOLDER, source)
 
 
-def _check_sqlite_readable(db: Path) -> None:
+def check_artifact_folder(artifacts: Path, source: UriSource = UriSource()) -> None:
+    """The artifact folder beside a local store must be a writable folder, or be creatable."""
+    where, other = source.prefix(), source.other_store()
+    if artifacts.exists() and not artifacts.is_dir():
+        raise StoreUnavailableError(f"{where}the store's artifact folder {artifacts} is a file, not a folder; move it away or {other}")
+    if artifacts.is_dir():
+        why = can_create_in(artifacts)
+        if why is not None:
+            raise StoreUnavailableError(f"{where}the store's artifact folder {artifacts} is not writable ({why}); "
+                                        f"make it writable or {other}")
+
+
+def sqlite_tables(db: Path, source: UriSource = UriSource()) -> set[str]:
+    """The names of the tables of the SQLite database ``db`` (opened read-only); StoreUnavailableError when damaged."""
     try:
         connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
         try:
-            connection.execute("select count(*) from sqlite_master").fetchone()
+            rows = connection.execute("select name from sqlite_master where type = 'table'").fetchall()
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
         raise StoreUnavailableError(
-            f"the tracking store {db} is damaged ({clip(exc, 80)}); move it away to start a new store, or restore a backup"
+            f"{source.prefix()}the tracking store {db} is damaged ({clip(exc, 80)}); move it away to start a new store, "
+            "or restore a backup"
+        ) from None
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def check_tracking_reachable(uri: str, timeout: float = SERVER_TIMEOUT_S, source: UriSource = UriSource()) -> None:
+    """Raise StoreUnavailableError if an http(s) tracking server does not answer ``<uri>/health``; no-op for other stores."""
+    if urlparse(uri).scheme.lower() not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:  # the server answered (even 404/401): it is reachable
+        exc.close()
+        return
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise StoreUnavailableError(
+            f"{source.prefix()}MLflow tracking server {public_uri(uri)} is not reachable ({clip(reason, 80)}); start it with "
+            f"`mlflow server --host 127.0.0.1 --port 5000` or {source.other_store()}"
         ) from None
 
 
-def probe_store(uri: str) -> None:
-    """Check the URI, then a local SQLite store's folder and file (StoreUnavailableError); other stores are left to MLflow."""
-    check_store_uri(uri)
-    prefix = "sqlite:///"
-    if uri.lower().startswith(prefix):
-        path = uri[len(prefix):].split("?", 1)[0]
-        if path and path != ":memory:":
-            probe_sqlite_store(Path(path))
+def probe_store(uri: str, source: UriSource = UriSource(), writes: bool = True) -> None:
+    """Check the URI, then the store it names: a local SQLite file and folders, or a server's answer (StoreUnavailableError)."""
+    check_store_uri(uri, source.key or "tracking.uri", source.file, source.line)
+    if is_in_memory_sqlite(uri):
+        raise StoreUnavailableError(f"{source.prefix()}{clip(uri, 120)} is an in-memory SQLite store: it keeps nothing "
+                                    "after the command; give a database file, e.g. sqlite:///mlruns/mlflow.db")
+    db = sqlite_db_path(uri)
+    if db is not None:
+        probe_sqlite_store(db, source, writes)
+    check_tracking_reachable(uri, source=source)
+
+
+@contextmanager
+def artifact_writes(run_id: str) -> Iterator[None]:
+    """Turn a local artifact folder that is in the way (a file, not writable) into StoreUnavailableError, naming the path."""
+    try:
+        yield
+    except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+        path = Path(exc.filename) if exc.filename else None
+        blocker = _first_existing(path) if path is not None else None
+        if blocker is not None and blocker.exists() and not blocker.is_dir():
+            why = f"{blocker} is a file, not a folder; move it away"
+        else:
+            why = f"{exc.strerror or type(exc).__name__}; make it writable"
+        raise StoreUnavailableError(f"the artifacts of run {run_id} cannot be written to {path}: {why}, "
+                                    "or choose another store with --tracking-uri") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            raise
+        raise StoreUnavailableError(f"the artifacts of run {run_id} cannot be written to {exc.filename} ({exc.strerror}); "
+                                    "make the folder writable or choose another store with --tracking-uri") from None
 
 
 @contextmanager

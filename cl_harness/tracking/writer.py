@@ -28,6 +28,7 @@ from mlflow.utils.validation import (
 from cl_harness.tracking import schema
 from cl_harness.tracking.schema import END_STATUSES, PARENT_RUN_TAG, metric_key
 from cl_harness.tracking.store import retry_if_raced, run_exists
+from cl_harness.tracking.store_guard import artifact_writes
 
 TRACKED_PACKAGES = ("torch", "transformers", "avalanche-lib", "mlflow", "datasets", "cl-harness")
 
@@ -138,7 +139,8 @@ class RunLogger:
         for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk)
         text = yaml.safe_dump(plain(resolved), sort_keys=False, allow_unicode=True)
-        self._client.log_text(self._run_id, text, schema.CONFIG_ARTIFACT)
+        with artifact_writes(self._run_id):
+            self._client.log_text(self._run_id, text, schema.CONFIG_ARTIFACT)
 
     def _log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log ``metrics`` at ``step`` in one ``log_batch`` call (more only past MLflow's 1000-per-batch cap)."""
@@ -162,14 +164,16 @@ class RunLogger:
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """Write ``obj`` as a JSON (``.json``) or YAML (``.yaml``/``.yml``) artifact."""
-        self._client.log_dict(self._run_id, plain(obj), artifact_file)
+        with artifact_writes(self._run_id):
+            self._client.log_dict(self._run_id, plain(obj), artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a local file (at the artifact root, or under ``artifact_path``)."""
         local = Path(path)
         if not local.is_file():
             raise FileNotFoundError(f"artifact file not found: {local}")
-        self._client.log_artifact(self._run_id, str(local), artifact_path)
+        with artifact_writes(self._run_id):
+            self._client.log_artifact(self._run_id, str(local), artifact_path)
 
     def log_figure_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload an already-written figure (PNG, SVG, ...) as an artifact."""
@@ -349,11 +353,12 @@ def log_grid_counts(parent: RunLogger, finished: int, total: int) -> None:
 def log_report_files(client: MlflowClient, run_id: str, table: Any, files: Sequence[Path], plots: Sequence[Path]) -> None:
     """Attach a comparison report to a parent run: the table as ``comparison_table.json`` (replaced, not appended
     to, when the run already has one), the report files at the root and the plots under ``plots/``."""
-    _log_table(client, run_id, table)
-    for path in files:
-        client.log_artifact(run_id, str(path))
-    for path in plots:
-        client.log_artifact(run_id, str(path), schema.PLOTS_ARTIFACT_DIR)
+    with artifact_writes(run_id):
+        _log_table(client, run_id, table)
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        for path in plots:
+            client.log_artifact(run_id, str(path), schema.PLOTS_ARTIFACT_DIR)
 
 
 def _log_table(client: MlflowClient, run_id: str, table: Any) -> None:
@@ -435,4 +440,5 @@ def log_search_outcome(parent: RunLogger, best_params_file: Path, best: Mapping[
 
 def log_search_plot(client: MlflowClient, run_id: str, path: Path) -> None:
     """A plot of the search (e.g. Optuna's optimisation history) under ``search/`` of the search parent."""
-    client.log_artifact(run_id, str(path), schema.SEARCH_ARTIFACT_DIR)
+    with artifact_writes(run_id):
+        client.log_artifact(run_id, str(path), schema.SEARCH_ARTIFACT_DIR)

@@ -174,8 +174,7 @@ def cmd_run(args) -> int:
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
     from cl_harness.report.glance import count
     from cl_harness.report.terminal import run_summary
-    from cl_harness.grid.input_checks import check_tracking_uri
-    from cl_harness.tracking.store import choose_tracking_uri
+    from cl_harness.grid.input_checks import check_tracking_uri, tracking_uri_source
     from cl_harness.tracking.store_guard import probe_store
 
     options = ExecutionOptions(args.executor, args.workers, args.ray_address, args.max_retries, args.cpus_per_run, args.gpus_per_run)
@@ -186,7 +185,7 @@ def cmd_run(args) -> int:
         from cl_harness.search.cli_hooks import check_search
 
         check_search(checked)
-    uri = choose_tracking_uri(args.tracking_uri or checked.config.tracking.uri)
+    uri, source = tracking_uri_source(checked.loaded, args.tracking_uri)
     executor = make_executor(options, uri)
     if args.dry_run:
         print(f"{count(len(checked.runs), 'planned run')} of experiment {checked.name!r}:")
@@ -195,7 +194,7 @@ def cmd_run(args) -> int:
             print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
         print_prefix_units(checked.runs)
         return EXIT_OK
-    probe_store(uri)  # before tokenising: fail fast
+    probe_store(uri, source)  # before tokenising: fail fast, naming the flag or key the URI came from
     prepared = prepare_experiment(checked)
     if prepared.cache is not None and prepared.cache.hits:
         print(f"tokens: {prepared.cache.hits} of {prepared.cache.hits + prepared.cache.misses} splits read from the cache {prepared.cache.root}")
@@ -251,25 +250,34 @@ def cmd_strategies(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from cl_harness.grid.input_checks import check_output_folder
     from cl_harness.report.compare import load_comparison, markdown
     from cl_harness.report.html import write_report
     from cl_harness.tracking.store import open_store
+    from cl_harness.tracking.store_guard import uri_source
 
-    _, client = open_store(args.tracking_uri)
+    if args.out:
+        check_output_folder(Path(args.out))
+    _, client = open_store(args.tracking_uri, uri_source(args.tracking_uri), create=False)
     comparison = load_comparison(client, args.experiment, args.parent)
+    out = Path(args.out) if args.out else Path("reports") / comparison.experiment_name / comparison.parent_run_id[:8]
+    check_output_folder(out, "--out" if args.out else "--out (default)")
     print(markdown(comparison.table()))
     for problem in comparison.problems():
         print(f"not finished: {problem.name} ({problem.status})" + (f": {problem.error}" if problem.error else ""))
-    out = Path(args.out) if args.out else Path("reports") / comparison.experiment_name / comparison.parent_run_id[:8]
     print(f"\nreport: {write_report(comparison, out)}")
     return EXIT_OK
 
 
 def cmd_ui(args) -> int:
-    from cl_harness.tracking.store import resolve_tracking_uri
-    from cl_harness.ui import UIError, UIOptions, serve
+    from cl_harness.tracking.links import store_serves_ui
+    from cl_harness.tracking.store import choose_tracking_uri
+    from cl_harness.tracking.store_guard import probe_store, uri_source
+    from cl_harness.ui import UIError, UIOptions, port_in_use, serve
 
-    options = UIOptions(resolve_tracking_uri(args.tracking_uri), args.host, args.port, args.workers, args.timeout)
+    options = UIOptions(choose_tracking_uri(args.tracking_uri), args.host, args.port, args.workers, args.timeout)
+    if not store_serves_ui(options.tracking_uri) and not port_in_use(args.host, args.port):  # a busy port is said first
+        probe_store(options.tracking_uri, uri_source(args.tracking_uri), writes=False)  # the UI shows a store; it makes none
     try:
         return serve(options, say=lambda text: print(text, flush=True))
     except UIError as exc:
@@ -281,12 +289,45 @@ def cmd_ui(args) -> int:
 
 
 def cmd_search_report(args) -> int:
+    from cl_harness.grid.input_checks import check_output_folder
     from cl_harness.search.cli_hooks import search_report
+    from cl_harness.tracking.store import choose_tracking_uri
+    from cl_harness.tracking.store_guard import probe_store, uri_source
 
+    check_output_folder(Path(args.out) if args.out else Path("reports") / args.experiment / "search",
+                        "--out" if args.out else "--out (default)")
+    probe_store(choose_tracking_uri(args.tracking_uri), uri_source(args.tracking_uri), writes=False)  # reads: creates no store
     return search_report(args)
 
 
 COMMANDS = {"search-report": cmd_search_report, "run": cmd_run, "validate": cmd_validate, "strategies": cmd_strategies, "compare": cmd_compare, "ui": cmd_ui}
+
+
+def report_failure(exc: Exception, command: str) -> int | None:
+    """Print one message for a store or disk failure and return its exit code (3); None for any other error."""
+    import errno
+
+    from cl_harness.tracking.store import is_store_failure
+    from cl_harness.tracking.store_guard import StoreUnavailableError
+
+    if isinstance(exc, StoreUnavailableError):  # the message says what to fix, for every command
+        print(f"error: {str(exc)[:500]}", file=sys.stderr)
+        return EXIT_TRACKING
+    resume = command == "run"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        print(f"error: no space left on the device ({exc.filename or ''})" + ("; finished tasks' checkpoints are intact. "
+              "Free space and run the same command again to resume." if resume else ""), file=sys.stderr)
+        return EXIT_TRACKING
+    if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EROFS, errno.EDQUOT):
+        print(f"error: cannot write {str(exc.filename or '')[:200]} ({exc.strerror})" + ("; finished tasks' checkpoints are "
+              "intact. Fix the disk and run the same command again to resume." if resume else ""), file=sys.stderr)
+        return EXIT_TRACKING
+    if not is_store_failure(exc):
+        return None
+    print(f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]})" + (".\n"
+          "  The runs' checkpoints are kept in the run folders (checkpoint_dir, default runs/); once the store is "
+          "reachable, run the same command again: it resumes and logs the missing steps." if resume else ""), file=sys.stderr)
+    return EXIT_TRACKING
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -308,34 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:
-        import errno
-
-        from cl_harness.tracking.store import is_store_failure
-
-        if args.debug or args.command != "run":
+        if args.debug:
             raise
-        from cl_harness.tracking.store_guard import StoreUnavailableError
-
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            print(f"error: no space left on the device ({exc.filename or ''}); finished tasks' checkpoints are intact. "
-                  "Free space and run the same command again to resume.", file=sys.stderr)
-            return EXIT_TRACKING
-        if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EROFS, errno.EDQUOT):
-            print(f"error: cannot write {str(exc.filename or '')[:200]} ({exc.strerror}); finished tasks' checkpoints are "
-                  "intact. Fix the disk and run the same command again to resume.", file=sys.stderr)
-            return EXIT_TRACKING
-        if isinstance(exc, StoreUnavailableError):
-            print(f"error: {str(exc)[:500]}", file=sys.stderr)
-            return EXIT_TRACKING
-        if not is_store_failure(exc):
+        code = report_failure(exc, args.command)
+        if code is None:
             raise
-        print(
-            f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]}).\n"
-            "  The runs' checkpoints are kept in the run folders (checkpoint_dir, default runs/); once the store is "
-            "reachable, run the same command again: it resumes and logs the missing steps.",
-            file=sys.stderr,
-        )
-        return EXIT_TRACKING
+        return code
     except KeyboardInterrupt:
         print("interrupted: the runs' checkpoints and logged steps are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cl_harness.config.loader import LoadedExperiment
-from cl_harness.errors import clip
+from cl_harness.errors import ConfigError, clip
 from cl_harness.tracking.schema import metric_key
-from cl_harness.tracking.store_guard import can_create_in
+from cl_harness.tracking.store import choose_tracking_uri
+from cl_harness.tracking.store_guard import UriSource, can_create_in, check_store_uri, uri_source
 
 # Models whose position ids start after the padding index (the last two embeddings are unusable).
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
@@ -75,31 +75,53 @@ def check_metric_keys(loaded: LoadedExperiment) -> None:
         seen[key] = index
 
 
-def check_checkpoint_dir(loaded: LoadedExperiment) -> None:
-    """``checkpoint_dir`` must be, or be creatable as, a writable folder (a probe file is created and removed)."""
-    folder = Path(loaded.config.checkpoint_dir).expanduser()
-    path = ("checkpoint_dir",)
+def folder_obstacle(folder: Path) -> tuple[Path, str | None] | None:
+    """What stops files being created in ``folder`` (made when missing): (the file in the way, None) or (the folder, why)."""
     probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise loaded.source.error(path, f"{clip(probe, 160)} is a file, so run folders cannot be created under it")
-    if probe.is_dir():
-        why = can_create_in(probe)
-        if why is not None:
-            raise loaded.source.error(path, f"cannot create run folders in {clip(probe, 160)}: it is not writable ({why})")
+        return probe, None
+    why = can_create_in(probe) if probe.is_dir() else None
+    return (probe, why) if why is not None else None
+
+
+def check_checkpoint_dir(loaded: LoadedExperiment) -> None:
+    """``checkpoint_dir`` must be, or be creatable as, a writable folder (a probe file is created and removed)."""
+    obstacle = folder_obstacle(Path(loaded.config.checkpoint_dir).expanduser())
+    if obstacle is None:
+        return
+    path, why = obstacle
+    if why is None:
+        raise loaded.source.error(("checkpoint_dir",), f"{clip(path, 160)} is a file, so run folders cannot be created under it")
+    raise loaded.source.error(("checkpoint_dir",), f"cannot create run folders in {clip(path, 160)}: it is not writable ({why})")
+
+
+def check_output_folder(folder: Path, flag: str = "--out") -> None:
+    """An output folder flag (``--out``) must name a folder that is, or can be created as, writable (ConfigError, exit 2)."""
+    obstacle = folder_obstacle(folder.expanduser())
+    if obstacle is None:
+        return
+    path, why = obstacle
+    if why is not None:
+        raise ConfigError(f"cannot write to {clip(path, 160)}: it is not writable ({why}); give a writable folder", key=flag)
+    if path == folder.expanduser():
+        raise ConfigError(f"{clip(path, 160)} is a file; give a folder", key=flag)
+    raise ConfigError(f"{clip(path, 160)} is a file, so {clip(folder, 160)} cannot be created; give a folder", key=flag)
+
+
+def tracking_uri_source(loaded: LoadedExperiment, cli_uri: str | None) -> tuple[str, UriSource]:
+    """The tracking URI in use and where it came from: ``--tracking-uri``, ``tracking.uri`` (file, line), the variable or the default."""
+    if cli_uri is not None:
+        return cli_uri, UriSource("--tracking-uri")
+    if loaded.config.tracking.uri is not None:
+        line = loaded.source.line_of(("tracking", "uri"))
+        return loaded.config.tracking.uri, UriSource("tracking.uri", loaded.source.file, line)
+    return choose_tracking_uri(None), uri_source(None)
 
 
 def check_tracking_uri(loaded: LoadedExperiment, cli_uri: str | None) -> None:
     """The tracking URI in use (``--tracking-uri``, ``tracking.uri`` or $MLFLOW_TRACKING_URI) must be one a store accepts."""
-    from cl_harness.tracking.store_guard import check_store_uri
-
-    if cli_uri is not None:
-        check_store_uri(cli_uri, key="--tracking-uri")
-    elif loaded.config.tracking.uri is not None:
-        path = ("tracking", "uri")
-        check_store_uri(loaded.config.tracking.uri, "tracking.uri", loaded.source.file, loaded.source.line_of(path))
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        check_store_uri(os.environ["MLFLOW_TRACKING_URI"], key="$MLFLOW_TRACKING_URI")
+    uri, source = tracking_uri_source(loaded, cli_uri)
+    if source.key is not None:
+        check_store_uri(uri, source.key, source.file, source.line)

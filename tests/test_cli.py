@@ -100,7 +100,7 @@ def test_an_unreachable_tracking_server_is_reported_before_training(experiment, 
     with socket.socket() as sock:  # a loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    assert main(["run", str(experiment), "--tracking-uri", f"http://127.0.0.1:{port}", "--no-progress"]) == 2
+    assert main(["run", str(experiment), "--tracking-uri", f"http://127.0.0.1:{port}", "--no-progress"]) == 3
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}" in err and "mlflow server" in err
     assert not (tmp_path / "runs").exists()  # nothing trained, no run folder

@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
-from cl_harness.errors import ConfigError
+from cl_harness.errors import TrackingStoreError
 from cl_harness.report.plots import plot_accuracy_matrix
 from cl_harness.tracking.schema import PARENT_RUN_TAG, accuracy_matrix_dict, metric_key
 from cl_harness.tracking.store import (
@@ -196,7 +196,7 @@ def test_check_tracking_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(TrackingStoreError) as info:  # a store that does not answer: exit 3, not an input error
         check_tracking_reachable(uri, timeout=1.0)
     assert uri in str(info.value)
     assert "mlflow server --host 127.0.0.1 --port 5000" in str(info.value)

@@ -242,9 +242,9 @@ def run_experiment(
         if restart and grid.exists():  # keep the old folder, out of the way
             grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
         parent = open_parent(client, experiment_id, prepared, grid, tags)
-    parent.log_final({TOKENISE_TIME_METRIC: prepared.tokenise_seconds})
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
-    try:
+    try:  # from here on, a failure ends the parent run FAILED (KILLED on Ctrl-C), never leaves it RUNNING
+        parent.log_final({TOKENISE_TIME_METRIC: prepared.tokenise_seconds})
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
         saved = train_time_saved(context.runs, results, grid)
         if saved is not None:

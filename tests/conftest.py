@@ -165,3 +165,23 @@ def tiny_llama(tmp_path_factory):
     from generative_helpers import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_words())
+
+
+def write_config(tmp_path: Path, experiment: str, stream: str) -> Path:
+    """``stream`` as stream.yaml and ``experiment`` (dedented) as exp.yaml in ``tmp_path``; the experiment's path."""
+    import textwrap
+
+    (tmp_path / "stream.yaml").write_text(stream)
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(experiment))
+    return path
+
+
+def config_error(path: Path, *args, **kwargs):
+    """The ConfigError that loading the experiment at ``path`` raises."""
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path, *args, **kwargs)
+    return info.value

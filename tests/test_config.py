@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from conftest import config_error, write_config
 
 from cl_harness.config.loader import load_experiment, load_stream
 from cl_harness.errors import ConfigError
@@ -24,16 +25,10 @@ tasks:
 
 
 def write(tmp_path: Path, experiment: str, stream: str = STREAM) -> Path:
-    (tmp_path / "stream.yaml").write_text(stream)
-    path = tmp_path / "exp.yaml"
-    path.write_text(textwrap.dedent(experiment))
-    return path
+    return write_config(tmp_path, experiment, stream)
 
 
-def error_of(path, *args, **kwargs) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load_experiment(path, *args, **kwargs)
-    return info.value
+error_of = config_error
 
 
 def test_defaults_and_coercion(tmp_path):

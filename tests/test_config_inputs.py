@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import config_error, write_config
+
 from cl_harness.config.loader import load_experiment, load_stream
 from cl_harness.config.yaml_io import load_yaml
 from cl_harness.errors import ConfigError
@@ -34,16 +36,10 @@ tasks:
 
 
 def write(tmp_path: Path, experiment: str, stream: str = STREAM) -> Path:
-    (tmp_path / "stream.yaml").write_text(stream)
-    path = tmp_path / "exp.yaml"
-    path.write_text(textwrap.dedent(experiment))
-    return path
+    return write_config(tmp_path, experiment, stream)
 
 
-def error_of(path, *args, **kwargs) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load_experiment(path, *args, **kwargs)
-    return info.value
+error_of = config_error
 
 
 # -- 1. search spaces: every choice and both ends of a range checked against the parameter's field ---------------------

@@ -68,6 +68,8 @@ def test_the_model_is_given_back_unchanged_even_when_scoring_fails(model):
 def test_nothing_is_swapped_where_the_fast_path_does_not_apply(model, tiny_bert):
     with fused_linears(model.encoder.double()) as count:  # not fp32
         assert count == 0 and all(type(layer) is nn.Linear for layer in linear_layers(model.encoder).values())
+    with torch.backends.mkldnn.flags(enabled=False), fused_linears(model.encoder.float()) as count:  # oneDNN switched off
+        assert count == 0
     half = TextClassifier(load_encoder(BackboneConfig(name=str(tiny_bert))), [4], "domain_incremental", precision="bf16")
     with half.scoring():  # autocast: the matrix products are bf16 already
         assert all(type(layer) is nn.Linear for layer in linear_layers(half.encoder).values())

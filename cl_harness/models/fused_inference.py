@@ -24,8 +24,8 @@ except ImportError:  # an older transformers: no GELU to fuse, the linear layers
 
 
 def _linear_pointwise():
-    """oneDNN's fused linear operator, or None where this torch build has none."""
-    if not torch.backends.mkldnn.is_available():
+    """oneDNN's fused linear operator, or None where this torch build has none (or the user switched oneDNN off)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return None
     try:
         return torch.ops.mkldnn._linear_pointwise

@@ -85,6 +85,8 @@ def test_a_missing_or_non_gguf_file_is_refused(tmp_path, tiny_llama):
     path.write_text(yaml.safe_dump(data))
     error = refused(path)
     assert error.key == "backbone.gguf_file" and "does not exist" in error.message
+    gguf_line = next(n for n, line in enumerate(path.read_text().splitlines(), 1) if "gguf_file" in line)
+    assert (error.file, error.line) == (str(path), gguf_line), "backbone errors carry the experiment's file and line"
     fake = tmp_path / "weights"
     fake.mkdir()
     (fake / "model.gguf").write_bytes(b"PK\x03\x04 not a gguf file")

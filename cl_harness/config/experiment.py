@@ -8,6 +8,7 @@ from typing import Any, Literal
 from cl_harness.config.yaml_io import KeyPath, Source
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"  # generative (backbone.kind causal_lm): models/generative.py
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 PRECISIONS = ("fp32", "bf16", "fp16")
 

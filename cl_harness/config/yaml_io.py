@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,6 +55,19 @@ class Source:
                 return self.lines[path]
             path = path[:-1]
         return self.lines.get(())
+
+    @contextmanager
+    def locating(self) -> Iterator[None]:
+        """A ConfigError raised in the block at a key path but without a file gets this file and the line of that key.
+
+        For checks that know the key they refuse (``backbone.name``) but not the file it was written in.
+        """
+        try:
+            yield
+        except ConfigError as error:
+            if type(error) is not ConfigError or error.file is not None or not error.key:
+                raise
+            raise self.error(tuple(error.key.split(".")), error.message, error.hint) from None
 
     def error(self, path: KeyPath, message: str, hint: str | None = None, line: int | None = None) -> ConfigError:
         """A ConfigError at ``path``: its file and line, or the ``--set`` flag its value came from."""

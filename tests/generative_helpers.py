@@ -70,18 +70,19 @@ def build_tiny_t5(directory: Path, words: list[str], hidden: int = 32) -> Path:
 
 
 def write_generative_experiment(directory: Path, backbone: Path | str, kind: str, strategies: list, tasks: int = 3,
-                                per_class: int = 20, instruction: dict | None = None, **training) -> Path:
+                                per_class: int = 20, instruction: dict | None = None, scenario: str = "class_incremental",
+                                **training) -> Path:
     """A stream of ``tasks`` two-topic demo tasks and an experiment on a generative backbone, in ``directory``."""
     from cl_harness.data.demo import DEMO_LABELS
 
     stream = {
         "name": "tiny-generative",
-        "scenario": "class_incremental",
+        "scenario": scenario,
         "tasks": [
             {
                 "name": f"t{i + 1}",
                 "source": {"type": "demo", "seed": i, "train_examples_per_class": per_class, "test_examples_per_class": 10},
-                "classes": DEMO_LABELS[2 * i : 2 * i + 2],
+                "classes": DEMO_LABELS[:2] if scenario == "domain_incremental" else DEMO_LABELS[2 * i : 2 * i + 2],
                 **({"instruction": instruction} if instruction else {}),
             }
             for i in range(tasks)
@@ -92,15 +93,17 @@ def write_generative_experiment(directory: Path, backbone: Path | str, kind: str
     return write_experiment(directory, backbone, strategies, name="tiny-generative", backbone_fields={"kind": kind}, **training)
 
 
-def run_generative(path: Path, keep: bool = True):
-    """Check, tokenise and run the first planned run of an experiment file; ``(result, learner)`` with ``keep``."""
+def run_generative(path: Path, keep: bool = True, folder: Path | None = None):
+    """Check, tokenise and run the first planned run of an experiment file; ``(result, run)`` with ``keep``.
+
+    ``run`` is the one TrainingRun every backbone kind trains through: ``run.model``, ``run.plugins``, ``run.strategy``.
+    """
     from cl_harness.config.loader import load_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
-    from cl_harness.runner.generative import GenerativeRun
+    from cl_harness.runner.run import TrainingRun
 
     prepared = prepare_experiment(check_experiment(load_experiment(path)))
     plan = prepared.run_plan(prepared.runs[0])
-    assert plan.loop is GenerativeRun  # the loop train_and_evaluate and the grid take for this plan
-    run = plan.loop(plan, show_progress=False)
+    run = TrainingRun(plan, show_progress=False, folder=folder)
     result = run.execute()
-    return (result, run.learner) if keep else result
+    return (result, run) if keep else result

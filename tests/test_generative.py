@@ -28,9 +28,9 @@ def prepare(path):
 
 
 def model_of(prepared):
-    from cl_harness.runner.generative import build_generative_model
+    from cl_harness.runner.run import build_model
 
-    return build_generative_model(prepared.run_plan(prepared.runs[0]), torch.device("cpu"))
+    return build_model(prepared.run_plan(prepared.runs[0]), torch.device("cpu"))
 
 
 def hand_log_likelihood(lm, kind: str, prompt: list[int], answer: list[int]) -> tuple[float, list[float]]:
@@ -47,7 +47,7 @@ def hand_log_likelihood(lm, kind: str, prompt: list[int], answer: list[int]) -> 
 
 @pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
 def test_the_loss_falls_on_answer_tokens_only_and_equals_the_hand_computed_cross_entropy(kind, tmp_path, tiny_llama, tiny_t5):
-    from cl_harness.models.generative import IGNORE, answer_loss
+    from cl_harness.models.generative import IGNORE
 
     backbone = tiny_llama if kind == "causal_lm" else tiny_t5
     prepared = prepare(write_generative_experiment(tmp_path, backbone, kind, ["naive"]))
@@ -63,7 +63,7 @@ def test_the_loss_falls_on_answer_tokens_only_and_equals_the_hand_computed_cross
         assert tokenizer.decode(answer, skip_special_tokens=True).strip() == task.label_texts[local]
         assert answer[-1] == tokenizer.eos_token_id and (row[2] != IGNORE).sum() == len(answer)
     with torch.no_grad():
-        loss = float(answer_loss(model(x), x))
+        loss = float(model.criterion()(model(x), x[:, 2]))  # the loop's loss: a batch's targets are its answer ids
         terms = []
         for row in x:
             prompt = row[0][row[1].bool()].tolist()
@@ -118,13 +118,11 @@ def test_rank_classification_scores_each_label_text_by_its_hand_computed_log_lik
 
 @pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
 def test_a_three_task_stream_runs_end_to_end_and_training_raises_the_answer_likelihood(kind, tmp_path, tiny_llama, tiny_t5):
-    from cl_harness.models.generative import answer_loss
-
     backbone = tiny_llama if kind == "causal_lm" else tiny_t5
     path = write_generative_experiment(tmp_path, backbone, kind, ["naive"], epochs=3, batch_size=4, lr=3e-3)
     prepared = prepare(path)
     before = model_of(prepared)
-    result, learner = run_generative(path)
+    result, run = run_generative(path)
     assert result.status == "FINISHED" and result.tasks == ["t1", "t2", "t3"]
     assert len(result.initial) == 3 and len(result.matrix) == 3 and all(len(row) == 3 for row in result.matrix)
     assert all(0.0 <= v <= 1.0 for row in [result.initial, *result.matrix] for v in row)
@@ -132,10 +130,11 @@ def test_a_three_task_stream_runs_end_to_end_and_training_raises_the_answer_like
     assert result.column_metrics == ["accuracy"] * 3
     # trained on t3 last: its answer loss fell well below the untrained model's
     task = prepared.encoded[2]
-    learner.model.eval()
+    run.model.eval()
+    loss, answers = run.model.criterion(), task.train_inputs[:, 2]
     with torch.no_grad():
-        untrained_loss = float(answer_loss(before.eval()(task.train_inputs), task.train_inputs))
-        trained_loss = float(answer_loss(learner.model(task.train_inputs), task.train_inputs))
+        untrained_loss = float(loss(before.eval()(task.train_inputs), answers))
+        trained_loss = float(loss(run.model(task.train_inputs), answers))
     assert untrained_loss > 3.0 and trained_loss < untrained_loss / 3
 
 

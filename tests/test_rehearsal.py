@@ -220,7 +220,8 @@ def test_reservoir_buffer_keeps_every_example_with_equal_probability():
 def test_masked_logit_mse_skips_units_masked_when_stored():
     stored = torch.tensor([[1.0, 2.0, MASKED_LOGIT], [0.0, -1.0, 3.0]])  # (2, 3)
     output = torch.tensor([[2.0, 2.0, 50.0], [0.0, 1.0, 3.0]])
-    assert masked_logit_mse(output, stored).item() == pytest.approx((1.0 + 0.0 + 0.0 + 4.0 + 0.0) / 5)
+    active = TextClassifier.distillation_mask(None, stored, None)  # the encoder's view: units active when stored
+    assert masked_logit_mse(output, stored, active).item() == pytest.approx((1.0 + 0.0 + 0.0 + 4.0 + 0.0) / 5)
 
 
 def packed_inputs(n: int, length: int, vocab: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"  # generative (backbone.kind causal_lm): models/generative.py
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 PRECISIONS = ("fp32", "bf16", "fp16")
+BACKBONE_KINDS = ("encoder", "causal_lm", "seq2seq")  # what models/ loads; strategies declare which they run on
 
 
 PEFT_METHODS = ("none", "lora", "bitfit", "prompt_tuning", "adapter")
@@ -65,6 +66,11 @@ class BackboneConfig:
             raise source.error(path + ("head_init",), f"applies to encoder backbones only (backbone.kind is {self.kind})")
         if self.gguf_file is not None and self.kind == "encoder":
             raise source.error(path + ("gguf_file",), "GGUF weights load as causal_lm backbones; set backbone.kind: causal_lm")
+        if self.kind != "encoder" and self.peft.method != "none":
+            raise source.error(
+                path + ("peft", "method"), "generative backbones take LoRA through the seq_lora / inc_lora / o_lora strategies",
+                hint="remove backbone.peft and list e.g. {o_lora: {lora_rank: 8}} under strategies",
+            )
 
 
 @dataclass
@@ -80,7 +86,7 @@ class TrainingConfig:
     eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
     length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16 (autocast of the encoder; fp16 with loss scaling)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16 (autocast of the backbone; fp16 with loss scaling)"})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if self.precision not in PRECISIONS:

@@ -45,17 +45,18 @@ class LabelSpace:
 
 
 class PackedDataset(Dataset):
-    """``(inputs, target)`` pairs over packed token tensors."""
+    """``(inputs, target)`` pairs over packed token tensors; a target is a class unit or (generative) its answer ids."""
 
     def __init__(self, inputs: Tensor, targets: Tensor) -> None:
         self.inputs = inputs  # (n, 3, max_length)
-        self.targets = targets  # (n,)
+        self.targets = targets  # (n,) units, or (n, max_length) answer ids
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        return self.inputs[index], int(self.targets[index])
+        target = self.targets[index]
+        return self.inputs[index], (int(target) if target.dim() == 0 else target)
 
 
 @dataclass

@@ -39,13 +39,20 @@ class EncodedInstructionTask:
     exact_match: bool = False
     in_context_inputs: Tensor | None = None  # (n_test, 3, length): test prompts with demonstrations
     kind: str = "instruction"
+    valid_inputs: Tensor | None = None  # (n_valid, 3, length); None without a validation split
+    valid_targets: Tensor | None = None  # (n_valid,)
 
     def avalanche_dataset(self, split: str = "train"):
+        """A task-aware Avalanche dataset whose examples are ``(packed row, answer ids)``, its ``targets`` the output units.
+
+        The loss of a batch reads the answer ids (``GenerativeClassifier.criterion``); memories that balance
+        classes read the units.
+        """
         from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 
         inputs, targets = (self.train_inputs, self.train_targets) if split == "train" else (self.test_inputs, self.test_targets)
         return _make_taskaware_classification_dataset(
-            PackedDataset(inputs, targets), targets=targets.tolist(), task_labels=[self.index] * len(targets)
+            PackedDataset(inputs, inputs[:, 2]), targets=targets.tolist(), task_labels=[self.index] * len(targets)
         )
 
 
@@ -163,19 +170,20 @@ def encode_instruction_tasks(tasks: list[TaskData], space: LabelSpace, tokenizer
             cut = truncate_texts(tokenizer, raw_texts, settings.max_text_tokens)
             return encode_prompts(tokenizer, [render_prompt(tokenizer, template, t, labels, demonstrations) for t in cut])
 
-        train_prompts, test_prompts = prompts_of(task.train_texts), prompts_of(task.test_texts)
+        train_prompts, test_prompts, valid_prompts = (prompts_of(task.train_texts), prompts_of(task.test_texts),
+                                                      prompts_of(task.valid_texts))
         in_context = None
         if settings.shots:
             shown = draw_demonstrations(task, task.train_texts, settings.shots, settings.seed)
             demos = list(zip(truncate_texts(tokenizer, [task.train_texts[i] for i in shown], settings.max_text_tokens),
                              [texts[task.train_labels[i]] for i in shown]))
             in_context = prompts_of(task.test_texts, demos)
-        pieces.append((task, config, texts, answers, train_prompts, test_prompts, in_context))
+        pieces.append((task, config, texts, answers, train_prompts, test_prompts, in_context, valid_prompts))
 
     longest_answer = max(len(a) for p in pieces for a in p[3])
-    longest_prompt = max((len(x) for p in pieces for group in (p[4], p[5], p[6] or []) for x in group), default=1)
+    longest_prompt = max((len(x) for p in pieces for group in (p[4], p[5], p[6] or [], p[7]) for x in group), default=1)
     for index, (task, _config, *_rest) in enumerate(pieces):
-        prompts = [x for group in (_rest[2], _rest[3], _rest[4] or []) for x in group]
+        prompts = [x for group in (_rest[2], _rest[3], _rest[4] or [], _rest[5]) for x in group]
         longest = max((len(x) for x in prompts), default=0)
         needed = longest if settings.seq2seq else longest + longest_answer
         if settings.context is not None and needed > settings.context:
@@ -188,8 +196,9 @@ def encode_instruction_tasks(tasks: list[TaskData], space: LabelSpace, tokenizer
     length = max(longest_prompt, longest_answer)
     pad_id = tokenizer.pad_token_id
     encoded = []
-    for index, (task, config, texts, answers, train_prompts, test_prompts, in_context) in enumerate(pieces):
+    for index, (task, config, texts, answers, train_prompts, test_prompts, in_context, valid_prompts) in enumerate(pieces):
         test_answers = [answers[label] for label in task.test_labels]
+        has_valid = bool(task.valid_labels)
         encoded.append(
             EncodedInstructionTask(
                 name=task.name,
@@ -203,6 +212,8 @@ def encode_instruction_tasks(tasks: list[TaskData], space: LabelSpace, tokenizer
                 label_texts=texts,
                 exact_match=config.exact_match,
                 in_context_inputs=pack(in_context, test_answers, length, pad_id) if in_context is not None else None,
+                valid_inputs=pack(valid_prompts, [answers[label] for label in task.valid_labels], length, pad_id) if has_valid else None,
+                valid_targets=space.targets(index, task.valid_labels) if has_valid else None,
             )
         )
     return encoded

@@ -29,7 +29,7 @@ def label_scores(model, prompts: Tensor, candidates: Tensor, normalise: bool = F
 
 
 @torch.inference_mode()
-def rank_classification_accuracy(
+def rank_classification_hits(
     model,
     inputs: Tensor,
     targets: Tensor,
@@ -39,23 +39,28 @@ def rank_classification_accuracy(
     device,
     normalise: bool = False,
     on_batch: Callable[[int], None] | None = None,
-) -> float:
-    """Fraction of examples whose best-scoring label text is their label (``batch_size`` counts prompt-label rows)."""
-    if len(targets) == 0:
-        return float("nan")
+) -> Tensor:
+    """Whether each example's best-scoring label text is its label, ``(n,)`` booleans (``batch_size`` counts prompt-label rows)."""
+    hits = torch.zeros(len(targets), dtype=torch.bool)
     was_training = model.training
     model.eval()
     prompts_per_batch = max(1, batch_size // len(candidates))
     order = torch.argsort(inputs[:, 1].sum(1), descending=True)  # similar prompt lengths share a batch
-    correct = 0
     candidates, units = candidates.to(device), candidate_units.to(device)
     for index in order.split(prompts_per_batch):
         scores = label_scores(model, inputs[index].to(device), candidates, normalise)  # (batch, labels)
-        correct += int((units[scores.argmax(1)] == targets[index].to(device)).sum())
+        hits[index] = (units[scores.argmax(1)] == targets[index].to(device)).cpu()
         if on_batch is not None:
             on_batch(len(index))
     model.train(was_training)
-    return correct / len(targets)
+    return hits
+
+
+def rank_classification_accuracy(model, inputs: Tensor, targets: Tensor, *args, **kwargs) -> float:
+    """Fraction of examples whose best-scoring label text is their label (NaN without examples)."""
+    if len(targets) == 0:
+        return float("nan")
+    return int(rank_classification_hits(model, inputs, targets, *args, **kwargs).sum()) / len(targets)
 
 
 @torch.inference_mode()

@@ -13,17 +13,16 @@ from cl_harness.data.benchmark import EncodedTask, LabelSpace
 from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, check_shared_labels, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
-from cl_harness.errors import HubUnreachableError
-from cl_harness.data.instruction import EncodedInstructionTask
-from cl_harness.grid.generative import check_backbone_kind, check_generative_backbone, encode_generative
+from cl_harness.errors import ConfigError, HubUnreachableError
+from cl_harness.data.instruction import EncodedInstructionTask, InstructionSettings, encode_instruction_tasks
 from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
-from cl_harness.models.generative import context_length, load_generative_config, load_generative_tokenizer
+from cl_harness.models.generative import GenerativeModelFactory, context_length, load_generative_config, load_generative_tokenizer
 from cl_harness.models.head_init import init_heads_from_label_names
-from cl_harness.runner.generative import GenerativeModelFactory, GenerativeRun
 from cl_harness.models.backbone import check_tokenizer_covers, check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
 from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys, position_limit
 from cl_harness.strategies import default_registry
+from cl_harness.strategies.common.lora import resolve_targets
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
 from cl_harness.tasks import default_kinds
 from cl_harness.tasks.instruction import NAME as INSTRUCTION
@@ -51,7 +50,7 @@ class CheckedExperiment:
 
     @property
     def generative(self) -> bool:
-        """Instruction tasks on a causal or seq2seq LM (runner/generative.py), not an encoder with heads."""
+        """Instruction tasks on a causal or seq2seq LM (models/generative.py), not an encoder with heads."""
         return self.loaded.config.backbone.kind != "encoder"
 
     @property
@@ -132,7 +131,7 @@ class PreparedExperiment:
         """How every run of the grid builds its model."""
         checked = self.checked
         if checked.generative:
-            return GenerativeModelFactory(checked.backbone, checked.tokenizer)
+            return GenerativeModelFactory(checked.backbone, checked.tokenizer, checked.training.precision)
         head_init = None
         if checked.backbone.head_init == "label_names":
             head_init = functools.partial(
@@ -153,7 +152,7 @@ class PreparedExperiment:
             planned.strategy, planned.seed, planned.order_index, [self.encoded[i] for i in planned.order], self.model_factory(),
             training, self.scenario, self.checked.kinds, self.resources,
             position=f"{self.runs.index(planned) + 1}/{len(self.runs)}" if planned in self.runs else "",
-            loop=GenerativeRun if self.checked.generative else None, checkpoint_every_s=self.config.checkpoint_every_s,
+            checkpoint_every_s=self.config.checkpoint_every_s,
         )
 
 
@@ -212,28 +211,31 @@ def check_peft_composition(method: str, strategies: list[StrategySpec], loaded: 
             )
 
 
-def linear_layer_names(model_config) -> set[str]:
-    """Attribute names of the encoder's ``nn.Linear`` layers, from its config alone (built on the meta device)."""
+def linear_layer_names(model_config, kind: str = "encoder") -> set[str]:
+    """Attribute names of the backbone's ``nn.Linear`` layers, from its config alone (built on the meta device)."""
     import torch
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    loader = {"encoder": AutoModel, "causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}[kind]
     with torch.device("meta"):
-        encoder = AutoModel.from_config(model_config)
-    return {name.rsplit(".", 1)[-1] for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+        backbone = loader.from_config(model_config)
+    return {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def check_lora_targets(loaded: LoadedExperiment, strategies: list[StrategySpec], model_config) -> None:
-    """Every LoRA ``target_modules`` entry must name a linear layer of the backbone."""
-    wanted: list[tuple[tuple, list[str]]] = []
-    if loaded.config.backbone.peft.method == "lora":
-        wanted.append((("backbone", "peft", "target_modules"), loaded.config.backbone.peft.target_modules))
-    for index, spec in enumerate(strategies):
-        for plugin in spec.plugins:
-            if plugin.info is not None and plugin.info.prepare_model is not None:
-                wanted.append((("strategies", index), plugin.config.target_modules))
-    if not wanted:
+    """Every LoRA ``target_modules`` entry must name a linear layer of the backbone (the family default must exist)."""
+    adapting = [(index, plugin) for index, spec in enumerate(strategies) for plugin in spec.plugins
+                if plugin.info is not None and plugin.info.prepare_model is not None]
+    peft = loaded.config.backbone.peft
+    if peft.method != "lora" and not adapting:
         return
-    available = linear_layer_names(model_config)
+    available = linear_layer_names(model_config, loaded.config.backbone.kind)
+    wanted: list[tuple[tuple, list[str]]] = [(("backbone", "peft", "target_modules"), peft.target_modules)] if peft.method == "lora" else []
+    for index, plugin in adapting:
+        try:
+            wanted.append((("strategies", index), resolve_targets(plugin.config, available)))
+        except ConfigError as error:
+            raise loaded.source.error(("strategies", index), error.message, error.hint) from None
     for path, names in wanted:
         unknown = [n for n in names if n not in available]
         if unknown:
@@ -268,11 +270,13 @@ def check_task_kinds(loaded: LoadedExperiment, strategies: list[StrategySpec], t
 
 
 def shares_prefix(loaded: LoadedExperiment) -> bool:
-    """Whether the grid's runs may share task 1 (``prefix_sharing``): on an encoder, with every task a classification
-    task (trained by the strategy's loop, no extra per-task scores)."""
+    """Whether the grid's runs may share task 1 (``prefix_sharing``): every task trained by the strategy's loop
+    (classification, or its prompted form on a language model), none with extra per-task scores (exact match)."""
     config = loaded.config
-    classification = all(t.type == "classification" for t in loaded.stream.config.tasks)
-    return config.prefix_sharing and config.backbone.kind == "encoder" and classification
+    tasks = loaded.stream.config.tasks
+    trained_in_loop = all(t.type == "classification" for t in tasks)
+    extra_scores = any(t.instruction is not None and t.instruction.exact_match for t in tasks) and config.backbone.kind != "encoder"
+    return config.prefix_sharing and trained_in_loop and not extra_scores
 
 
 def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kinds: TaskKindRegistry) -> tuple[list[PlannedRun], list[TaskData]]:
@@ -287,23 +291,46 @@ def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kind
     return runs, tasks
 
 
-def check_generative_experiment(loaded: LoadedExperiment, registry: StrategyRegistry, kinds: TaskKindRegistry) -> CheckedExperiment:
-    """Validate a generative experiment: strategies against the kind, weights against the kind, tasks and lengths."""
-    config = loaded.config
-    stream = loaded.stream.config
-    strategies = registry.parse_strategies(config.strategies, stream.scenario, loaded.source)
-    check_backbone_kind(loaded, strategies)
-    with loaded.source.locating():
-        check_generative_backbone(loaded)
-    runs, tasks = plan_and_read(loaded, strategies, kinds)
-    with loaded.source.locating():
-        tokenizer = load_generative_tokenizer(config.backbone)
-        context = context_length(load_generative_config(config.backbone))
-    checked = CheckedExperiment(
-        loaded, tasks, LabelSpace.build(stream.scenario, tasks), strategies, tokenizer, runs, kinds, generative_context=context,
+def check_prompt_settings(loaded: LoadedExperiment, strategies: list[StrategySpec]) -> None:
+    """Instruction blocks need a generative backbone; strategies that put demonstrations in prompts must agree on them,
+    and score test prompts only (a validation split is scored without demonstrations)."""
+    tasks = loaded.stream.config.tasks
+    if loaded.config.backbone.kind == "encoder":
+        for index, task in enumerate(tasks):
+            if task.instruction is not None:
+                raise loaded.stream.source.error(
+                    ("tasks", index, "instruction"), "applies to generative backbones only; the experiment's backbone.kind is encoder",
+                    hint="set backbone.kind: causal_lm or seq2seq, or remove the instruction block",
+                )
+    shown = {s.demonstrations for s in strategies} - {None}
+    if len(shown) > 1:
+        raise loaded.source.error(("strategies",), "give every strategy with in-context demonstrations the same shots and seed")
+    validated = [i for i, t in enumerate(tasks) if t.valid_per_class is not None or t.valid_fraction is not None]
+    if shown and validated:
+        raise loaded.stream.source.error(
+            ("tasks", validated[0]), "in-context demonstrations are drawn for test prompts only; this task has a validation split",
+            hint="remove valid_per_class / valid_fraction, or the in_context strategy",
+        )
+
+
+def encode_generative(checked: CheckedExperiment) -> list[EncodedInstructionTask]:
+    """Prompt/answer rows of every task (with demonstrations when a strategy puts them in prompts), tokenised once and
+    kept in ``checked.generative_encoded``."""
+    if checked.generative_encoded is not None:
+        return checked.generative_encoded
+    loaded = checked.loaded
+    shots, seed = next((s.demonstrations for s in checked.strategies if s.demonstrations), (0, 0))
+    settings = InstructionSettings(
+        configs=[t.instruction for t in loaded.stream.config.tasks],
+        source=loaded.stream.source,
+        max_text_tokens=loaded.config.training.max_length,
+        context=checked.generative_context,
+        seq2seq=loaded.config.backbone.kind == "seq2seq",
+        shots=shots,
+        seed=seed,
     )
-    encode_generative(checked)  # every template, label text and prompt length checked before any run
-    return checked
+    checked.generative_encoded = encode_instruction_tasks(checked.tasks, checked.space, checked.tokenizer, settings)
+    return checked.generative_encoded
 
 
 def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None = None) -> CheckedExperiment:
@@ -311,13 +338,21 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     registry = registry or default_registry()
     kinds = default_kinds()
     config = loaded.config
-    if config.backbone.kind != "encoder":  # instruction tasks on a causal or seq2seq LM
-        return check_generative_experiment(loaded, registry, kinds)
     scenario = loaded.stream.config.scenario
-    strategies = registry.parse_strategies(config.strategies, scenario, loaded.source)
-    check_backbone_kind(loaded, strategies)
+    strategies = registry.parse_strategies(config.strategies, scenario, loaded.source, backbone_kind=config.backbone.kind)
+    check_prompt_settings(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     runs, tasks = plan_and_read(loaded, strategies, kinds)
+    if config.backbone.kind != "encoder":  # instruction tasks on a causal or seq2seq LM
+        with loaded.source.locating():
+            tokenizer = load_generative_tokenizer(config.backbone)
+            model_config = load_generative_config(config.backbone)
+        check_lora_targets(loaded, strategies, model_config)
+        checked = CheckedExperiment(
+            loaded, tasks, LabelSpace.build(scenario, tasks), strategies, tokenizer, runs, kinds, generative_context=context_length(model_config),
+        )
+        encode_generative(checked)  # every template, label text and prompt length checked before any run
+        return checked
     with loaded.source.locating():  # backbone errors at the experiment's backbone line
         tokenizer = load_tokenizer(config.backbone)
         model_config = load_model_config(config.backbone)

@@ -118,6 +118,35 @@ class TextClassifier(MultiTaskModule):
             logits[rows, : head.out_features] = head(features[rows])
         return logits
 
+    # -- the backbone-kind seam: what strategies ask of any model (models/generative.py has the LM side) -------------
+    def criterion(self) -> nn.Module:
+        """The training loss of a batch, ``(logits (batch, width), targets (batch,)) -> scalar``."""
+        return nn.CrossEntropyLoss()
+
+    def trained_units(self, task_labels) -> dict[int, Tensor]:
+        """The output units trained so far, per head: what distillation keeps (class-incremental: the seen classes)."""
+        if self.scenario == "task_incremental":
+            return {int(task): torch.arange(self.heads[int(task)].out_features) for task in task_labels}
+        if self.scenario == "class_incremental":
+            return {0: self.seen_units.nonzero().flatten().cpu()}
+        return {0: torch.arange(self.heads[0].out_features)}
+
+    def distillation_view(self, x: Tensor, task_labels: Tensor, output: Tensor | None, units: dict[int, Tensor]) -> list[Tensor]:
+        """The logits distillation compares, one ``(batch, head units)`` tensor per head of ``units``.
+
+        One head: the step's ``output`` (computed here when None) on the units; task-incremental: every head of
+        ``units`` on every example, from one encoder pass.
+        """
+        if self.scenario != "task_incremental":
+            output = self(x, task_labels) if output is None else output  # (batch, width)
+            return [output[:, units[0].to(output.device)]]
+        features = self.encode(x)  # (batch, hidden): the step's forward ran only the current head
+        return [self.heads[head](features) for head in units]
+
+    def distillation_mask(self, stored: Tensor, x: Tensor) -> Tensor:
+        """Which entries of stored logits ``(n, width)`` were real predictions: units active when they were recorded."""
+        return stored > MASKED_LOGIT / 2
+
     def scoring(self):
         """Context for inference passes: the encoder's linear layers fused with their bias and GELU, in fp32 on a CPU
         (``models/fused_inference.py``); a no-op elsewhere. The model is given back unchanged."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +160,14 @@ def trim_answers(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[:, 0, :prompt_len], x[:, 1, :prompt_len], x[:, 2, :answer_len], answer_mask[:, :answer_len]
 
 
+class AnswerLoss(nn.Module):
+    """Mean cross-entropy over the real answer tokens: ``(logits (batch, answer, vocab), answers (batch, length))``."""
+
+    def forward(self, logits: Tensor, answers: Tensor) -> Tensor:
+        targets = answers[:, : logits.shape[1]]  # (batch, answer): as forward trimmed them
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+
 class GenerativeClassifier(nn.Module):
     """A causal or seq2seq LM scored on label-text answers.
 
@@ -166,11 +176,12 @@ class GenerativeClassifier(nn.Module):
     seq2seq model encodes the prompt and decodes the answer with teacher forcing.
     """
 
-    def __init__(self, lm: nn.Module, kind: str, pad_id: int) -> None:
+    def __init__(self, lm: nn.Module, kind: str, pad_id: int, precision: str = "fp32") -> None:
         super().__init__()
         self.lm = lm
         self.kind = kind
         self.pad_id = pad_id
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._forward_parameters = frozenset(inspect.signature(lm.forward).parameters)  # read once, not per batch
 
     @property
@@ -179,7 +190,13 @@ class GenerativeClassifier(nn.Module):
         return self.lm
 
     def forward(self, x: Tensor, task_labels=None) -> Tensor:
-        """``(batch, 3, length) -> (batch, answer length, vocab)``."""
+        """``(batch, 3, length) -> (batch, answer length, vocab)``, float32 (the LM under autocast at a half precision)."""
+        if self.autocast_dtype is None:
+            return self._answer_logits(x)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+            return self._answer_logits(x)
+
+    def _answer_logits(self, x: Tensor) -> Tensor:
         prompt, prompt_mask, answer, answer_mask = trim_answers(x)
         if self.kind == "seq2seq":
             decoder_ids = self.lm.prepare_decoder_input_ids_from_labels(labels=answer.contiguous())  # shifted right, pad-filled
@@ -261,25 +278,42 @@ class GenerativeClassifier(nn.Module):
         ).logits  # (batch * labels, answer - 1, vocab)
         return torch.cat([first_logits, rest], 1)
 
+    # -- the backbone-kind seam (models/classifier.py has the encoder side) ---------------------------------------
+    def criterion(self) -> nn.Module:
+        """The training loss of a batch: the LM loss on the answer tokens (a batch's targets are its answer ids)."""
+        return AnswerLoss()
+
+    def trained_units(self, task_labels) -> dict[int, None]:
+        """One output distribution, the vocabulary, at every answer position."""
+        return {0: None}
+
+    def distillation_view(self, x: Tensor, task_labels, output: Tensor | None, units: dict) -> list[Tensor]:
+        """The logits distillation compares: ``(answer tokens, vocab)`` at the real answer positions of ``x``."""
+        output = self(x) if output is None else output  # (batch, answer, vocab)
+        return [output[answer_targets(x) != IGNORE]]
+
+    def distillation_mask(self, stored: Tensor, x: Tensor) -> Tensor:
+        """Which entries of stored logits ``(n, answer, vocab)`` were real predictions: the real answer positions of ``x``."""
+        valid = answer_targets(x)[:, : stored.shape[1]] != IGNORE  # (n, answer)
+        return valid.unsqueeze(-1).expand_as(stored)
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+@dataclass
+class GenerativeModelFactory:
+    """Builds a run's model: the LM wrapped for answer logits (a strategy's adapters are added by the run)."""
+
+    backbone: BackboneConfig
+    tokenizer: Any
+    precision: str = "fp32"
+
+    def __call__(self) -> GenerativeClassifier:
+        lm = load_generative_model(self.backbone, self.tokenizer)
+        return GenerativeClassifier(lm, self.backbone.kind, self.tokenizer.pad_token_id, self.precision)
 
 
 def answer_targets(x: Tensor) -> Tensor:
     """The answer ids of a packed batch, trimmed as ``forward``'s output, ``IGNORE`` on padding. ``(batch, answer)``."""
     return trim_answers(x)[2]
-
-
-def answer_loss(logits: Tensor, x: Tensor) -> Tensor:
-    """Mean cross-entropy over the real answer tokens (the LM loss on the answer only)."""
-    targets = answer_targets(x)  # (batch, answer)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-
-
-def answer_log_likelihood(logits: Tensor, x: Tensor, normalise: bool = False) -> Tensor:
-    """``sum_t log p(answer_t | prompt, answer_<t)`` per row (divided by the answer length with ``normalise``). ``(batch,)``."""
-    targets = answer_targets(x)  # (batch, answer)
-    valid = targets != IGNORE
-    log_probs = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (batch, answer)
-    total = (log_probs * valid).sum(1)
-    return total / valid.sum(1).clamp(min=1) if normalise else total

@@ -48,6 +48,27 @@ class LoRALinear(nn.Module):
         return out + delta
 
 
+# The attention query and value projections, by model family: what a LoRA strategy adapts unless told otherwise.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],  # BERT, MiniLM, RoBERTa, ...
+    "llama": ["q_proj", "v_proj"],  # Llama, SmolLM2, Qwen, Mistral, OPT
+    "t5": ["q", "v"],  # T5, Flan-T5
+}
+
+
+def default_targets(layer_names: set[str]) -> list[str] | None:
+    """The family's query/value projections among a model's linear-layer names; None when no family matches."""
+    for targets in DEFAULT_TARGETS.values():
+        if set(targets) <= layer_names:
+            return list(targets)
+    return None
+
+
+def linear_names(module: nn.Module) -> set[str]:
+    """Attribute names of a module's ``nn.Linear`` layers."""
+    return {name.rsplit(".", 1)[-1] for name, child in module.named_modules() if isinstance(child, nn.Linear)}
+
+
 def inject_lora(encoder: nn.Module, target_modules: list[str], num_adapters: int, rank: int, alpha: float, dropout: float) -> int:
     """Replace every ``nn.Linear`` whose attribute name is in ``target_modules`` by a LoRALinear; freeze the encoder.
 

@@ -162,13 +162,12 @@ class RunPlan:
     seed: int
     order_index: int
     tasks: list[EncodedTask]  # in training order
-    model_factory: ModelFactory
+    model_factory: Any  # ModelFactory, or models.generative.GenerativeModelFactory
     training: TrainingConfig
     scenario: str
     kinds: TaskKindRegistry
     resources: Mapping[str, Any] = field(default_factory=dict)  # per task kind: what it needs from the tokenizer
     position: str = ""  # "2/9": the run's place in its grid, for progress bars
-    loop: Any = None  # the run's class; None: TrainingRun. Generative backbones: runner.generative.GenerativeRun
     prefix: SharedPrefix | None = None  # task 1 shared with the grid's other runs (runner/prefix.py)
     checkpoint_every_s: float = 0.0  # with a run folder: checkpoint after a task once this long since the last one (0: every task)
 
@@ -192,7 +191,8 @@ class RunPlan:
     def kind_env(self, device, loss_scale=None) -> KindEnv:
         """What the task kinds' training and scoring may read."""
         t = self.training
-        return KindEnv(device, t.batch_size, t.eval_batch_size, t.epochs, dict(self.resources), loss_scale)
+        return KindEnv(device, t.batch_size, t.eval_batch_size, t.epochs, dict(self.resources), loss_scale,
+                       demonstrations=self.strategy.demonstrations is not None)
 
 
 def build_model(plan: RunPlan, device) -> TextClassifier:
@@ -222,7 +222,7 @@ def build_strategy(plan: RunPlan, model, device, strategy_plugins, extra_plugins
     return SupervisedTemplate(
         model=model,
         optimizer=optimizer,
-        criterion=torch.nn.CrossEntropyLoss(),
+        criterion=model.criterion(),  # the backbone kind's loss: class cross-entropy, or the LM loss on answer tokens
         train_mb_size=training.batch_size,
         train_epochs=training.epochs,
         eval_mb_size=training.eval_batch_size,
@@ -540,4 +540,4 @@ class TrainingRun:
 
 def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:
     """Train and score one run (see TrainingRun)."""
-    return (plan.loop or TrainingRun)(plan, logger, show_progress, folder).execute()
+    return TrainingRun(plan, logger, show_progress, folder).execute()

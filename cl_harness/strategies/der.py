@@ -8,7 +8,6 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import avalanche_forward
 from torch import Tensor
 
-from cl_harness.models.classifier import MASKED_LOGIT
 from cl_harness.strategies.common.buffers import ReservoirBuffer
 from cl_harness.strategies.registry import BuildContext, StrategyInfo
 
@@ -27,14 +26,12 @@ class DERConfig:
     )
 
 
-def masked_logit_mse(output: Tensor, stored: Tensor) -> Tensor:
-    """Mean squared error over the units that were active when ``stored`` was recorded.
+def masked_logit_mse(output: Tensor, stored: Tensor, active: Tensor) -> Tensor:
+    """Mean squared error between ``output`` and ``stored`` logits over the ``active`` entries (all three one shape).
 
-    ``output`` and ``stored`` are ``(n, width)``. Masked units (class-incremental classes not yet
-    seen, task-incremental units beyond a task's head) hold MASKED_LOGIT and are left out: pulling
-    a now-active unit back to -1e4 would swamp the loss and is not knowledge worth keeping.
+    Inactive entries (class-incremental classes not yet seen, units beyond a task's head, answer padding) are left
+    out: pulling a now-active unit back to -1e4 would swamp the loss and is not knowledge worth keeping.
     """
-    active = stored > MASKED_LOGIT / 2  # (n, width)
     if not bool(active.any()):
         return output.sum() * 0.0
     return (output - stored)[active].pow(2).mean()
@@ -58,7 +55,10 @@ class DERPlugin(SupervisedPlugin):
             return
         if self.alpha > 0:
             batch = self.buffer.sample(self.replay_batch_size)
-            strategy.loss = strategy.loss + self.alpha * masked_logit_mse(self._forward(strategy, batch), batch["logits"])
+            output = self._forward(strategy, batch)  # (n, width) or (n, answer, vocab)
+            stored = batch["logits"][:, : output.shape[1]]  # a language model's answers: as long as this sample's longest
+            active = strategy.model.distillation_mask(stored, batch["inputs"])
+            strategy.loss = strategy.loss + self.alpha * masked_logit_mse(output, stored, active)
         if self.beta > 0:
             batch = self.buffer.sample(self.replay_batch_size)
             strategy.loss = strategy.loss + self.beta * strategy._criterion(self._forward(strategy, batch), batch["targets"])
@@ -69,7 +69,7 @@ class DERPlugin(SupervisedPlugin):
             inputs=strategy.mb_x,  # (batch, 3, length)
             targets=strategy.mb_y,  # (batch,)
             task_labels=strategy.mb_task_id,  # (batch,)
-            logits=strategy.mb_output,  # (batch, width)
+            logits=strategy.mb_output,  # (batch, width), or (batch, answer, vocab) on a language model
         )
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from cl_harness.models.classifier import MASKED_LOGIT
 from cl_harness.strategies.common.buffers import ReservoirBuffer
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -72,5 +72,6 @@ INFO = StrategyInfo(
     summary="replay with asymmetric cross-entropy: new data only competes among the current task's classes",
     paper="Caccia et al. 2022, New Insights on Reducing Abrupt Representation Change in Online Continual Learning (ICLR)",
     scenarios=("class_incremental",),
+    backbone_kinds=ENCODER_ONLY,  # its asymmetric cross-entropy masks classification-head units
     naive_prefix_tasks=0,  # masks task 1's logits and stores examples during it
 )

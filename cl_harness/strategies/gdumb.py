@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cl_harness.strategies.common.buffers import make_storage_policy
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -70,5 +70,6 @@ INFO = StrategyInfo(
     build=build,
     summary="greedy class-balanced memory; at each task the model is reset and trained on the memory alone",
     paper="Prabhu et al. 2020, GDumb: A Simple Approach that Questions Our Progress in Continual Learning (ECCV)",
+    backbone_kinds=ENCODER_ONLY,  # it retrains a classifier from its memory
     naive_prefix_tasks=0,  # trains on its memory, not on the task
 )

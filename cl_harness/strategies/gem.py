@@ -8,7 +8,7 @@ import torch
 from avalanche.training.plugins import GEMPlugin
 
 from cl_harness.strategies.common.gradients import materialise_reference_grads
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -45,5 +45,6 @@ INFO = StrategyInfo(
     build=build,
     summary="gradient episodic memory: project each gradient (by a QP) so no past task's memory loss increases",
     paper="Lopez-Paz & Ranzato 2017, Gradient Episodic Memory for Continual Learning (NeurIPS)",
+    backbone_kinds=ENCODER_ONLY,  # one quadratic program per past task over every parameter: too costly for language models (use agem)
     naive_prefix_tasks=1,  # no constraints on task 1 (train_exp_counter 0); the memory is filled in after_training_exp
 )

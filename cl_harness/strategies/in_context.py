@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import GENERATIVE_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -30,5 +30,7 @@ INFO = StrategyInfo(
     summary="k demonstrations per class in each prompt, no training (generative backbones)",
     paper="Brown et al. 2020 (NeurIPS)",
     train_data="none",
+    backbone_kinds=GENERATIVE_ONLY,  # demonstrations go into prompts
     naive_prefix_tasks=0,  # trains nothing
+    demonstrations=lambda config: (config.shots, config.seed),
 )

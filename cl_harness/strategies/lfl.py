@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from avalanche.training.plugins import LFLPlugin
 
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -61,5 +61,6 @@ INFO = StrategyInfo(
     summary="freeze the classifier and keep the encoder's features on new data close to the old encoder's",
     paper="Jung et al. 2016 (arXiv:1607.00122)",
     scenarios=("domain_incremental",),
+    backbone_kinds=ENCODER_ONLY,  # it distils an encoder's pooled sentence features
     naive_prefix_tasks=1,  # no old model before after_training_exp of task 1 (the penalty is 0); the head is frozen there
 )

@@ -44,18 +44,18 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 class LearningWithoutForgetting(SupervisedPlugin):
-    """LwF for the harness's ``TextClassifier``: every old head is distilled on its trained units only.
+    """LwF on any backbone: the outputs the frozen previous model trained are distilled, through the model's
+    ``distillation_view`` (models/classifier.py, models/generative.py).
 
-    Avalanche's LwFPlugin cannot be used with this model: the model is a ``MultiTaskModule``, so the
-    plugin calls ``model(x, None)`` and expects one output per task (a dict); it gets a tensor (class-
-    and domain-incremental) or an error (task-incremental). Its teacher is also a plain deep copy left
-    in training mode, so dropout perturbs the soft targets.
+    Avalanche's LwFPlugin cannot be used: it calls ``model(x, None)`` on a ``MultiTaskModule`` and expects one
+    output per task, and its teacher is a deep copy left in training mode, so dropout perturbs the soft targets.
 
-    What is distilled (the units the teacher was trained on, never the masked ``-1e4`` units):
+    What is distilled (never the masked ``-1e4`` units):
 
-    - class-incremental: the single head's units of the classes seen before this task;
-    - domain-incremental: all units of the single head;
-    - task-incremental: every unit of the head of each task trained on, on every example of the batch.
+    - class-incremental encoder: the single head's units of the classes seen before this task;
+    - domain-incremental encoder: all units of the single head;
+    - task-incremental encoder: every unit of the head of each task trained on, on every example of the batch;
+    - language model: the vocabulary distribution at every real answer position of the new task's rows.
     """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
@@ -63,35 +63,23 @@ class LearningWithoutForgetting(SupervisedPlugin):
         self.alpha = alpha
         self.temperature = temperature
         self.teacher: nn.Module | None = None  # the model after the last task, frozen
-        self.old_units: dict[int, Tensor] = {}  # head index -> indices of the units to distil
+        self.old_units: dict = {}  # head index -> the units to distil (model.trained_units)
 
     def after_training_exp(self, strategy, **kwargs):
         model = strategy.model
         self.teacher = frozen_copy(model)
-        if model.scenario == "task_incremental":
-            for task in strategy.experience.dataset.targets_task_labels.uniques:
-                self.old_units[int(task)] = torch.arange(model.heads[int(task)].out_features)
-        elif model.scenario == "class_incremental":
-            self.old_units = {0: model.seen_units.nonzero().flatten().cpu()}
-        else:
-            self.old_units = {0: torch.arange(model.heads[0].out_features)}
+        self.old_units = {**self.old_units, **model.trained_units(strategy.experience.dataset.targets_task_labels.uniques)}
 
     def penalty(self, model: nn.Module, x: Tensor, task_labels: Tensor, logits: Tensor) -> Tensor:
         """The distillation term (before ``alpha``) for inputs ``x`` ``(batch, 3, length)`` and the model's ``logits``."""
         if self.teacher is None:
             return logits.new_zeros(())
-        if model.scenario != "task_incremental":  # one head: the step's own logits are the model's side
-            units = self.old_units[0].to(logits.device)
-            with torch.no_grad():
-                teacher_logits = self.teacher(x, task_labels)  # (batch, width)
-            return distillation_loss(logits[:, units], teacher_logits[:, units], self.temperature)
-        features = model.encode(x)  # (batch, hidden): the step's forward ran only the current head
+        student = model.distillation_view(x, task_labels, logits, self.old_units)
         with torch.no_grad():
-            teacher_features = self.teacher.encode(x)  # (batch, hidden)
+            teacher = self.teacher.distillation_view(x, task_labels, None, self.old_units)
         total = logits.new_zeros(())
-        for head in self.old_units:
-            teacher_logits = self.teacher.heads[head](teacher_features)  # (batch, head size)
-            total = total + distillation_loss(model.heads[head](features), teacher_logits, self.temperature)
+        for student_logits, teacher_logits in zip(student, teacher):  # each (rows, units)
+            total = total + distillation_loss(student_logits, teacher_logits, self.temperature)
         return total
 
     def before_backward(self, strategy, **kwargs):

@@ -11,7 +11,7 @@ from avalanche.training.plugins import MASPlugin
 
 from cl_harness.strategies.common.rng import rng_untouched
 from cl_harness.strategies.common.stream import more_tasks_follow
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -55,5 +55,6 @@ INFO = StrategyInfo(
     build=build,
     summary="penalise moving parameters the output is most sensitive to (unsupervised importance)",
     paper="Aljundi et al. 2018 (ECCV)",
+    backbone_kinds=ENCODER_ONLY,  # its importances are output norms of a classification head
     naive_prefix_tasks=1,  # the penalty starts at task 2; importances are computed in after_training_exp
 )

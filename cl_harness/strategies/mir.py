@@ -9,7 +9,7 @@ from avalanche.training.plugins.mir import cycle
 from torch.utils.data import DataLoader
 
 from cl_harness.strategies.common.buffers import make_storage_policy
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -71,5 +71,6 @@ INFO = StrategyInfo(
     build=build,
     summary="maximally interfered retrieval: replay the memory examples a virtual step on the current batch would hurt most",
     paper="Aljundi et al. 2019, Online Continual Learning with Maximally Interfered Retrieval (NeurIPS)",
+    backbone_kinds=ENCODER_ONLY,  # it ranks memory by the increase of a classification loss
     naive_prefix_tasks=1,  # no replay loader on task 1 (before_backward returns); the memory is filled in after_training_exp
 )

@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from cl_harness.config.experiment import BACKBONE_KINDS
 from cl_harness.config.schema import did_you_mean, parse, to_dict
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.errors import clip, short_repr
@@ -23,6 +24,8 @@ from cl_harness.strategies.user_plugins import check_user_plugin
 
 ALL_SCENARIOS = ("class_incremental", "task_incremental", "domain_incremental")
 TRAIN_DATA_MODES = ("current", "cumulative", "joint", "none")
+ENCODER_ONLY = ("encoder",)
+GENERATIVE_ONLY = ("causal_lm", "seq2seq")
 
 
 @dataclass
@@ -34,7 +37,7 @@ class BuildContext:
     batch_size: int
     eval_batch_size: int
     device: Any = "cpu"
-    model: Any = None  # the run's TextClassifier, for plugins that need it at construction
+    model: Any = None  # the run's model (TextClassifier or GenerativeClassifier), for plugins that need it at construction
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class StrategyInfo:
     summary: str
     paper: str = ""
     scenarios: tuple[str, ...] = ALL_SCENARIOS
+    # The backbone kinds it runs on. Its plugins reach the model only through the backbone-kind seam (the model's
+    # criterion, trained_units, distillation_view and distillation_mask; models/classifier.py, models/generative.py).
+    backbone_kinds: tuple[str, ...] = BACKBONE_KINDS
     train_data: str = "current"  # current | cumulative | joint | none: what the base loop trains on at each step
     # Changes the model's structure (e.g. inserts LoRA adapters) before training and before a checkpoint is loaded:
     # prepare_model(config, model, context). At most one plugin of a strategy may do so.
@@ -58,6 +64,8 @@ class StrategyInfo:
     # nothing it does before or during task 1's training changes that training (it acts in after_training_exp, or from
     # task 2 on), so a grid trains task 1 once and forks it into this strategy's runs (docs/performance.md, "Prefix sharing").
     naive_prefix_tasks: int = 0
+    # Generative backbones: the (shots per class, seed) of demonstrations put before every scored prompt, from its config.
+    demonstrations: Callable[[Any], tuple[int, int]] | None = None
 
 
 @dataclass
@@ -107,6 +115,12 @@ class StrategySpec:
         return min((p.info.naive_prefix_tasks for p in self.plugins), default=0)
 
     @property
+    def demonstrations(self) -> tuple[int, int] | None:
+        """(shots per class, seed) of the demonstrations its scored prompts carry; None when they carry none."""
+        shown = [p.info.demonstrations(p.config) for p in self.plugins if p.info is not None and p.info.demonstrations]
+        return shown[0] if shown else None
+
+    @property
     def train_data(self) -> str:
         modes = {p.info.train_data for p in self.plugins if p.info is not None} - {"current"}
         return modes.pop() if modes else "current"
@@ -133,6 +147,8 @@ class StrategyRegistry:
             raise ValueError(f"strategy {info.name!r} is registered twice")
         if info.train_data not in TRAIN_DATA_MODES:
             raise ValueError(f"strategy {info.name!r}: train_data must be one of {TRAIN_DATA_MODES}")
+        if not info.backbone_kinds or set(info.backbone_kinds) - set(BACKBONE_KINDS):
+            raise ValueError(f"strategy {info.name!r}: backbone_kinds must be a non-empty subset of {BACKBONE_KINDS}")
         self._entries[info.name] = info
 
     def names(self) -> list[str]:
@@ -216,12 +232,24 @@ class StrategyRegistry:
                     f"(it supports: {', '.join(plugin.info.scenarios)})",
                 )
 
-    def parse_strategies(self, entries: list, scenario: str, source: Source, path: KeyPath = ("strategies",)) -> list[StrategySpec]:
-        """All strategies of an experiment, with unique labels and scenario support checked."""
+    def check_backbone_kind(self, spec: StrategySpec, kind: str, source: Source, path: KeyPath) -> None:
+        """Refuse a strategy that does not declare the experiment's backbone kind."""
+        for plugin in spec.plugins:
+            if plugin.info is not None and kind not in plugin.info.backbone_kinds:
+                raise source.error(
+                    path,
+                    f"strategy {plugin.name!r} does not run on backbone.kind {kind} (it runs on: {', '.join(plugin.info.backbone_kinds)})",
+                    hint="`cl-harness strategies` lists the backbone kinds of each strategy",
+                )
+
+    def parse_strategies(self, entries: list, scenario: str, source: Source, path: KeyPath = ("strategies",),
+                         backbone_kind: str = "encoder") -> list[StrategySpec]:
+        """All strategies of an experiment, with unique labels and scenario and backbone-kind support checked."""
         specs = []
         for index, entry in enumerate(entries):
             spec = self.parse_spec(entry, source, path + (index,))
             self.check_scenario(spec, scenario, source, path + (index,))
+            self.check_backbone_kind(spec, backbone_kind, source, path + (index,))
             if spec.label in [s.label for s in specs]:
                 raise source.error(path + (index,), f"duplicate strategy label {spec.label!r}; give each a distinct `name`")
             specs.append(spec)

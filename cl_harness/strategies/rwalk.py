@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from avalanche.training.plugins import RWalkPlugin
 from avalanche.training.utils import ParamData, copy_params_dict, zerolike_params_dict
 
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -113,5 +113,6 @@ INFO = StrategyInfo(
     build=build,
     summary="EWC++ Fisher plus a path-integral score of each parameter's contribution to earlier tasks",
     paper="Chaudhry et al. 2018 (ECCV)",
+    backbone_kinds=ENCODER_ONLY,  # its path integral tracks a classification head's parameters
     naive_prefix_tasks=0,  # records the parameter trajectory and gradients during task 1
 )

@@ -12,7 +12,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from torch import Tensor, nn
 
 from cl_harness.strategies.common.importance import ewc_penalty
-from cl_harness.strategies.registry import BuildContext, StrategyInfo
+from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
 @dataclass
@@ -116,5 +116,6 @@ INFO = StrategyInfo(
     build=build,
     summary="penalise moving parameters whose updates reduced the loss of earlier tasks (online path integral)",
     paper="Zenke, Poole & Ganguli 2017 (ICML)",
+    backbone_kinds=ENCODER_ONLY,  # its path integral tracks a classification head's parameters
     naive_prefix_tasks=0,  # records the parameter trajectory during task 1
 )

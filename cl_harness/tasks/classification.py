@@ -5,12 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from cl_harness.evaluation.evaluator import task_correct
-from cl_harness.tasks.registry import TaskKindInfo, TrainStep
-
-
-def train(step: TrainStep) -> None:
-    """The strategy's base loop and plugins train on the step's experience."""
-    step.strategy.train(step.experience, num_workers=0)
+from cl_harness.tasks.registry import TaskKindInfo, train_in_loop
 
 
 def score(model, task, env, on_batch) -> tuple[float, dict[str, float], Tensor]:
@@ -23,6 +18,6 @@ INFO = TaskKindInfo(
     name="classification",
     summary="labelled texts; the strategy's loop trains on them; the column holds test accuracy",
     column_metric="accuracy",
-    train=train,
+    train=train_in_loop,
     score=score,
 )

@@ -29,6 +29,7 @@ class KindEnv:
     epochs: int = 1
     resources: Mapping[str, Any] = field(default_factory=dict)  # kind name -> what its ``resources(tokenizer)`` built
     loss_scale: Any = None  # fp16: the run's DynamicLossScale
+    demonstrations: bool = False  # score prompts with in-context demonstrations (a strategy's ``demonstrations``)
 
 
 @dataclass
@@ -41,6 +42,11 @@ class TrainStep:
     experience: Any
     env: KindEnv
     meter: Any  # the run's TrainingMeter: a kind trained outside the template adds its seconds and examples
+
+
+def train_in_loop(step: TrainStep) -> None:
+    """The strategy's base loop and plugins train on the step's experience (its loss is the model's ``criterion``)."""
+    step.strategy.train(step.experience, num_workers=0)
 
 
 def encode_labelled(task: TaskData, index: int, space: LabelSpace, encode: EncodeTexts) -> EncodedTask:

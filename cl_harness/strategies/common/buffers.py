@@ -15,11 +15,19 @@ from avalanche.training.storage_policy import (
 from torch import Tensor
 
 
+def padded(tensor: Tensor, shape: list[int]) -> Tensor:
+    """``tensor`` ``(n, *smaller)`` zero-padded at the end of each example dimension to ``(n, *shape)``."""
+    out = tensor.new_zeros((tensor.shape[0], *shape))
+    out[(slice(None), *(slice(0, size) for size in tensor.shape[1:]))] = tensor
+    return out
+
+
 class ReservoirBuffer:
     """Reservoir sampling over a stream of examples, each a set of named tensors (Vitter 1985).
 
     After ``seen`` examples each one is in memory with probability ``mem_size / seen``; the
-    memory never holds more than ``mem_size`` examples. Tensors are stored as given.
+    memory never holds more than ``mem_size`` examples. Tensors are stored as given; a field whose
+    examples vary in size (a language model's answer logits) is zero-padded to the largest seen.
     """
 
     def __init__(self, mem_size: int) -> None:
@@ -37,6 +45,10 @@ class ReservoirBuffer:
             self.fields = {
                 name: value.new_empty((self.mem_size, *value.shape[1:])) for name, value in batch.items()
             }
+        for name, value in batch.items():  # an example wider than the stored ones (a longer answer): pad both
+            if value.shape[1:] != self.fields[name].shape[1:]:
+                shape = [max(a, b) for a, b in zip(self.fields[name].shape[1:], value.shape[1:])]
+                self.fields[name], batch[name] = padded(self.fields[name], shape), padded(value, shape)
         size = len(next(iter(batch.values())))
         for row in range(size):
             if self.seen < self.mem_size:

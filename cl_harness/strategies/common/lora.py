@@ -11,7 +11,7 @@ from avalanche.core import SupervisedPlugin
 
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.errors import ConfigError
-from cl_harness.models.lora import inject_lora, train_only_adapter
+from cl_harness.models.lora import DEFAULT_TARGETS, default_targets, inject_lora, linear_names, train_only_adapter
 
 
 @dataclass
@@ -21,21 +21,34 @@ class LoRAConfig:
     lora_rank: int = field(default=8, metadata={"ge": 1, "help": "rank r of each adapter"})
     lora_alpha: float = field(default=16.0, metadata={"gt": 0.0, "help": "the update is scaled by alpha / r"})
     lora_dropout: float = field(default=0.0, metadata={"ge": 0.0, "lt": 1.0, "help": "dropout on the adapter input"})
-    target_modules: list[str] = field(
-        default_factory=lambda: ["query", "value"], metadata={"help": "attribute names of the linear layers to adapt"}
-    )
+    target_modules: list[str] | None = field(default=None, metadata={"help": (
+        "attribute names of the linear layers to adapt; default: the backbone family's attention query and value "
+        "projections (" + "; ".join(f"{family}: {', '.join(names)}" for family, names in DEFAULT_TARGETS.items()) + ")")})
 
     def check(self, source: Source, path: KeyPath) -> None:
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise source.error(path + ("target_modules",), "list at least one module name, e.g. [query, value]")
 
 
+def resolve_targets(config: LoRAConfig, layer_names: set[str]) -> list[str]:
+    """The configured target modules, or the backbone family's query/value projections among ``layer_names``."""
+    targets = config.target_modules or default_targets(layer_names)
+    if targets is None:
+        raise ConfigError(
+            "cannot find the attention query/value projections of this backbone",
+            key="strategies.target_modules",
+            hint=f"name its linear layers in target_modules; it has: {', '.join(sorted(layer_names))}",
+        )
+    return list(targets)
+
+
 def add_adapters(config: LoRAConfig, model, num_adapters: int) -> None:
-    """Insert ``num_adapters`` LoRA adapters into the model's encoder, freeze the encoder, train adapter 0."""
-    adapted = inject_lora(model.encoder, config.target_modules, num_adapters, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    """Insert ``num_adapters`` LoRA adapters into the model's backbone, freeze the backbone, train adapter 0."""
+    targets = resolve_targets(config, linear_names(model.encoder))
+    adapted = inject_lora(model.encoder, targets, num_adapters, config.lora_rank, config.lora_alpha, config.lora_dropout)
     if adapted == 0:
         raise ConfigError(
-            f"no linear layer of the backbone is named any of {config.target_modules}",
+            f"no linear layer of the backbone is named any of {targets}",
             key="strategies.target_modules",
             hint="BERT-style encoders name them query, key, value, dense",
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import write_demo_stream, write_experiment
+from generative_helpers import write_generative_experiment
 
 from cl_harness.cli import main
 from cl_harness.tracking import schema
@@ -19,9 +20,14 @@ from cl_harness.tracking import schema
 TESTS = Path(__file__).resolve().parent
 
 
-def make_experiment(tmp_path, tiny_bert, name: str, plugins: list) -> Path:
-    write_demo_stream(tmp_path, "class_incremental", per_class=24, tasks=3)
-    path = write_experiment(tmp_path, tiny_bert, [{"name": "naive", "plugins": ["naive", *plugins]}], epochs=2)
+def make_experiment(tmp_path, backbone, name: str, plugins: list, kind: str = "encoder") -> Path:
+    strategies = [{"name": "naive", "plugins": ["naive", *plugins]}]
+    if kind == "encoder":
+        write_demo_stream(tmp_path, "class_incremental", per_class=24, tasks=3)
+        path = write_experiment(tmp_path, backbone, strategies, epochs=2)
+    else:  # a language model on a task-incremental stream, through the same loop
+        path = write_generative_experiment(tmp_path, backbone, kind, strategies, tasks=3, scenario="task_incremental",
+                                           epochs=2, batch_size=4, lr=3e-3)
     config = yaml.safe_load(path.read_text())
     config["name"] = name
     out = tmp_path / f"{name}.yaml"
@@ -64,13 +70,13 @@ def matrix_of(client, run, tmp_path) -> list[list[float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, tmp_path, tiny_bert, capsys):
+@pytest.mark.parametrize(("how", "kind"), [(signal.SIGKILL, "encoder"), (signal.SIGINT, "encoder"), (signal.SIGKILL, "causal_lm")])
+def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, kind, tmp_path, tiny_bert, tiny_llama, capsys):
     flag = tmp_path / "pause"
     flag.touch()
     pause = [{"cl_test_plugins:PauseBeforeTask": {"flag_file": str(flag)}}]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    experiment = make_experiment(tmp_path, tiny_bert, "resume", pause)
+    experiment = make_experiment(tmp_path, tiny_bert if kind == "encoder" else tiny_llama, "resume", pause, kind)
 
     process = start(experiment, uri, tmp_path)
     wait_for("pause.paused", tmp_path)  # inside the pause before task 2, step 1 logged

@@ -33,33 +33,26 @@ import torch  # noqa: E402
 
 from cl_harness.config.loader import load_experiment  # noqa: E402
 from cl_harness.evaluation.rank_classification import exact_match, rank_classification_accuracy  # noqa: E402
-from cl_harness.models.generative import (  # noqa: E402
-    IGNORE,
-    GenerativeClassifier,
-    answer_log_likelihood,
-    answer_loss,
-    load_generative_model,
-)
-from cl_harness.models.lora import inject_lora  # noqa: E402
+from cl_harness.models.generative import IGNORE, GenerativeClassifier, answer_targets, load_generative_model  # noqa: E402
+from cl_harness.models.lora import default_targets, inject_lora, linear_names  # noqa: E402
 from cl_harness.runner.optimizer import build_optimizer  # noqa: E402
 from cl_harness.grid.prepare import check_experiment, prepare_experiment  # noqa: E402
-from cl_harness.strategies.generative.lora import ATTENTION_TARGETS, linear_names  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def train_rate(model, inputs: torch.Tensor, batch_size: int, lr: float) -> float:
     """Examples/s of answer-loss training steps over ``inputs`` (one pass, after one warm-up step)."""
-    optimizer = build_optimizer(model, lr, 0.0)
+    optimizer, loss = build_optimizer(model, lr, 0.0), model.criterion()
     model.train()
     batches = inputs.split(batch_size)
     optimizer.zero_grad()
-    answer_loss(model(batches[0]), batches[0]).backward()  # warm-up, not timed
+    loss(model(batches[0]), batches[0][:, 2]).backward()  # warm-up, not timed
     optimizer.step()
     started = time.perf_counter()
     for x in batches:
         optimizer.zero_grad()
-        answer_loss(model(x), x).backward()
+        loss(model(x), x[:, 2]).backward()  # the loop's loss: a batch's targets are its answer ids
         optimizer.step()
     return len(inputs) / (time.perf_counter() - started)
 
@@ -75,7 +68,9 @@ def row_per_pair_accuracy(model, inputs: torch.Tensor, targets: torch.Tensor, ca
         rows = batch.repeat_interleave(labels, dim=0).clone()  # (batch * labels, 3, length)
         rows[:, 2] = IGNORE
         rows[:, 2, : candidates.shape[1]] = candidates.repeat(batch.shape[0], 1)
-        scores = answer_log_likelihood(model(rows), rows).view(batch.shape[0], labels)  # (batch, labels)
+        logits, answers = model(rows), answer_targets(rows)  # (rows, answer, vocab), (rows, answer)
+        token_log_probs = logits.log_softmax(-1).gather(-1, answers.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores = (token_log_probs * (answers != IGNORE)).sum(1).view(batch.shape[0], labels)  # (batch, labels)
         correct += int((units[scores.argmax(1)] == batch_targets).sum())
     return correct / len(targets)
 
@@ -123,9 +118,7 @@ def main() -> None:
         "train_full_examples_per_s": train_rate(model, train, config.training.batch_size, 1e-5),
     }
     lora = pristine
-    names = linear_names(lora.lm)
-    targets_lora = next(t for t in ATTENTION_TARGETS if set(t) <= names)
-    inject_lora(lora.lm, targets_lora, 1, 8, 16.0, 0.0)
+    inject_lora(lora.lm, default_targets(linear_names(lora.lm)), 1, 8, 16.0, 0.0)
     result["train_lora_examples_per_s"] = train_rate(lora, train, config.training.batch_size, 1e-3)
     if args.exact_match:
         local = [task.candidate_units.tolist().index(int(u)) for u in targets]

@@ -7,13 +7,11 @@ import dataclasses
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 from cl_harness import strategies as strategy_package
 from cl_harness.config.experiment import ExperimentConfig
 from cl_harness.strategies import default_registry
-from cl_harness.strategies.generative import backbone_kinds
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES_MD = REPO / "docs" / "strategies.md"
@@ -102,7 +100,7 @@ def strategy_doc_problems(text: str, registry=None) -> list[str]:
             "family": (family, family_of.get(info.name)),
             "scenarios": (scenarios, want_scenarios),
             "training data": (train_data, info.train_data),
-            "backbones": (backbones, ", ".join(backbone_kinds(info.name))),
+            "backbones": (backbones, ", ".join(info.backbone_kinds)),
             "shares task 1": (shares, "yes" if info.naive_prefix_tasks >= 1 else "no"),
         }
         problems += [f"{info.name}: overview {what} is {doc!r}, the code says {code!r}" for what, (doc, code) in checks.items() if doc != code]
@@ -205,30 +203,3 @@ def test_the_experiment_yaml_check_sees_an_example_shown_as_a_default():
 
 def test_the_readme_links_the_strategy_reference():
     assert "docs/strategies.md" in (REPO / "README.md").read_text(encoding="utf-8")
-
-
-# --- the import contract ----------------------------------------------------------------------------------------------
-
-
-def contract_problems(listed: list[str]) -> list[str]:
-    """Registered strategy modules the independence contract leaves out, and modules it lists that are none."""
-    registered = {module.__name__ for modules in FAMILIES.values() for module in modules}
-    return [f"{name}: not in the contract" for name in sorted(registered - set(listed))] + [
-        f"{name}: in the contract but not a registered strategy module" for name in sorted(set(listed) - registered)
-    ]
-
-
-def test_the_import_contract_keeps_every_strategy_module_apart_from_its_siblings():
-    tomllib = pytest.importorskip("tomllib")
-    contracts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
-    (contract,) = [c for c in contracts if "cl_harness.strategies.naive" in c.get("modules", [])]
-    assert {module.INFO.name for modules in FAMILIES.values() for module in modules} == set(default_registry().names())
-    assert contract_problems(contract["modules"]) == []
-
-
-def test_the_contract_check_sees_a_module_left_out():
-    listed = [module.__name__ for modules in FAMILIES.values() for module in modules if module.__name__ != "cl_harness.strategies.in_context"]
-    assert contract_problems(listed + ["cl_harness.strategies.gone"]) == [
-        "cl_harness.strategies.in_context: not in the contract",
-        "cl_harness.strategies.gone: in the contract but not a registered strategy module",
-    ]

@@ -128,9 +128,9 @@ def test_a_causal_lm_without_pad_token_gets_eos_as_pad_and_says_so(tmp_path, cap
 
 def test_strategies_that_cannot_apply_are_refused_with_a_reason(tmp_path, tiny_llama, tiny_bert):
     error = refused(write_generative_experiment(tmp_path, tiny_llama, "causal_lm", ["naive", "si"]))
-    assert error.key == "strategies[1]" and "cannot run on backbone.kind causal_lm" in error.message
+    assert error.key == "strategies[1]" and "does not run on backbone.kind causal_lm (it runs on: encoder)" in error.message
     error = refused(write_generative_experiment(tmp_path, tiny_bert, "encoder", ["in_context"]))
-    assert error.key == "strategies[0]" and "need a generative backbone" in error.message
+    assert error.key == "strategies[0]" and "(it runs on: causal_lm, seq2seq)" in error.message
     error = refused(write_generative_experiment(tmp_path, tiny_bert, "encoder", ["naive"], instruction={"template": "{text}"}))
     assert error.key == "tasks[0].instruction" and "generative backbones only" in error.message
 

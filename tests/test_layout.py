@@ -41,3 +41,24 @@ def test_imports_point_down_the_layers_without_cycles():
     done = subprocess.run(["lint-imports"], cwd=PACKAGE.parent, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
+
+
+def test_a_strategy_file_imports_no_sibling_strategy():
+    """Every registered strategy's module imports shared helpers from ``strategies.common``, never another strategy's
+    module (read from the registry, so a new strategy is covered by its registry line alone)."""
+    import grimp
+
+    from cl_harness.strategies import default_registry
+
+    graph = grimp.build_graph("cl_harness")
+    modules = {info.build.__module__ for info in default_registry()}
+    offenders = sorted((a, b) for a in modules for b in modules if a != b and graph.direct_import_exists(importer=a, imported=b))
+    assert offenders == [], f"a strategy imports a sibling strategy (move the shared part to strategies/common/): {offenders}"
+    assert "cl_harness.strategies.ewc" in modules and "cl_harness.strategies.lwf" in modules
+
+
+def test_the_sibling_import_check_sees_an_import():
+    import grimp
+
+    graph = grimp.build_graph("cl_harness")
+    assert graph.direct_import_exists(importer="cl_harness.strategies.ewc", imported="cl_harness.strategies.common.importance")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from cl_harness.evaluation.evaluator import task_correct
-from cl_harness.tasks.registry import TaskKindInfo, train_in_loop
+from cl_harness.tasks.registry import TaskKindInfo
 
 
 def score(model, task, env, on_batch) -> tuple[float, dict[str, float], Tensor]:
@@ -18,6 +18,5 @@ INFO = TaskKindInfo(
     name="classification",
     summary="labelled texts; the strategy's loop trains on them; the column holds test accuracy",
     column_metric="accuracy",
-    train=train_in_loop,
     score=score,
 )

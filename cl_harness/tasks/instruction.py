@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from cl_harness.evaluation.rank_classification import exact_match, rank_classification_hits
-from cl_harness.tasks.registry import TaskKindInfo, train_in_loop
+from cl_harness.tasks.registry import TaskKindInfo
 
 NAME = "instruction"
 EM_PREFIX = "em"  # extra per-task metric: em/<task> (tracking.schema.EM_PREFIX)
@@ -46,6 +46,5 @@ INFO = TaskKindInfo(
     name=NAME,
     summary="labelled texts as prompts to a causal or seq2seq LM; answer-only LM loss; the column holds rank-classification accuracy",
     column_metric="accuracy",  # rank-classification accuracy
-    train=train_in_loop,
     score=score,
 )

@@ -71,10 +71,10 @@ class TaskKindInfo:
     name: str
     summary: str
     column_metric: str  # what fills the task's accuracy-matrix column (``accuracy_matrix.json``'s ``column_metrics``)
-    train: Callable[[TrainStep], None]  # one step's training on the task
     score: Callable[[Any, EncodedTask, KindEnv, Callable[[int], None]], tuple[float, dict[str, float]]]
     # (column value, extra per-task metrics by prefix, e.g. {"pppl": 12.3}[, (n,) bool hits per example]) of the split
     # in the task's test_inputs/test_targets (the Evaluator puts the validation split there); on_batch(n) advances the bar
+    train: Callable[[TrainStep], None] = train_in_loop  # one step's training on the task: the strategy's loop by default
     encode: Callable[[TaskData, int, LabelSpace, EncodeTexts], EncodedTask] = encode_labelled
     labelled: bool = True  # its examples have class labels (per-class sampling and caps apply)
     resources: Callable[[Any], Any] | None = None  # tokenizer -> what training and scoring need (KindEnv.resources)

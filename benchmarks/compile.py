@@ -6,7 +6,7 @@ Times, in one process, the harness's TextClassifier on the bundled MiniLM (fp32,
 token ids, as DBpedia's texts fill 64 tokens): a training step (forward, backward, fused AdamW) and an evaluation
 batch, eagerly and with the encoder compiled (``nn.Module.compile``). It prints the first compiled call (the
 compile), the steady-state seconds of each, their ratio, and how many steps the compile needs to pay for itself.
-The harness does not compile: see docs/performance.md ("Compute levers, session 7") for why.
+The harness does not compile: see docs/explanation/speed.md ("Levers not taken") for why.
 """
 
 from __future__ import annotations

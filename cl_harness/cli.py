@@ -13,13 +13,18 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_CONFIG, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _quiet_libraries() -> None:
-    """Silence import-time chatter of third-party libraries (not errors)."""
+def _quiet_libraries(verbose: bool) -> None:
+    """Silence third-party chatter (not errors): warnings, and unless ``verbose`` the libraries' log lines and progress
+    bars. Set through the environment where a library reads it, so worker processes inherit it."""
     warnings.filterwarnings("ignore", message="no QP solver")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables", alembic's INFO
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -62,6 +67,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cl-harness", description="Continual-learning experiments on pretrained transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the log lines and progress bars of the libraries (MLflow, Optuna, Hugging Face)")
     parser.add_argument("--version", action="version", version=f"cl-harness {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -335,7 +342,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(args.verbose)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends the run like Ctrl-C: checkpoint kept, run KILLED
     from cl_harness.errors import ConfigError

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three-scenario comparison of docs/results.md, in one command: for each of class-, task- and domain-incremental,
+# The three-scenario comparison of docs/results/scenarios.md, in one command: for each of class-, task- and domain-incremental,
 # tune every strategy on the validation splits (the `search:` block of scenarios.yaml), run the tuned strategies with
 # 5 seeds on the test splits, and print the comparison (confidence intervals, significance marks).
 #   bash experiments/scenarios.sh [--data-root DIR] [any other `cl-harness run` option, e.g. --tracking-uri URI]

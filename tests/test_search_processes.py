@@ -116,3 +116,19 @@ def test_two_workers_share_each_strategys_study(tmp_path, tiny_bert, capsys):
     assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--workers", "2", "--search-only"]) == 0
     assert "stopped with exit code" not in capsys.readouterr().err
     check_trained_in_two_other_processes(tmp_path, pids, uri)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_log_lines_show_only_with_verbose(tmp_path, tiny_bert, verbose):
+    """MLflow's new-store lines and Optuna's new-study line are off unless ``--verbose``."""
+    search = {"n_trials": 1, "spaces": {"naive": {"training.lr": {"low": 1e-4, "high": 1e-3, "log": True}}}}
+    path = experiment_with_search(tmp_path, tiny_bert, search, strategies=("naive",))
+    command = [sys.executable, "-m", "cl_harness.cli", *(["--verbose"] if verbose else []), "run", str(path),
+               "--tracking-uri", f"sqlite:///{tmp_path}/store/mlflow.db", "--no-progress", "--search-only"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    noise = ["Creating initial MLflow database tables", "A new study created in RDB"]
+    assert [line for line in noise if line in done.stderr] == (noise if verbose else [])
+    assert "search naive: best valid_acc" in done.stdout

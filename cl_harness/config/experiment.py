@@ -47,8 +47,8 @@ class BackboneConfig:
 
     name: str = field(default=BUNDLED_MINILM, metadata={"help": "bundled:all-MiniLM-L6-v2, a directory or a hub id"})
     pooling: str = field(default="mean", metadata={"help": "cls | mean"})
-    revision: str | None = None
-    peft: PeftConfig = field(default_factory=PeftConfig)
+    revision: str | None = field(default=None, metadata={"help": "hub revision (branch, tag or commit) of `name`; null: the default branch"})
+    peft: PeftConfig = field(default_factory=PeftConfig, metadata={"help": "parameter-efficient fine-tuning of the backbone"})
     kind: Literal["encoder", "causal_lm", "seq2seq"] = field(
         default="encoder", metadata={"help": "encoder (+ heads) | causal_lm | seq2seq (instruction tasks, label-text answers)"}
     )
@@ -75,12 +75,12 @@ class BackboneConfig:
 class TrainingConfig:
     """Optimisation and evaluation settings shared by every strategy of the experiment."""
 
-    epochs: int = field(default=1, metadata={"ge": 1})
-    batch_size: int = field(default=16, metadata={"ge": 1})
-    eval_batch_size: int = field(default=64, metadata={"ge": 1})
-    lr: float = field(default=5e-5, metadata={"gt": 0.0})
-    weight_decay: float = field(default=0.0, metadata={"ge": 0.0})
-    max_length: int = field(default=128, metadata={"ge": 4, "le": 8192})
+    epochs: int = field(default=1, metadata={"ge": 1, "help": "passes over each task's training data"})
+    batch_size: int = field(default=16, metadata={"ge": 1, "help": "training examples per step"})
+    eval_batch_size: int = field(default=64, metadata={"ge": 1, "help": "most examples scored at once"})
+    lr: float = field(default=5e-5, metadata={"gt": 0.0, "help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0.0, "help": "AdamW weight decay"})
+    max_length: int = field(default=128, metadata={"ge": 4, "le": 8192, "help": "tokens kept of each text; batches are trimmed to their longest text"})
     eval_per_class: int | None = field(default=None, metadata={"ge": 1, "help": "cap test examples per class"})
     length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
@@ -105,27 +105,27 @@ class TrackingConfig:
 class ExperimentConfig:
     """One experiment: a stream, a backbone, training settings and the strategies and seeds to run."""
 
-    name: str
+    name: str = field(metadata={"help": "the MLflow experiment's name (unless tracking.experiment), and the run folder's"})
     stream: str = field(metadata={"help": "stream YAML, relative to this file"})
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata={"help": "the pretrained model; or just its name"})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "optimisation and evaluation settings"})
     strategies: list[Any] = field(default_factory=lambda: ["naive"], metadata={"help": "strategy specs", "example": "[naive, ewc]"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"example": "[0, 1, 2]"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"example": "[0, 1, 2]", "help": "every strategy runs once per seed (and order)"})
     orders: list[list[str]] | None = field(default=None, metadata={
         "help": "task orders to run, each naming every task", "example": "[[a, b], [b, a]]"})
     permutations: int | None = field(default=None, metadata={"ge": 1, "help": "run the stream order plus N-1 random orders"})
     order_seed: int = field(default=0, metadata={"help": "seed that draws the random orders"})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "where the results go"})
     checkpoint_dir: str = field(default="runs", metadata={"help": "run folders with checkpoints, relative to the cwd"})
     checkpoint_every_s: float = field(default=60.0, metadata={"ge": 0.0, "help": (
         "a run checkpoints after a task once this many seconds have passed since its last checkpoint (or its start); "
         "0: after every task. A killed run resumes from its last checkpoint and retrains the tasks after it, with the "
         "same results")})
-    description: str = ""
-    search: Any = field(default=None, metadata={"help": "per-strategy hyperparameter search (cl_harness/search/config.py)"})
+    description: str = field(default="", metadata={"help": "free text, recorded in config.yaml"})
+    search: Any = field(default=None, metadata={"help": "per-strategy hyperparameter search (see `search`)"})
     prefix_sharing: bool = field(default=True, metadata={"help": (
         "train task 1 once per seed and order for the strategies that train it as naive does, and fork it into their "
-        "runs (same results; docs/performance.md). --no-prefix-sharing sets false")})
+        "runs (same results). --no-prefix-sharing sets false")})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if not self.strategies:

@@ -34,8 +34,8 @@ class SourceConfig:
     test_file: str | None = field(default=None, metadata={"help": "json, jsonl, csv or parquet file"})
     path: str | None = field(default=None, metadata={"help": "directory written by datasets.save_to_disk"})
     seed: int = field(default=0, metadata={"help": "demo generator seed"})
-    train_examples_per_class: int = field(default=200, metadata={"ge": 1})
-    test_examples_per_class: int = field(default=50, metadata={"ge": 1})
+    train_examples_per_class: int = field(default=200, metadata={"ge": 1, "help": "demo: training sentences per class"})
+    test_examples_per_class: int = field(default=50, metadata={"ge": 1, "help": "demo: test sentences per class"})
 
     def check(self, source: Source, path: KeyPath) -> None:
         allowed = SOURCE_KEYS[self.type]
@@ -60,13 +60,13 @@ class SourceConfig:
 class TaskConfig:
     """One task of a stream: its source, fields, label space and how to cut it."""
 
-    name: str
-    source: SourceConfig
+    name: str = field(metadata={"help": "unique within the stream; names the task's metrics (acc/<name>)"})
+    source: SourceConfig = field(metadata={"help": "where the rows come from"})
     type: Literal["classification", "mlm"] = field(
         default="classification", metadata={"help": "classification | mlm (masked-LM training on unlabelled text)"}
     )
     text_field: str | list[str] = field(default="text", metadata={"help": "text column, or two for sentence pairs"})
-    label_field: str = "label"
+    label_field: str = field(default="label", metadata={"help": "label column"})
     label_names: list[str] | str | None = field(
         default=None, metadata={"help": "label names, or a JSON file holding them; default: from the data"}
     )
@@ -134,10 +134,10 @@ class TaskConfig:
 class StreamConfig:
     """An ordered stream of tasks under one continual-learning scenario."""
 
-    name: str
-    scenario: Scenario
-    tasks: list[TaskConfig]
-    description: str = ""
+    name: str = field(metadata={"help": "the stream's name (the runs' `stream` tag)"})
+    scenario: Scenario = field(metadata={"help": "how the heads are laid out and whether the task is known at test time"})
+    tasks: list[TaskConfig] = field(metadata={"help": "the tasks, in training order (at least 2)"})
+    description: str = field(default="", metadata={"help": "free text"})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if len(self.tasks) < 2:

@@ -5,7 +5,7 @@ In eager PyTorch a linear layer on the CPU is ``addmm``: the bias is first copie
 the product is added to it, and the GELU is one more pass over the widest activation of the layer. oneDNN applies
 the bias and the GELU in the product's epilogue, while the output is still in cache (the fusions ``torch.compile``'s
 CPU backend makes, without its compile time). Scoring needs no autograd, so the swap is made only for the duration
-of a scoring pass (:func:`fused_linears`) and the model is given back as it was. docs/performance.md has the
+of a scoring pass (:func:`fused_linears`) and the model is given back as it was. docs/benchmarks.md has the
 measurements.
 """
 

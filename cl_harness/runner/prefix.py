@@ -6,7 +6,7 @@ Avalanche's ``train`` runs ``_before_training_exp``, then ``_train_exp`` (the ep
 run builds its own strategy, runs its own ``_before_training_exp``, puts the saved state in place instead of the
 epochs, then runs its own hooks: they see the model, optimizer, gradients, RNG and clock an unshared run would
 give them. The file is a run checkpoint (``runner/checkpoint.py``: written atomically, sha256 beside it); the
-step-0 scores are in the folder's ``state.json``. docs/performance.md, "Prefix sharing", says more.
+step-0 scores are in the folder's ``state.json``. docs/explanation/prefix-sharing.md says more.
 """
 
 from __future__ import annotations

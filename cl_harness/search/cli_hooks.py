@@ -36,6 +36,10 @@ def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> Prepared
     """
     plan = check_search(prepared.checked)
     folder = search_folder(prepared)
+    if not args.verbose:  # "A new study created in RDB ..."
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not args.skip_search:
         parallel, threads = None, None
         if args.executor == "ray":

@@ -62,7 +62,7 @@ class StrategyInfo:
     per_task_modules: bool = False
     # How many leading tasks it trains exactly as naive does, given the same seed, order and training settings: 1 when
     # nothing it does before or during task 1's training changes that training (it acts in after_training_exp, or from
-    # task 2 on), so a grid trains task 1 once and forks it into this strategy's runs (docs/performance.md, "Prefix sharing").
+    # task 2 on), so a grid trains task 1 once and forks it into this strategy's runs (docs/explanation/prefix-sharing.md).
     naive_prefix_tasks: int = 0
     # Generative backbones: the (shots per class, seed) of demonstrations put before every scored prompt, from its config.
     demonstrations: Callable[[Any], tuple[int, int]] | None = None

@@ -18,26 +18,28 @@ import numpy as np
 
 # --- run statuses ----------------------------------------------------------------------------------
 
-RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-END_STATUSES = (FINISHED, FAILED, KILLED)
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"  # MLflow's run statuses
+END_STATUSES = (FINISHED, FAILED, KILLED)  # a run that has ended
 MISSING = "MISSING"  # a planned run with no run in the store (never an MLflow status)
 
 # --- tags ------------------------------------------------------------------------------------------
 
-ROLE_TAG = "cl_harness.role"
-PARENT_ROLE, CHILD_ROLE = "parent", "child"
-PARENT_RUN_TAG = "mlflow.parentRunId"
-STRATEGY_TAG = "strategy"
-SEED_TAG = "seed"
-ORDER_TAG = "order"
-TASK_ORDER_TAG = "task_order"
-STREAM_TAG = "stream"
-SCENARIO_TAG = "scenario"
-BACKBONE_TAG = "backbone"
-ERROR_TAG = "error"
+ROLE_TAG = "cl_harness.role"  # what a run is: parent, child, search or trial
+PARENT_ROLE, CHILD_ROLE = "parent", "child"  # one parent run per invocation; one child per (strategy, seed, task order)
+PARENT_RUN_TAG = "mlflow.parentRunId"  # a child's parent run (MLflow nests the runs by it)
+STRATEGY_TAG = "strategy"  # child: the strategy label
+SEED_TAG = "seed"  # child: the seed
+ORDER_TAG = "order"  # child: the index of its task order (0: the stream's own)
+TASK_ORDER_TAG = "task_order"  # child: the task names in training order, comma-separated
+STREAM_TAG = "stream"  # child: the stream's name
+SCENARIO_TAG = "scenario"  # child: class_incremental, task_incremental or domain_incremental
+BACKBONE_TAG = "backbone"  # child: the backbone's name
+ERROR_TAG = "error"  # a FAILED run: what went wrong
 ERROR_TAG_CHARS = 4000  # an error tag keeps this many characters of the error
-VERSIONS_TAG_PREFIX = "versions."
+VERSIONS_TAG_PREFIX = "versions."  # versions.<package>: the installed versions of the packages a run used
+# the commit of the harness's checkout, whether it had uncommitted changes, and the commit again where MLflow shows it
 GIT_COMMIT_TAG, GIT_DIRTY_TAG, MLFLOW_GIT_COMMIT_TAG = "git_commit", "git_dirty", "mlflow.source.git.commit"
+#: The tags every child run carries.
 CHILD_TAGS = (STRATEGY_TAG, SEED_TAG, ORDER_TAG, TASK_ORDER_TAG, STREAM_TAG, SCENARIO_TAG, BACKBONE_TAG)
 
 
@@ -106,7 +108,7 @@ SEEN_AVG_METRIC = "acc/seen_avg"  # mean of the columns of the tasks trained so 
 TRAIN_TIME_METRIC = "train_time_s"  # per step: seconds spent training the step's task
 EVAL_TIME_METRIC = "eval_time_s"  # per step: seconds spent scoring every task (test and validation splits)
 TOKENISE_TIME_METRIC = "tokenise_time_s"  # on the parent run: seconds spent tokenising the stream (or reading its cache)
-TRAINABLE_PARAMS_METRIC = "trainable_params"
+TRAINABLE_PARAMS_METRIC = "trainable_params"  # per step and final: parameters the optimizer updates
 #: Prefix sharing: on a run that forked task 1 from its grid's shared prefix, and on the parent (grid/prefix.py).
 SHARED_PREFIX_TASKS_TAG = "shared_prefix_tasks"  # tasks taken from the prefix
 TRAIN_TIME_SAVED_METRIC = "train_time_saved_s"  # child: the prefix's training seconds; parent: those saved over the grid
@@ -115,11 +117,12 @@ RUNS_FINISHED_METRIC, RUNS_TOTAL_METRIC = "runs_finished", "runs_total"  # on th
 FINAL_METRICS = ("acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc")
 #: Negative flip rate (Yan et al. 2021): per step after task i >= 2, and the run's mean of those.
 NFR_STEP_METRIC = "nfr/step"
-NFR_METRIC = "nfr"
+NFR_METRIC = "nfr"  # final: the mean of nfr/step
 #: Validation splits: valid_acc/<task> and valid_acc/seen_avg per step, valid_acc at the end (what a search optimises).
 VALID_ACC_PREFIX = "valid_acc"
-VALID_SEEN_AVG_METRIC = "valid_acc/seen_avg"
-VALID_ACC_METRIC = "valid_acc"
+VALID_SEEN_AVG_METRIC = "valid_acc/seen_avg"  # per step: mean validation accuracy of the tasks trained so far
+VALID_ACC_METRIC = "valid_acc"  # final: mean validation accuracy over all tasks
+#: Final cost metrics of a child run.
 COST_METRICS = (
     "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
     TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
@@ -185,16 +188,16 @@ ARTIFACTS_FOLDER = "artifacts"  # beside a local SQLite store's database file: i
 # Tables MLflow creates first in a new SQLite store: a database with tables but none of these is someone else's.
 MLFLOW_CORE_TABLES = frozenset({"alembic_version", "experiments", "experiment_tags", "runs", "tags", "params", "metrics"})
 
-CONFIG_ARTIFACT = "config.yaml"
-MATRIX_ARTIFACT = "accuracy_matrix.json"
-MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"
+CONFIG_ARTIFACT = "config.yaml"  # parent and child: the resolved configuration
+MATRIX_ARTIFACT = "accuracy_matrix.json"  # child: tasks, column_metrics, initial row, one row per trained task (fractions)
+MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"  # child: the accuracy matrix as a heatmap
 VALID_MATRIX_ARTIFACT = "valid_accuracy_matrix.json"  # the validation accuracy matrix (runs with validation splits)
 PLANNED_RUNS_ARTIFACT = "planned_runs.json"  # on the parent: {"runs": [run names]}
-REPORT_HTML_ARTIFACT = "report.html"
-COMPARISON_CSV_ARTIFACT = "comparison.csv"
-COMPARISON_MD_ARTIFACT = "comparison.md"
-COMPARISON_TABLE_ARTIFACT = "comparison_table.json"
-PLOTS_ARTIFACT_DIR = "plots"
+REPORT_HTML_ARTIFACT = "report.html"  # parent: the comparison, plots and definitions in one self-contained file
+COMPARISON_CSV_ARTIFACT = "comparison.csv"  # parent: one row per strategy, unrounded fractions
+COMPARISON_MD_ARTIFACT = "comparison.md"  # parent: the comparison table as markdown, in %
+COMPARISON_TABLE_ARTIFACT = "comparison_table.json"  # parent: the comparison table for MLflow's table view
+PLOTS_ARTIFACT_DIR = "plots"  # parent: forgetting curves, final accuracy bars and mean accuracy-matrix heatmaps
 NOTE_TAG = "mlflow.note.content"  # MLflow shows this tag as the run's description (markdown) on the run page
 # An experiment tag ``<prefix><key>`` holds a runs-table view that ``#/experiments/<id>?viewStateShareKey=<key>`` opens.
 SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
@@ -283,7 +286,7 @@ def parse_planned_runs(data: Any) -> list[str]:
 # --- hyperparameter search (cl_harness/search/) -----------------------------------------------------
 
 SEARCH_ROLE, TRIAL_ROLE = "search", "trial"  # ROLE_TAG values: the search parent, one child per trial and seed
-SEARCH_RUN_NAME = "search"
+SEARCH_RUN_NAME = "search"  # the search parent's run name
 TRIAL_TAG = "trial"  # on a trial run: the Optuna trial number
 SEARCH_STORAGE_TAG = "search_storage"  # on the search parent: the path of the Optuna SQLite study file
 PARAM_TAG_PREFIX = "param."  # on a trial run: param.<name> = the trial's sampled value

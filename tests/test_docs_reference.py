@@ -169,9 +169,13 @@ def test_the_strategy_check_sees_a_missing_strategy_and_a_missing_parameter():
     assert strategy_problems(text) == ["agem.sample_size: not documented", "gdumb: no section"]
 
 
-def test_the_catalogue_reads_backbone_kinds_through_one_function(monkeypatch):
-    monkeypatch.setattr(ref, "backbone_kinds", lambda info: ("encoder", "imagined_kind"))
-    assert "imagined_kind" in ref.strategy_reference()
+def test_the_catalogue_lists_each_strategys_declared_backbone_kinds():
+    from cl_harness.strategies import default_registry
+
+    text = ref.strategy_reference()
+    for info in default_registry():
+        section = text[text.index(f"`{info.name}`"):]
+        assert ", ".join(info.backbone_kinds) in section[:4000], info.name
 
 
 # --- MLflow names and exit codes -----------------------------------------------------------------------------------------

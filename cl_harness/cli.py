@@ -324,7 +324,8 @@ def report_failure(exc: Exception, command: str) -> int | None:
         return EXIT_TRACKING
     if not is_store_failure(exc):
         return None
-    print(f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]})" + (".\n"
+    first_line = (str(exc).strip().splitlines() or [""])[0]  # a database error goes on with its SQL statement
+    print(f"error: the tracking store failed ({type(exc).__name__}: {first_line[:300]})" + (".\n"
           "  The runs' checkpoints are kept in the run folders (checkpoint_dir, default runs/); once the store is "
           "reachable, run the same command again: it resumes and logs the missing steps." if resume else ""), file=sys.stderr)
     return EXIT_TRACKING

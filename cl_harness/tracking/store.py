@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -87,17 +88,29 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client of the store at ``uri`` (already resolved)."""
+    """A client of the store at ``uri`` (already resolved; MLflow creates a missing store here: see ``open_store``).
+
+    MLflow logs a failed database call with its whole traceback before raising it; the harness reports the error
+    it raises in one line, so those log records are not shown.
+    """
+    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 
 def open_store(uri: str | None, source: UriSource | None = None, create: bool = True) -> tuple[str, MlflowClient]:
-    """Resolve ``uri`` (``choose_tracking_uri``), check the store (one that is missing is created only if ``create``), connect."""
+    """Resolve ``uri`` (``choose_tracking_uri``), check the store (one that is missing is created only if ``create``), connect.
+
+    A local store is created (or its tables completed) under its creation lock, so that processes that open one fresh
+    store at once take turns: the first creates it, the others find it made.
+    """
     chosen = choose_tracking_uri(uri)
     # a local store that is read-only, damaged, someone else's or in the way, or a server that does not answer, fails here
     probe_store(chosen, source or UriSource(), writes=create)
-    resolved = resolve_tracking_uri(chosen) if create else chosen
-    return resolved, connect(resolved)
+    if not create:
+        return chosen, connect(chosen)
+    resolved = resolve_tracking_uri(chosen)
+    with store_creation_lock(sqlite_db_path(resolved)):
+        return resolved, connect(resolved)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:

@@ -359,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the runs' checkpoints and logged steps are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BaseException as exc:  # user code (a plugin's hook) that called sys.exit(): a failure, not the command's end
+        if args.debug:
+            raise
+        from cl_harness.strategies.user_plugins import EXIT_HINT, process_exit
+
+        print(f"error: the command was ended by {process_exit(exc)}\n  hint: {EXIT_HINT}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -75,3 +75,15 @@ def test_a_plugin_hook_that_exits_ends_the_run_failed_with_exit_2_naming_its_mod
         statuses = [status for (status,) in connection.execute("select status from runs")]
     connection.close()
     assert statuses and "RUNNING" not in statuses and "FAILED" in statuses
+
+
+@pytest.mark.slow
+def test_in_a_worker_process_the_exit_fails_that_run_naming_the_module(workplace, tiny_bert, capsys):
+    experiment = experiment_with(workplace, tiny_bert, "exits_in_a_hook")
+    db = workplace / "mlflow.db"
+    assert main(["run", str(experiment), "--no-progress", "--workers", "2", "--tracking-uri", f"sqlite:///{db}"]) == 1
+    out = capsys.readouterr().out
+    assert "mine/seed0/order0: FAILED" in out and "ended by sys.exit(None) in module 'exits_in_a_hook'" in out, out
+    with sqlite3.connect(db) as connection:
+        assert "RUNNING" not in {status for (status,) in connection.execute("select status from runs")}
+    connection.close()

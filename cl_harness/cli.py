@@ -158,7 +158,10 @@ def validate_stream(args) -> int:
     from cl_harness.grid.prepare import check_stream
 
     if args.overrides:
-        print("note: --set applies to experiment files; ignored for a stream", file=sys.stderr)
+        from cl_harness.errors import ConfigError
+
+        raise ConfigError(f"applies to experiment files; {args.experiment} is a stream", key="--set",
+                          hint="drop --set, or validate an experiment that uses this stream")
     checked = check_stream(args.experiment, args.data_root)
     config = checked.loaded.config
     missing = sum(data is None for data in checked.tasks)

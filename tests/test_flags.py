@@ -52,3 +52,10 @@ def test_a_search_flag_without_a_search_block_is_refused_before_anything_runs(fl
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag}: applies to an experiment with a `search:` block; {experiment} has none"), err
     assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
+
+
+def test_set_on_a_stream_file_is_refused_not_ignored(tmp_path, capsys):
+    stream = write_demo_stream(tmp_path, per_class=4)
+    assert main(["validate", str(stream), "--set", "tasks.0.name=x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --set: applies to experiment files; {stream} is a stream"), err

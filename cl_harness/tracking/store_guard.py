@@ -291,7 +291,8 @@ def check_database_driver(uri: str, source: UriSource = UriSource()) -> None:
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
-        make_url(uri).get_dialect().import_dbapi()
+        dialect = make_url(uri).get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # import_dbapi from SQLAlchemy 2.0 on
     except (NoSuchModuleError, ArgumentError) as exc:
         raise ConfigError(f"unknown database driver in {clip(scheme, 40)!r} ({clip(exc, 120)})", key=source.key or "tracking.uri",
                           file=source.file, line=source.line, hint="e.g. postgresql://, postgresql+psycopg2://, mysql+pymysql://") from None

@@ -31,6 +31,20 @@ def _quiet_libraries(verbose: bool) -> None:
     hf_logging.disable_progress_bar()
 
 
+def _number(kind: type, low: float, high: float, above: bool = False):
+    """An argparse type: a finite ``kind`` (int or float) from ``low`` (or above it) to ``high``, else one message."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (low < value if above else low <= value) or not value <= high:  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {'more than' if above else 'from'} {low} {'and at most' if above else 'to'} "
+                                             f"{high}, got {text}")
+        return value
+    return parse
+
+
 def _add_config_args(parser: argparse.ArgumentParser, what: str = "experiment YAML file") -> None:
     parser.add_argument("experiment", help=what)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -42,14 +56,14 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local: runs in this process, or in --workers processes; ray: one Ray task per run (needs cl-harness[ray])")
-    group.add_argument("--workers", type=int, default=1, metavar="N", help="local executor: N runs (and N search trials) at once in N processes (default 1)")
+    group.add_argument("--workers", type=_number(int, 1, 1024), default=1, metavar="N", help="local executor: N runs (and N search trials) at once in N processes (default 1)")
     group.add_argument("--ray-address", metavar="ADDR",
                        help="Ray cluster to submit to, e.g. ray://head:10001 or auto (default: start a local one)")
-    group.add_argument("--max-retries", type=int, default=2, metavar="N",
+    group.add_argument("--max-retries", type=_number(int, 0, 100), metavar="N",
                        help="times a run whose worker process died is started again from its checkpoint (default 2)")
-    group.add_argument("--cpus-per-run", type=float, metavar="N",
+    group.add_argument("--cpus-per-run", type=_number(float, 0, 1024, above=True), metavar="N",
                        help="CPUs each run asks Ray for (default 1); also its torch threads (local default: CPUs / workers)")
-    group.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N", help="GPUs each run asks Ray for (default 0)")
+    group.add_argument("--gpus-per-run", type=_number(float, 0, 64), default=0.0, metavar="N", help="GPUs each run asks Ray for (default 0)")
 
 
 def _version() -> str:
@@ -109,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints its address once it answers")
     ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000); a busy port is refused")
-    ui.add_argument("--workers", type=int, default=1, metavar="N", help="server worker processes (default 1)")
-    ui.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    ui.add_argument("--port", type=_number(int, 0, 65535), default=5000, help="port to listen on (default 5000); a busy port is refused")
+    ui.add_argument("--workers", type=_number(int, 1, 256), default=1, metavar="N", help="server worker processes (default 1)")
+    ui.add_argument("--timeout", type=_number(float, 0, 86400, above=True), default=120.0, metavar="S",
                     help="seconds to wait for the server to answer before giving up (default 120)")
     return parser
 
@@ -151,7 +165,10 @@ def validate_stream(args) -> int:
     from cl_harness.grid.prepare import check_stream
 
     if args.overrides:
-        print("note: --set applies to experiment files; ignored for a stream", file=sys.stderr)
+        from cl_harness.errors import ConfigError
+
+        raise ConfigError(f"applies to experiment files; {args.experiment} is a stream", key="--set",
+                          hint="drop --set, or validate an experiment that uses this stream")
     checked = check_stream(args.experiment, args.data_root)
     config = checked.loaded.config
     missing = sum(data is None for data in checked.tasks)
@@ -176,6 +193,7 @@ def validate_stream(args) -> int:
 
 def cmd_run(args) -> int:
     from cl_harness.config.loader import load_experiment
+    from cl_harness.errors import ConfigError
     from cl_harness.grid.executors import ExecutionOptions, make_executor
     from cl_harness.grid.experiment import run_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
@@ -188,6 +206,9 @@ def cmd_run(args) -> int:
     overrides = [*args.overrides, "prefix_sharing=false"] if args.no_prefix_sharing else args.overrides
     checked = check_experiment(load_experiment(args.experiment, overrides, args.data_root))
     check_tracking_uri(checked.loaded, args.tracking_uri)
+    if checked.config.search is None and (args.search_only or args.skip_search):
+        raise ConfigError(f"applies to an experiment with a `search:` block; {args.experiment} has none",
+                          key="--search-only" if args.search_only else "--skip-search", hint="add a search: block, or drop the flag")
     if checked.config.search is not None:
         from cl_harness.search.cli_hooks import check_search
 
@@ -330,7 +351,8 @@ def report_failure(exc: Exception, command: str) -> int | None:
         return EXIT_TRACKING
     if not is_store_failure(exc):
         return None
-    print(f"error: the tracking store failed ({type(exc).__name__}: {str(exc)[:300]})" + (".\n"
+    first_line = (str(exc).strip().splitlines() or [""])[0]  # a database error goes on with its SQL statement
+    print(f"error: the tracking store failed ({type(exc).__name__}: {first_line[:300]})" + (".\n"
           "  The runs' checkpoints are kept in the run folders (checkpoint_dir, default runs/); once the store is "
           "reachable, run the same command again: it resumes and logs the missing steps." if resume else ""), file=sys.stderr)
     return EXIT_TRACKING
@@ -364,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the runs' checkpoints and logged steps are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BaseException as exc:  # user code (a plugin's hook) that called sys.exit(): a failure, not the command's end
+        if args.debug:
+            raise
+        from cl_harness.strategies.user_plugins import EXIT_HINT, process_exit
+
+        print(f"error: the command was ended by {process_exit(exc)}\n  hint: {EXIT_HINT}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

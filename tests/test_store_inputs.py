@@ -15,6 +15,7 @@ import pytest
 
 from cl_harness.cli import main
 from cl_harness.tracking import schema
+from cl_harness.tracking.store import open_store
 from cl_harness.tracking.store_guard import (
     StoreUnavailableError,
     UriSource,
@@ -112,6 +113,27 @@ def test_someone_elses_sqlite_database_is_refused_and_left_as_it_was(command, wo
     assert sorted(p.name for p in work.iterdir()) == ["experiment.yaml", "other.db", "stream.yaml"]  # no lock, no artifacts
 
 
+@pytest.mark.parametrize("tables", [("runs", "metrics"), ("alembic_version", "experiments", "runs", "tags", "params")])
+def test_a_database_with_some_of_mlflows_table_names_is_not_written_to(tables, work, experiment, capsys):
+    """Someone's database whose tables are named as MLflow's (but are not all of them) is refused and left as it was."""
+    db = work / "mine.db"
+    with sqlite3.connect(db) as connection:
+        for table in tables:
+            connection.execute(f"create table {table} (id integer primary key, note text)")
+        connection.execute(f"insert into {tables[0]} (note) values ('keep me')")
+    connection.close()
+    before = db.read_bytes()
+
+    for argv in (["run", str(experiment), "--no-progress"], ["compare", "tiny"]):
+        assert main([*argv, "--tracking-uri", f"sqlite:///{db}"]) == 3
+        err = one_line_error(capsys.readouterr().err)
+        assert f"{db} is a SQLite database but not an MLflow store" in err
+    with pytest.raises(StoreUnavailableError, match="not an MLflow store"):  # also where the store would be created
+        open_store(f"sqlite:///{db}")
+    assert db.read_bytes() == before and table_names(db) == set(tables)
+    assert not (work / "runs").exists() and not (work / schema.ARTIFACTS_FOLDER).exists()
+
+
 def test_a_new_file_an_empty_database_and_an_mlflow_store_are_accepted(tmp_path, template_store):
     (tmp_path / "zero.db").write_bytes(b"")
     sqlite3.connect(tmp_path / "empty.db").close()
@@ -158,6 +180,56 @@ def test_an_artifact_folder_that_is_a_file_stops_run_before_any_run_is_opened(wo
     err = one_line_error(capsys.readouterr().err)
     assert f"--tracking-uri: the store's artifact folder {db.parent / schema.ARTIFACTS_FOLDER} is a file, not a folder" in err
     assert run_statuses(db) == []
+
+
+@pytest.mark.parametrize("dangling", ["artifacts", "folder"])
+def test_a_symbolic_link_to_nothing_in_the_stores_path_stops_run_before_training(dangling, work, experiment, capsys):
+    store = work / "store"
+    if dangling == "folder":
+        store.symlink_to(work / "gone")
+        where, link = store / schema.ARTIFACTS_FOLDER, store
+    else:
+        store.mkdir()
+        (store / schema.ARTIFACTS_FOLDER).symlink_to(work / "unmounted" / "artifacts")
+        where = link = store / schema.ARTIFACTS_FOLDER
+    assert main(["run", str(experiment), "--no-progress", "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 3
+    err = one_line_error(capsys.readouterr().err)
+    assert f"{link} is a symbolic link to " in err and "which does not exist; create the target, remove the link" in err
+    assert str(where.parent) in err and not (work / "runs").exists() and not (work / "gone").exists()
+
+
+@pytest.mark.parametrize(("uri", "package"), [("mysql+pymysql://user@db.example/mlflow", "pymysql"),
+                                              ("mssql+pyodbc://db.example/mlflow", "pyodbc")])
+def test_a_database_store_without_its_driver_is_named_before_anything_else(uri, package, work, experiment, capsys):
+    pytest.importorskip("sqlalchemy")
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    assert main(["run", str(experiment), "--no-progress", "--tracking-uri", uri]) == 3
+    err = one_line_error(capsys.readouterr().err)
+    assert f"needs the Python package '{package}', which is not installed" in err and f"pip install '{package}'" in err
+    assert not (work / "runs").exists()
+
+
+def test_an_unknown_database_driver_is_a_config_error(work, capsys):
+    assert main(["compare", "tiny", "--tracking-uri", "postgresql+nosuchdriver://db.example/mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tracking-uri: unknown database driver in 'postgresql+nosuchdriver'") and "Traceback" not in err
+
+
+def test_a_failing_database_call_prints_one_line_not_mlflows_log(work, template_store, capfd):
+    """MLflow logs a failed SQL call with its traceback before raising it; the user sees the harness's line only."""
+    db = work / "mlflow.db"
+    shutil.copy(template_store, db)
+    with sqlite3.connect(db) as connection:
+        connection.execute("alter table experiments rename column lifecycle_stage to stage")  # read by every lookup
+    connection.close()
+    capfd.readouterr()
+    code = main(["compare", "tiny", "--tracking-uri", f"sqlite:///{db}"])
+    err = capfd.readouterr().err
+    assert code == 3, err
+    assert one_line_error(err).startswith("error: the tracking store failed") and "SQLAlchemy" not in err.split("(", 1)[0]
 
 
 def test_an_artifact_write_that_fails_ends_the_runs_failed_with_one_line(work, experiment, tmp_path, capsys):

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import yaml
 from yaml.constructor import SafeConstructor
 
-from cl_harness.config.yaml_guard import MAX_YAML_BYTES, MAX_YAML_DEPTH, YamlGuardError, compose_checked
+from cl_harness.config.guard import MAX_DEPTH, MAX_YAML_BYTES, MAX_YAML_NODES, GuardError, parse_yaml
 from cl_harness.errors import ConfigError, clip, short_repr
 
 KeyPath = tuple  # e.g. ("training", "lr") or ("tasks", 0, "name")
@@ -130,11 +130,9 @@ def load_yaml(path: str | Path, what: str = "config") -> tuple[Any, Source]:
         raise ConfigError(f"cannot read {what} file: {exc.strerror or type(exc).__name__}", file=path) from None
     text = decode_utf8(raw, path, what)
     try:
-        data, node = compose_checked(text)
-    except YamlGuardError as exc:
+        data, node, _ = parse_yaml(text)
+    except GuardError as exc:
         raise ConfigError(str(exc), file=path, line=exc.line, key=format_path(exc.key_path) or None) from None
-    except RecursionError:
-        raise ConfigError(f"YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)", file=path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
@@ -167,24 +165,39 @@ def decode_utf8(raw: bytes, path: Path, what: str = "config") -> str:
         ) from None
 
 
-def expand_vars(data: Any, variables: Mapping[str, str], source: Source, path: KeyPath = ()) -> Any:
-    """Replace ``${VAR}`` in every string with ``variables[VAR]``; an unset variable or another ``${...}`` form is an error."""
-    if isinstance(data, dict):
-        return {k: expand_vars(v, variables, source, path + (k,)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [expand_vars(v, variables, source, path + (i,)) for i, v in enumerate(data)]
-    if isinstance(data, str):
+def expand_vars(data: Any, variables: Mapping[str, str], source: Source) -> Any:
+    """Replace ``${VAR}`` in every string with ``variables[VAR]``; an unset variable or another ``${...}`` form is an error.
+
+    What the variables add counts against the size a config file may have (MAX_YAML_BYTES), so that a long variable
+    used in many places (or under a re-used alias) cannot grow the config without bound.
+    """
+    added = 0
+
+    def expand(value: Any, path: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return {k: expand(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, path + (i,)) for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
 
         def substitute(match: re.Match) -> str:
+            nonlocal added
             name = match.group(1)
             if name not in variables:
                 hint = "pass --data-root DIR" if name == "DATA_ROOT" else f"export {name}=..."
                 raise source.error(path, f"variable ${{{name}}} is not set", hint=hint)
-            return str(variables[name])
+            text = str(variables[name])
+            added += len(text)
+            if added > MAX_YAML_BYTES:
+                raise source.error(path, f"the variables expand the config past {MAX_YAML_BYTES} characters "
+                                         f"(${{{name}}} holds {len(text)})", hint="a variable holds a path or a short value")
+            return text
 
-        check_var_syntax(data, source, path)
-        return _VAR.sub(substitute, data)
-    return data
+        check_var_syntax(value, source, path)
+        return _VAR.sub(substitute, value)
+
+    return expand(data, ())
 
 
 def check_var_syntax(text: str, source: Source, path: KeyPath) -> None:
@@ -212,6 +225,8 @@ def _override_key(item: str, file: str | None = None) -> tuple[str, list[Any]]:
     if not key:
         raise _override_error(item, f"the key path before '=' is empty; the form is {OVERRIDE_FORM}", file=file)
     names = key.split(".")
+    if len(names) > MAX_DEPTH:
+        raise _override_error(item, f"the key path has {len(names)} parts; at most {MAX_DEPTH} are allowed", file=file)
     if any(not name.strip() or name != name.strip() for name in names):
         raise _override_error(item, f"{key!r} is not a key path (an empty or blank part between dots); the form is {OVERRIDE_FORM}",
                               file=file)
@@ -224,12 +239,17 @@ def apply_overrides(data: dict, overrides: list[str], source: Source) -> dict:
     ``source.overrides`` records the key paths each flag set (and the mappings it created or replaced), so that a
     message about one of those values names the flag, not the file's line.
     """
+    budget = MAX_YAML_NODES  # for all the flags together, as for one file
     for item in overrides:
         key, parts = _override_key(item, source.file)
         flag = f"--set {clip(item, MAX_FLAG_CHARS)}"
         raw = item.split("=", 1)[1]
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value, _, nodes = parse_yaml(raw, max_nodes=budget) if raw else ("", None, 1)
+            budget -= nodes
+        except GuardError as exc:
+            raise _override_error(item, f"the value is refused: {exc}", file=source.file,
+                                  hint="--set values are held to the limits of a config file") from None
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             raise _override_error(item, f"cannot parse the value {short_repr(raw, 60)} as YAML: {clip(problem, 120)}",

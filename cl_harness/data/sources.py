@@ -7,14 +7,16 @@ import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cl_harness.config.guard import GuardError, parse_json
 from cl_harness.config.stream import SourceConfig
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
-from cl_harness.errors import ConfigError, HubUnreachableError
+from cl_harness.errors import ConfigError, HubUnreachableError, clip
 
 Split = Literal["train", "test"]
 
@@ -243,8 +245,8 @@ def read_file(path: Path) -> RawSplit:
         return rows_to_split([{"text": line.strip()} for line in text.splitlines() if line.strip()], str(path))
     try:
         return _read_json(path, suffix, text)
-    except RecursionError:
-        raise _FileProblem(f"{path}: JSON nested too deeply") from None
+    except GuardError as exc:
+        raise _FileProblem(f"{path}: " + (f"line {exc.line}: " if exc.line else "") + str(exc)) from None
 
 
 def _first_missing_folder(path: Path) -> tuple[Path, bool] | None:
@@ -283,8 +285,8 @@ def _refuse_constant(name: str) -> object:
 
 
 def _loads(text: str) -> object:
-    """``json.loads`` that refuses the NaN and Infinity constants (``_JsonConstant``)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """The guarded JSON parse (duplicate keys, depth) that also refuses the NaN and Infinity constants (``_JsonConstant``)."""
+    return parse_json(text, parse_constant=_refuse_constant)
 
 
 def _constant_problem(path: Path, text: str, name: str, line: int | None = None) -> _FileProblem:
@@ -367,6 +369,9 @@ def _parse_json_lines(path: Path, text: str) -> tuple[list[dict], list[int]]:
             raise _FileProblem(f"{path}: invalid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
         except _JsonConstant as constant:
             raise _constant_problem(path, line, str(constant), number) from None
+        except GuardError as exc:
+            exc.line = number
+            raise
         rows.append(_check_row(path, row, f"line {number}"))
         lines.append(number)
     return rows, lines
@@ -374,6 +379,23 @@ def _parse_json_lines(path: Path, text: str) -> tuple[list[dict], list[int]]:
 
 def _read_csv(path: Path, text: str) -> RawSplit:
     """Rows of a CSV file with a header; integer-looking columns become ints (their text kept in ``strings``)."""
+    with _field_limit(len(text)):
+        return _read_csv_rows(path, text)
+
+
+@contextmanager
+def _field_limit(chars: int) -> Iterator[None]:
+    """Let the csv module read a field as long as the whole text (its default limit is 131072 characters)."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, min(chars + 1, 2**31 - 1)))  # a C long on every platform
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_csv_rows(path: Path, text: str) -> RawSplit:
+    """The rows of ``_read_csv``, read under its field limit."""
     reader = csv.reader(io.StringIO(text, newline=""))
     total_lines = len(text.splitlines())
     start = 1
@@ -381,6 +403,7 @@ def _read_csv(path: Path, text: str) -> RawSplit:
         header = next(reader, None)
         if not header:
             raise _FileProblem(f"{path}: empty CSV file (a header line is needed)")
+        _check_unique_columns(path, header, "line 1: the header")
         records, lines = [], []
         start = reader.line_num + 1
         for record in reader:
@@ -412,6 +435,13 @@ def _read_csv(path: Path, text: str) -> RawSplit:
         if columns[name] is not values:
             strings[name] = values
     return RawSplit(columns, len(records), str(path), lines=lines, strings=strings)
+
+
+def _check_unique_columns(path: Path, names: Sequence[str], where: str) -> None:
+    """Refuse a column named twice: reading one of them would silently drop the other."""
+    repeated = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if repeated is not None:
+        raise _FileProblem(f"{path}: {where} names the column {clip(repr(repeated), 60)} twice; give each column once")
 
 
 def _unterminated_quote_line(text: str, first_line: int) -> int | None:
@@ -453,6 +483,7 @@ def _read_parquet(path: Path) -> RawSplit:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise _FileProblem(f"cannot read parquet file {path}: {_short(exc)}") from None
+    _check_unique_columns(path, table.column_names, "the schema")
     return RawSplit(table.to_pydict(), table.num_rows, str(path))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from cl_harness.config.guard import MAX_YAML_BYTES, GuardError, parse_json
 from cl_harness.config.loader import LoadedStream
 from cl_harness.config.schema import did_you_mean
 from cl_harness.config.stream import TaskConfig
@@ -170,11 +171,15 @@ class _TaskCutter:
                                 hint="label_names: [neg, pos], or label_names: labels.json")
             raise self.fail(("label_names",), f"label names file not found: {path}", hint="give a list, or a JSON file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise GuardError(f"the file has {path.stat().st_size} bytes; a label names file may hold at most {MAX_YAML_BYTES}")
+            data = parse_json(path.read_text(encoding="utf-8-sig"), max_chars=MAX_YAML_BYTES)
         except (OSError, UnicodeDecodeError) as exc:
             raise self.fail(("label_names",), f"cannot read label names file {path}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise self.fail(("label_names",), f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        except GuardError as exc:
+            raise self.fail(("label_names",), f"{path}: " + (f"line {exc.line}: " if exc.line else "") + str(exc)) from None
         if not isinstance(data, list) or not data or not all(isinstance(v, (str, int)) for v in data):
             raise self.fail(("label_names",), f"{path} must hold a JSON array of label names (strings)")
         return [str(v) for v in data]

@@ -16,7 +16,7 @@ from cl_harness.grid.plan import PlannedRun
 from cl_harness.grid.prefix import ensure_prefix, remove_spent_prefixes, train_time_saved
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
-from cl_harness.runner.checkpoint import RunState, atomic_write_bytes, load_state, save_state
+from cl_harness.runner.checkpoint import RunState, load_state, read_run_file, save_state, write_run_file
 from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.runner.prefix import PREFIX_TASKS
 from cl_harness.tracking import writer
@@ -268,7 +268,7 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
     checked = prepared.checked
     marker = grid / "grid.json"
     if marker.is_file():
-        parent = writer.reopen_run(client, json.loads(marker.read_text()).get("parent_run_id"), experiment_id)
+        parent = writer.reopen_run(client, read_run_file(marker).get("parent_run_id"), experiment_id)
         if parent is not None:
             return parent
     names = [p.name for p in checked.runs]
@@ -276,8 +276,7 @@ def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: 
         client, experiment_id, checked.name, {**tags, **writer.parent_tags(checked.stream_name, checked.scenario)},
         checked.resolved_config(), names,
     )
-    payload = json.dumps({"parent_run_id": parent.run_id, "runs": names}, indent=1).encode()
-    atomic_write_bytes(marker, lambda f: f.write(payload))
+    write_run_file(marker, {"parent_run_id": parent.run_id, "runs": names})
     return parent
 
 

@@ -8,7 +8,7 @@ from cl_harness.config.loader import LoadedExperiment
 from cl_harness.errors import ConfigError, clip
 from cl_harness.tracking.schema import metric_key
 from cl_harness.tracking.store import choose_tracking_uri
-from cl_harness.tracking.store_guard import UriSource, can_create_in, check_store_uri, uri_source
+from cl_harness.tracking.store_guard import UriSource, can_create_in, check_database_driver, check_store_uri, uri_source
 
 # Models whose position ids start after the padding index (the last two embeddings are unusable).
 _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
@@ -121,7 +121,8 @@ def tracking_uri_source(loaded: LoadedExperiment, cli_uri: str | None) -> tuple[
 
 
 def check_tracking_uri(loaded: LoadedExperiment, cli_uri: str | None) -> None:
-    """The tracking URI in use (``--tracking-uri``, ``tracking.uri`` or $MLFLOW_TRACKING_URI) must be one a store accepts."""
+    """The tracking URI in use (``--tracking-uri``, ``tracking.uri`` or $MLFLOW_TRACKING_URI) must be one a store accepts, with its driver."""
     uri, source = tracking_uri_source(loaded, cli_uri)
     if source.key is not None:
         check_store_uri(uri, source.key, source.file, source.line)
+    check_database_driver(uri, source)

@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from cl_harness.errors import ConfigError
+from cl_harness.config.guard import GuardError, parse_json, parse_yaml
+from cl_harness.errors import ConfigError, clip, short_repr
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
@@ -69,19 +71,68 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def write_run_file(path: Path, data: Any) -> None:
+    """A run-folder file written atomically: JSON, or YAML for a ``.yaml`` name."""
+    text = yaml.safe_dump(data, sort_keys=False) if path.suffix == ".yaml" else json.dumps(data, indent=1)
+    encoded = text.encode("utf-8")
+    atomic_write_bytes(path, lambda f: f.write(encoded))
+
+
+def read_run_file(path: Path) -> dict:
+    """A run-folder file (JSON, or YAML for a ``.yaml`` name) read through the input guards.
+
+    Whatever is wrong with it (cut short, not text, not a mapping) is one ConfigError naming the file and ``--restart``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = parse_yaml(text)[0] if path.suffix == ".yaml" else parse_json(text)
+    except (OSError, UnicodeError, ValueError, GuardError, yaml.YAMLError) as exc:
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"the file is damaged ({clip(problem, 120)})", file=path, hint=RESTART_HINT) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the file is damaged (it holds {short_repr(data, 40)}, not a mapping)", file=path, hint=RESTART_HINT)
+    return data
+
+
 def save_state(folder: Path, state: RunState) -> None:
-    data = json.dumps(state.__dict__, indent=1).encode()
-    atomic_write_bytes(folder / STATE_FILE, lambda f: f.write(data))
+    write_run_file(folder / STATE_FILE, state.__dict__)
 
 
 def load_state(folder: Path) -> RunState | None:
     path = folder / STATE_FILE
     if not path.is_file():
         return None
+    data = read_run_file(path)
     try:
-        return RunState(**json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
-        raise ConfigError("the run's state file is damaged", file=path, hint=RESTART_HINT) from None
+        return RunState(**data)
+    except TypeError:
+        raise ConfigError("the file is damaged (it is not a run's state)", file=path, hint=RESTART_HINT) from None
+
+
+def load_model_state(model: torch.nn.Module, weights: dict, where: Path | None = None) -> None:
+    """Load a checkpoint's ``weights`` into ``model``, after checking that they fit the model the current config builds.
+
+    A checkpoint written before the data, the backbone or the strategy changed does not: the ConfigError says which
+    parameter differs and how, and offers ``--restart``.
+    """
+    current = model.state_dict()
+    changed = [name for name in weights if name in current and tuple(weights[name].shape) != tuple(current[name].shape)]
+    extra = [name for name in weights if name not in current]
+    missing = [name for name in current if name not in weights]
+    if changed:
+        name = next((n for n in changed if n.startswith("heads.")), changed[0])  # the output layer says most
+        then, now = list(weights[name].shape), list(current[name].shape)
+        problem = f"parameter {name!r} has shape {then} in the checkpoint, {now} now"
+        if name.startswith("heads."):
+            problem += f" (the output layer: {then[0]} outputs then, {now[0]} now)"
+    elif extra or missing:
+        name = (extra or missing)[0]
+        problem = f"parameter {name!r} is {'in the checkpoint but not in the model built now' if extra else 'not in the checkpoint'}"
+    else:
+        model.load_state_dict(weights)
+        return
+    raise ConfigError(f"the checkpoint does not fit the current config: {problem}; did the data (a task's classes), the "
+                      "backbone or the strategy change since it was written?", file=where, hint=RESTART_HINT)
 
 
 def rng_states() -> dict[str, Any]:
@@ -203,8 +254,7 @@ def write_verified(folder: Path, step: int, data: memoryview | bytes) -> None:
             os.replace(digest_path(path), digest_path(previous))
         digest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
-        encoded = json.dumps(digest).encode()
-        atomic_write_bytes(digest_path(path), lambda f: f.write(encoded))
+        write_run_file(digest_path(path), digest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -221,13 +271,11 @@ def verify(path: Path) -> str | None:
 
 def _digest_problem(path: Path, size: int, sha256) -> str | None:
     """What is wrong with ``path``'s recorded size and hash against ``size`` and ``sha256()`` (called only if needed)."""
-    try:
-        expected = json.loads(digest_path(path).read_text())
-    except FileNotFoundError:
+    if not digest_path(path).exists():
         return "its size and hash file is missing"
-    except (OSError, ValueError):
-        return "its size and hash file is damaged"
-    if not isinstance(expected, dict):
+    try:
+        expected = read_run_file(digest_path(path))
+    except ConfigError:
         return "its size and hash file is damaged"
     if size != expected.get("size"):
         return f"it has {size} bytes, {expected.get('size')} were written"

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cl_harness.runner.checkpoint import checkpoint_payload, restore_rng_states, serialize, write_verified
+from cl_harness.runner.checkpoint import checkpoint_payload, load_model_state, restore_rng_states, serialize, write_verified
 
 PREFIX_TASKS = 1  # tasks a prefix trains
 
@@ -69,7 +69,7 @@ def save_prefix(folder: Path, strategy, meter, loss_scale=None) -> float:
 def fork_prefix(payload: dict, strategy, meter, loss_scale=None) -> None:
     """Put a saved prefix in place of task 1's epochs; the RNG last, as it was when the epochs ended."""
     model = strategy.model
-    model.load_state_dict(payload["model"])
+    load_model_state(model, payload["model"])
     strategy.optimizer.load_state_dict(payload["optimizer"])
     grads = payload["grads"]
     for name, parameter in model.named_parameters():

@@ -32,6 +32,7 @@ from cl_harness.runner.checkpoint import (
     PendingCheckpoint,
     RunState,
     load_checkpoint,
+    load_model_state,
     load_state,
     remove_checkpoints,
     restore_rng_states,
@@ -342,7 +343,7 @@ class TrainingRun:
             framework.append(LossScaling(self.loss_scale))  # last: after every plugin's penalty, before every update
         self.strategy = build_strategy(plan, self.model, device, self.plugins, framework, self.show_progress)
         if checkpoint:
-            self.model.load_state_dict(checkpoint["model"])
+            load_model_state(self.model, checkpoint["model"], self.folder)
             self.strategy.clock.__dict__.update(checkpoint["clock"])
             restore_rng_states(checkpoint["rng"])
         self.env = plan.kind_env(device, self.loss_scale)

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
+from cl_harness.errors import ConfigError, short_repr
 from cl_harness.grid.experiment import safe_name
 from cl_harness.grid.plan import PlannedRun, PrefixUnit
 from cl_harness.grid.prefix import PREFIXES_FOLDER, ensure_prefix
 from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
-from cl_harness.runner.checkpoint import remove_checkpoints
+from cl_harness.runner.checkpoint import RESTART_HINT, read_run_file, remove_checkpoints, write_run_file
 from cl_harness.runner.run import train_and_evaluate
 from cl_harness.search.config import ParamSpace, SearchPlan, _plugin_params
 from cl_harness.strategies.registry import PluginSpec, StrategySpec
@@ -243,8 +243,7 @@ def write_best_params(path: Path, results: list[StrategyResult]) -> Path:
                   "complete_trials": r.n_complete, "pruned_trials": r.n_pruned}
         for r in results
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    write_run_file(path, data)
     return path
 
 
@@ -252,5 +251,9 @@ def read_best_params(path: Path) -> dict[str, dict[str, Any]]:
     """``{label: params}`` from ``best_params.yaml`` (empty when there is none)."""
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_run_file(path)
+    for label, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("params") or {}, dict):
+            raise ConfigError(f"the file is damaged (the entry of {short_repr(label, 60)} has no mapping of params)", file=path,
+                              hint=RESTART_HINT)
     return {label: dict(entry.get("params") or {}) for label, entry in data.items()}

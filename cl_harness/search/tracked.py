@@ -4,7 +4,6 @@ the parent; and applying the best parameters to the final runs."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import plan_runs
 from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
-from cl_harness.runner.checkpoint import atomic_write_bytes
+from cl_harness.runner.checkpoint import read_run_file, write_run_file
 from cl_harness.search.config import SearchPlan
 from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search, search_folder
 from cl_harness.search.workers import SearchSpec
@@ -28,15 +27,14 @@ def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExp
     """The search parent run: reopened when this folder's search was started before in this store."""
     marker = folder / MARKER
     if marker.is_file():
-        reopened = writer.reopen_run(client, json.loads(marker.read_text()).get("parent_run_id"), experiment_id)
+        reopened = writer.reopen_run(client, read_run_file(marker).get("parent_run_id"), experiment_id)
         if reopened is not None:
             return reopened
     checked = prepared.checked
     parent = writer.open_search_parent(client, experiment_id, checked.stream_name, checked.scenario,
                                        (folder / STUDY_DB).resolve(), checked.resolved_config())
     folder.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"parent_run_id": parent.run_id}).encode()
-    atomic_write_bytes(marker, lambda f: f.write(payload))
+    write_run_file(marker, {"parent_run_id": parent.run_id})
     return parent
 
 

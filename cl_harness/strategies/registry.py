@@ -20,7 +20,7 @@ from cl_harness.config.experiment import BACKBONE_KINDS
 from cl_harness.config.schema import did_you_mean, parse, to_dict
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.errors import clip, short_repr
-from cl_harness.strategies.user_plugins import check_user_plugin
+from cl_harness.strategies.user_plugins import EXIT_HINT, check_user_plugin, process_exit
 
 ALL_SCENARIOS = ("class_incremental", "task_incremental", "domain_incremental")
 TRAIN_DATA_MODES = ("current", "cumulative", "joint", "none")
@@ -181,6 +181,11 @@ class StrategyRegistry:
                 raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {clip(exc, 200)}") from None
             except Exception as exc:  # noqa: BLE001 - the user's module may raise anything on import
                 raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {type(exc).__name__}: {clip(exc, 200)}") from None
+            except BaseException as exc:  # sys.exit() on import, or another exit that is not Ctrl-C
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise source.error(path, f"user plugin module {clip(name.partition(':')[0], 120)!r} ended the process on import: "
+                                         f"{process_exit(exc)}", hint=EXIT_HINT) from None
             check_user_plugin(plugin, name, dict(params), source, path)
             return PluginSpec(name, dict(params))
         if name not in self._entries:

@@ -7,7 +7,21 @@ import pickle
 from typing import Any
 
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import clip
+from cl_harness.errors import clip, short_repr
+
+EXIT_HINT = "a plugin reports a problem by raising an exception; it must not end the process (sys.exit, os._exit)"
+
+
+def process_exit(exc: BaseException) -> str:
+    """What ended the process from a user's code (``sys.exit(2)``, or the exception's type), with the module and line it came from."""
+    what = f"sys.exit({short_repr(exc.code, 40)})" if isinstance(exc, SystemExit) else type(exc).__name__
+    traceback = exc.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return what
+    frame = traceback.tb_frame
+    return f"{what} in module {clip(str(frame.f_globals.get('__name__')), 80)!r} ({clip(frame.f_code.co_filename, 160)}:{traceback.tb_lineno})"
 
 
 def check_user_plugin(plugin: Any, name: str, params: dict, source: Source, path: KeyPath) -> None:
@@ -35,9 +49,16 @@ def check_user_plugin(plugin: Any, name: str, params: dict, source: Source, path
         instance = plugin(**params)
     except Exception as exc:  # noqa: BLE001 - the user's constructor may raise anything
         raise source.error(path, f"user plugin {clip(name, 120)!r} cannot be built: {type(exc).__name__}: {clip(exc, 160)}") from None
+    except BaseException as exc:  # sys.exit() or another exit that is not Ctrl-C
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise source.error(path, f"user plugin {clip(name, 120)!r} ended the process while it was built: {process_exit(exc)}",
+                           hint=EXIT_HINT) from None
     try:
         pickle.dumps(instance)
-    except Exception as exc:  # noqa: BLE001 - pickling raises TypeError, PicklingError, AttributeError...
+    except BaseException as exc:  # noqa: BLE001 - pickling raises TypeError, PicklingError, AttributeError... (a __reduce__ may exit)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         raise source.error(
             path,
             f"user plugin {clip(name, 120)!r} cannot be pickled ({type(exc).__name__}: {clip(exc, 120)}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.errors import ConfigError, TrackingStoreError
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER
-from cl_harness.tracking.store_guard import UriSource, probe_store, sqlite_db_path, store_creation_lock
+from cl_harness.tracking.store_guard import UriSource, can_create_in, probe_store, sqlite_db_path, store_creation_lock
 from cl_harness.tracking.store_guard import check_tracking_reachable as check_tracking_reachable  # its home is store_guard
 
 _BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -87,17 +88,31 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client of the store at ``uri`` (already resolved)."""
+    """A client of the store at ``uri`` (already resolved; MLflow creates a missing store here: see ``open_store``).
+
+    MLflow logs a failed database call with its whole traceback before raising it; the harness reports the error
+    it raises in one line, so those log records are not shown.
+    """
+    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 
 def open_store(uri: str | None, source: UriSource | None = None, create: bool = True) -> tuple[str, MlflowClient]:
-    """Resolve ``uri`` (``choose_tracking_uri``), check the store (one that is missing is created only if ``create``), connect."""
+    """Resolve ``uri`` (``choose_tracking_uri``), check the store (one that is missing is created only if ``create``), connect.
+
+    MLflow creates a missing store, and migrates one an older MLflow made, when a client connects: a local store is
+    opened under its creation lock, so that processes opening one fresh store at once take turns (the first creates
+    it, the others find it made). A store in a folder this process cannot write to is opened without the lock.
+    """
     chosen = choose_tracking_uri(uri)
     # a local store that is read-only, damaged, someone else's or in the way, or a server that does not answer, fails here
     probe_store(chosen, source or UriSource(), writes=create)
     resolved = resolve_tracking_uri(chosen) if create else chosen
-    return resolved, connect(resolved)
+    db = sqlite_db_path(resolved)
+    if db is not None and not create and can_create_in(db.parent) is not None:
+        db = None  # nothing can be created or migrated there, nor a lock file made
+    with store_creation_lock(db):
+        return resolved, connect(resolved)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:

@@ -28,6 +28,8 @@ from cl_harness.tracking.schema import ARTIFACTS_FOLDER, MLFLOW_CORE_TABLES
 
 # Schemes MLflow's tracking stores accept (a ``+driver`` suffix is allowed on database schemes).
 STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy stores: each needs its driver package
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "psycopg": "psycopg[binary]"}  # module -> pip name
 SQLITE_HEADER = b"SQLite format 3\x00"
 STORE_LOCK_TIMEOUT_S = 120.0
 SERVER_TIMEOUT_S = 3.0
@@ -150,6 +152,7 @@ def can_create_in(folder: Path) -> str | None:
 def probe_sqlite_store(db: Path, source: UriSource = UriSource(), writes: bool = True) -> None:
     """Raise StoreUnavailableError when the SQLite store at ``db`` cannot be used: created and written (``writes``), or read."""
     where, other = source.prefix(), source.other_store()
+    check_links(db.parent, "the tracking store's folder", source)
     if not writes and not db.exists():
         raise StoreUnavailableError(f"{where}no MLflow store at {db} (no such file); {other}, e.g. the one `cl-harness run` wrote to")
     folder = db.parent
@@ -175,7 +178,9 @@ def probe_sqlite_store(db: Path, source: UriSource = UriSource(), writes: bool =
                 f"a new store, or {other}"
             )
         tables = sqlite_tables(db, source) if header else set()
-        if tables and not tables & MLFLOW_CORE_TABLES:
+        if tables and not MLFLOW_CORE_TABLES <= tables and tables & MLFLOW_CORE_TABLES:
+            tables = _tables_once_created(db, source, tables)  # another process may be creating the store right now
+        if tables and not MLFLOW_CORE_TABLES <= tables:
             named = ", ".join(sorted(tables)[:_MAX_TABLES_NAMED]) + (", ..." if len(tables) > _MAX_TABLES_NAMED else "")
             raise StoreUnavailableError(f"{where}{db} is a SQLite database but not an MLflow store (it has tables "
                                         f"{clip(named, 160)}); give a new file or an MLflow store")
@@ -186,9 +191,40 @@ def probe_sqlite_store(db: Path, source: UriSource = UriSource(), writes: bool =
         check_artifact_folder(folder / ARTIFACTS_FOLDER, source)
 
 
+def _tables_once_created(db: Path, source: UriSource, tables: set[str]) -> set[str]:
+    """The tables of ``db`` once a process creating the store there (holding its creation lock) is done.
+
+    A store being created has some of MLflow's tables and not yet the others, as someone else's database may: only
+    what is there once no process creates it tells them apart. Without the lock (a read-only folder), ``tables``.
+    """
+    try:
+        with store_creation_lock(db):
+            return sqlite_tables(db, source)
+    except OSError:
+        return tables
+
+
+def dangling_link(path: Path) -> Path | None:
+    """``path`` or the first of its ancestors that is a symbolic link to nothing; None if there is none."""
+    for candidate in [*reversed(path.parents), path]:
+        if candidate.is_symlink() and not candidate.exists():
+            return candidate
+    return None
+
+
+def check_links(path: Path, what: str, source: UriSource) -> None:
+    """Refuse ``path`` when it or a folder above it is a symbolic link whose target does not exist."""
+    link = dangling_link(path)
+    if link is not None:
+        raise StoreUnavailableError(f"{source.prefix()}{what} {path} cannot be used: {link} is a symbolic link to "
+                                    f"{clip(os.readlink(link), 160)}, which does not exist; create the target, remove the "
+                                    f"link, or {source.other_store()}")
+
+
 def check_artifact_folder(artifacts: Path, source: UriSource = UriSource()) -> None:
     """The artifact folder beside a local store must be a writable folder, or be creatable."""
     where, other = source.prefix(), source.other_store()
+    check_links(artifacts, "the store's artifact folder", source)
     if artifacts.exists() and not artifacts.is_dir():
         raise StoreUnavailableError(f"{where}the store's artifact folder {artifacts} is a file, not a folder; move it away or {other}")
     if artifacts.is_dir():
@@ -239,10 +275,32 @@ def probe_store(uri: str, source: UriSource = UriSource(), writes: bool = True) 
     if is_in_memory_sqlite(uri):
         raise StoreUnavailableError(f"{source.prefix()}{clip(uri, 120)} is an in-memory SQLite store: it keeps nothing "
                                     "after the command; give a database file, e.g. sqlite:///mlruns/mlflow.db")
+    check_database_driver(uri, source)
     db = sqlite_db_path(uri)
     if db is not None:
         probe_sqlite_store(db, source, writes)
     check_tracking_reachable(uri, source=source)
+
+
+def check_database_driver(uri: str, source: UriSource = UriSource()) -> None:
+    """Refuse a database URI whose SQLAlchemy dialect or driver package is not installed (StoreUnavailableError)."""
+    scheme = urlparse(uri).scheme.lower()
+    if scheme.split("+", 1)[0] not in DATABASE_SCHEMES:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(uri).get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # import_dbapi from SQLAlchemy 2.0 on
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise ConfigError(f"unknown database driver in {clip(scheme, 40)!r} ({clip(exc, 120)})", key=source.key or "tracking.uri",
+                          file=source.file, line=source.line, hint="e.g. postgresql://, postgresql+psycopg2://, mysql+pymysql://") from None
+    except ImportError as exc:
+        missing = exc.name or clip(exc, 60)
+        package = DRIVER_PACKAGES.get(missing.split(".")[0], missing)
+        raise StoreUnavailableError(f"{source.prefix()}the {scheme} tracking store needs the Python package {package!r}, which "
+                                    f"is not installed (no module {missing!r}); pip install '{package}', or {source.other_store()}") from None
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from cl_harness.errors import ConfigError
 from cl_harness.grid.experiment import Executor
 
 EXECUTORS = ("local", "ray")
+DEFAULT_RETRIES = 2  # times a run whose worker process died is started again
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class ExecutionOptions:
     executor: str = "local"
     workers: int = 1
     ray_address: str | None = None
-    max_retries: int = 2
+    max_retries: int | None = None  # None: DEFAULT_RETRIES
     cpus_per_run: float | None = None
     gpus_per_run: float = 0.0
 
@@ -28,19 +29,14 @@ def check_options(options: ExecutionOptions, tracking_uri: str) -> None:
     """Raise ConfigError naming the flag when the options cannot work together or with ``tracking_uri``."""
     if options.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {options.executor!r}", key="--executor", hint=f"choose one of {', '.join(EXECUTORS)}")
-    if options.workers < 1:
-        raise ConfigError(f"must be at least 1, got {options.workers}", key="--workers")
-    if options.max_retries < 0:
-        raise ConfigError(f"must be 0 or more, got {options.max_retries}", key="--max-retries")
-    if options.cpus_per_run is not None and options.cpus_per_run <= 0:
-        raise ConfigError(f"must be more than 0, got {options.cpus_per_run}", key="--cpus-per-run")
-    if options.gpus_per_run < 0:
-        raise ConfigError(f"must be 0 or more, got {options.gpus_per_run}", key="--gpus-per-run")
     if options.executor == "local":
         if options.ray_address is not None:
             raise ConfigError("applies to --executor ray only", key="--ray-address", hint="add --executor ray")
         if options.gpus_per_run:
             raise ConfigError("applies to --executor ray only; local workers share this machine's devices", key="--gpus-per-run")
+        if options.max_retries is not None and options.workers == 1:
+            raise ConfigError("applies to runs in worker processes only; a run in this process is not started again",
+                              key="--max-retries", hint="add --workers N (N > 1) or --executor ray, or drop --max-retries")
         return
     if options.workers != 1:
         raise ConfigError("applies to --executor local only; on Ray the cluster's free CPUs and GPUs decide how many runs train at once",
@@ -56,14 +52,15 @@ def check_options(options: ExecutionOptions, tracking_uri: str) -> None:
 def make_executor(options: ExecutionOptions, tracking_uri: str) -> Executor:
     """The executor the options ask for, after checking them."""
     check_options(options, tracking_uri)
+    retries = DEFAULT_RETRIES if options.max_retries is None else options.max_retries
     if options.executor == "ray":
         from cl_harness.grid.executors.ray_tasks import RayExecutor, require_ray
 
         require_ray()
-        return RayExecutor(options.ray_address, options.max_retries, options.cpus_per_run or 1.0, options.gpus_per_run)
+        return RayExecutor(options.ray_address, retries, options.cpus_per_run or 1.0, options.gpus_per_run)
     from cl_harness.grid.executors.local import ProcessExecutor, SequentialExecutor
 
     if options.workers == 1:
         return SequentialExecutor(max(1, int(options.cpus_per_run)) if options.cpus_per_run else None)
     threads = int(options.cpus_per_run) if options.cpus_per_run else (os.cpu_count() or 1) // options.workers
-    return ProcessExecutor(options.workers, options.max_retries, max(1, threads))
+    return ProcessExecutor(options.workers, retries, max(1, threads))

@@ -19,7 +19,7 @@ from cl_harness.report.compare import (
     display_rows,
     shown_metrics,
 )
-from cl_harness.report.statistics import ALPHA, BOOTSTRAP_FROM
+from cl_harness.report.statistics import significance_legend
 
 #: Parent-run summary metrics: ``summary/<measure>/<strategy>``, the mean over the strategy's finished runs (fractions).
 SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc")
@@ -49,14 +49,6 @@ def compact_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the compact comparison: strategy, runs, mean ± std of COMPACT_METRICS (accuracies in %),
     and after the accuracy its 95% interval and Holm-corrected p-values against the best and naive, where computed."""
     return display_rows(table, [m for m in COMPACT_METRICS if m in shown_metrics(table)])
-
-
-def significance_legend(table: pd.DataFrame) -> str:
-    """The line under a compact table with statistics columns: what '*' and the interval mean ('' without them)."""
-    if "acc_ci_low" not in table:
-        return ""
-    return (f"* p < {ALPHA}, Holm-corrected (paired test where seeds and orders match, else Welch's); "
-            f"CI: t-interval, bootstrap from {BOOTSTRAP_FROM} runs")
 
 
 def compact_table(table: pd.DataFrame) -> str:

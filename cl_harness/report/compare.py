@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cl_harness.report.statistics import STAT_DEFINITIONS, statistics_columns, statistics_display
+from cl_harness.report.statistics import REFERENCE, STAT_DEFINITIONS, statistics_columns, statistics_display
 from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
 from cl_harness.tracking.schema import FINISHED, NFR_METRIC
 
@@ -66,6 +66,7 @@ DEFINITIONS = {
     "fwt": "forward transfer: mean over tasks 2..T of (accuracy on the task before training on it - the untrained model's accuracy on it).",
     "forgetting": "average forgetting: mean over tasks 1..T-1 of (best accuracy before the last step - final accuracy).",
     NFR_METRIC: "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
+    "inert": "a strategy whose own loss terms stayed below 0.1% of the training loss on every task after the first, or whose accuracy matrix equals naive's at the same seed and order: it trained as naive does; the note names the parameter to raise.",
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",
@@ -148,7 +149,29 @@ class Comparison(StoredGrid):
         table = table.reset_index(drop=True)
         keyed = {name: {(r.seed, r.order): r.metrics.get("acc", math.nan) for r in self.finished() if r.strategy == name}
                  for name in table["strategy"]}
+        inert = self.inert_notes()
+        table["inert"] = [inert.get(name, "") for name in table["strategy"]]
         return pd.concat([table, statistics_columns(keyed, list(table["strategy"]))], axis=1)
+
+    def equal_to_naive(self) -> list[ChildRun]:
+        """Finished runs of other strategies whose accuracy matrix equals naive's at the same seed and order."""
+        naive = {(r.seed, r.order): r for r in self.finished() if r.strategy == REFERENCE and r.has_matrix}
+        return [r for r in self.finished() if r.strategy != REFERENCE and r.has_matrix and (r.seed, r.order) in naive
+                and r.tasks == naive[(r.seed, r.order)].tasks and np.array_equal(r.matrix, naive[(r.seed, r.order)].matrix)]
+
+    def inert_notes(self) -> dict[str, str]:
+        """Per strategy that trained as naive does: why (its accuracy matrices equal naive's, or its loss terms stayed
+        negligible), in how many of its finished runs, and what to raise where the strategy names it."""
+        notes, same = {}, self.equal_to_naive()
+        for name in dict.fromkeys(r.strategy for r in self.finished()):
+            mine = [r for r in self.finished() if r.strategy == name]
+            flagged, equal = [r for r in mine if r.inert], [r for r in same if r.strategy == name]
+            hint = next((r.strength_hint for r in mine if r.strength_hint), None)
+            parts = [f"{name}'s accuracy matrix equals naive's at the same seed and order in {len(equal)} of {len(mine)} runs"] if equal else []
+            parts += [f"{flagged[0].inert} ({len(flagged)} of {len(mine)} runs)"] if flagged else []
+            if parts:
+                notes[name] = "; ".join(parts) + (f"; {hint}" if hint and not flagged else "")
+        return notes
 
     def by_position(self) -> bool:
         """True when the finished runs trained the tasks in different orders (columns then mean positions)."""

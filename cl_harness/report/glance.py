@@ -60,7 +60,13 @@ def compact_table(table: pd.DataFrame) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     legend = significance_legend(table)
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), *([legend] if legend else [])])
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), *([legend] if legend else []),
+                      *inert_lines(table)])
+
+
+def inert_lines(table: pd.DataFrame) -> list[str]:
+    """``inert: <why>`` for each strategy of the table that trained as naive does."""
+    return [f"inert: {note}" for note in table.get("inert", []) if note]
 
 
 def _md_cell(text: object) -> str:
@@ -88,6 +94,7 @@ def parent_description(comparison: Comparison, report_link: str | None = None) -
         ("Best mean final accuracy first. Accuracy-based columns in %; a cell is the mean ± sample std over the "
          "finished runs (seeds × task orders), the mean alone for one run or a constant value. "
          + significance_legend(table)).strip(),
+        *(f"\n**{line}**" for line in inert_lines(table)),
     ]
     if report_link:
         parts += ["", f"Every metric, per-run values and plots: [report.html]({report_link})"]

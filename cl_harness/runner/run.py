@@ -38,7 +38,7 @@ from cl_harness.runner.checkpoint import (
     save_state,
     start_checkpoint,
 )
-from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
+from cl_harness.runner.hooks import AddedLossShare, FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
 from cl_harness.runner.prefix import PREFIX_TASKS, SharedPrefix, at_training_end, fork_prefix, save_prefix
@@ -331,8 +331,8 @@ class TrainingRun:
         self.model = build_model(plan, device)
         self.model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
         self.plugins = checkpoint["plugins"] if checkpoint else build_plugins(plan, self.model, device)
-        self.meter = TrainingMeter()
-        framework = [self.meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [self.meter]
+        self.meter, self.loss_share = TrainingMeter(), AddedLossShare(plan.strategy, plan.task_names, self.logger)
+        framework = [self.meter, self.loss_share, *([RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [])]
         if plan.training.length_bucketing:
             framework.append(LengthBucketing())
         self.loss_scale = DynamicLossScale() if plan.training.precision == "fp16" else None

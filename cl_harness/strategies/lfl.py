@@ -62,4 +62,5 @@ INFO = StrategyInfo(
     paper="Jung et al. 2016 (arXiv:1607.00122)",
     scenarios=("domain_incremental",),
     naive_prefix_tasks=1,  # no old model before after_training_exp of task 1 (the penalty is 0); the head is frozen there
+    strength=("lambda_e", ""),
 )

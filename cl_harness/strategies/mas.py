@@ -56,4 +56,5 @@ INFO = StrategyInfo(
     summary="penalise moving parameters the output is most sensitive to (unsupervised importance)",
     paper="Aljundi et al. 2018 (ECCV)",
     naive_prefix_tasks=1,  # the penalty starts at task 2; importances are computed in after_training_exp
+    strength=("lambda_reg", ""),
 )

@@ -58,6 +58,7 @@ class StrategyInfo:
     # nothing it does before or during task 1's training changes that training (it acts in after_training_exp, or from
     # task 2 on), so a grid trains task 1 once and forks it into this strategy's runs (docs/performance.md, "Prefix sharing").
     naive_prefix_tasks: int = 0
+    strength: tuple[str, str] | None = None  # (the parameter scaling the loss terms it adds, values that acted on MiniLM): named when inert
 
 
 @dataclass

@@ -114,4 +114,5 @@ INFO = StrategyInfo(
     summary="EWC++ Fisher plus a path-integral score of each parameter's contribution to earlier tasks",
     paper="Chaudhry et al. 2018 (ECCV)",
     naive_prefix_tasks=0,  # records the parameter trajectory and gradients during task 1
+    strength=("ewc_lambda", ""),
 )

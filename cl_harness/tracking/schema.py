@@ -120,6 +120,15 @@ NFR_METRIC = "nfr"
 VALID_ACC_PREFIX = "valid_acc"
 VALID_SEEN_AVG_METRIC = "valid_acc/seen_avg"
 VALID_ACC_METRIC = "valid_acc"
+#: A strategy's own loss terms (runner/hooks.py): penalty_share/<task> at the task's step, the share of the terms in the
+#: training loss over the task; penalty_share at the end, the largest after task 1. Tags: why a run's terms did nothing
+#: (``inert``) and what to raise (``strength_hint``, on every run of a strategy that declares its strength); set at the
+#: grid's end on a run whose accuracy matrix equals naive's at the same seed and order: ``equals_naive``.
+PENALTY_SHARE_PREFIX = "penalty_share"
+PENALTY_SHARE_METRIC = "penalty_share"
+INERT_TAG = "inert"
+STRENGTH_HINT_TAG = "strength_hint"
+EQUALS_NAIVE_TAG = "equals_naive"
 COST_METRICS = (
     "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
     TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
@@ -159,6 +168,11 @@ def task_acc_metric(task: str) -> str:
 def valid_acc_metric(task: str) -> str:
     """``valid_acc/<task>``: the task's validation accuracy after a step."""
     return task_metric(VALID_ACC_PREFIX, task)
+
+
+def penalty_share_metric(task: str) -> str:
+    """``penalty_share/<task>``: the share of the strategy's own terms in the training loss over the task."""
+    return task_metric(PENALTY_SHARE_PREFIX, task)
 
 
 def pppl_metric(task: str) -> str:

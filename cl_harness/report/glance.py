@@ -22,9 +22,9 @@ from cl_harness.report.compare import (
 from cl_harness.report.statistics import significance_legend
 
 #: Parent-run summary metrics: ``summary/<measure>/<strategy>``, the mean over the strategy's finished runs (fractions).
-SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc")
-#: The compact table printed at the end of ``cl-harness run``.
-COMPACT_METRICS = ("acc", "forgetting", "bwt", "fwt", "wall_time_s")
+SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc", "probe_acc", "probe_forgetting")
+#: The compact table printed at the end of ``cl-harness run`` (the probe's columns where runs probed).
+COMPACT_METRICS = ("acc", "forgetting", "bwt", "fwt", "probe_acc", "probe_forgetting", "wall_time_s")
 #: Child-run metric columns of the experiment page's shared view, in order.
 VIEW_COLUMNS = ("acc", "forgetting", "bwt", "fwt", "learning_acc", "wall_time_s")
 

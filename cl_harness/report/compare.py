@@ -173,7 +173,7 @@ class Comparison(StoredGrid):
             flagged, equal = [r for r in mine if r.inert], [r for r in same if r.strategy == name]
             hint = next((r.strength_hint for r in mine if r.strength_hint), None)
             parts = [f"{name}'s accuracy matrix equals naive's at the same seed and order in {len(equal)} of {len(mine)} runs"] if equal else []
-            parts += [f"{flagged[0].inert} ({len(flagged)} of {len(mine)} runs)"] if flagged else []
+            parts += [f"in {len(flagged)} of {len(mine)} runs, {flagged[0].inert}"] if flagged else []
             if parts:
                 notes[name] = "; ".join(parts) + (f"; {hint}" if hint and not flagged else "")
         return notes

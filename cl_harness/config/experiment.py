@@ -85,6 +85,10 @@ class TrainingConfig:
     length_bucketing: bool = field(default=False, metadata={"help": "train on batches of similar length (evaluation always is)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 | fp16 (autocast of the backbone; fp16 with loss scaling)"})
+    probe: bool = field(default=False, metadata={"help": (
+        "after every step, fit a linear probe (logistic regression) on the frozen features of each trained task's training "
+        "split and score its test split: the probing matrix (probe_acc/<task>, probe_accuracy_matrix.json), whether the "
+        "representation keeps what the head forgets (encoder backbones)")})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if self.precision not in PRECISIONS:
@@ -136,3 +140,6 @@ class ExperimentConfig:
             raise source.error(path + ("seeds",), "lists a seed twice")
         if self.orders is not None and self.permutations is not None:
             raise source.error(path + ("permutations",), "give either `orders` or `permutations`, not both")
+        if self.training.probe and self.backbone.kind != "encoder":
+            raise source.error(path + ("training", "probe"), f"probes an encoder's pooled features; backbone.kind is {self.backbone.kind}",
+                               hint="set training.probe: false, or use an encoder backbone")

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cl_harness.report.statistics import STAT_DEFINITIONS, statistics_columns, statistics_display
+from cl_harness.report.statistics import REFERENCE, STAT_DEFINITIONS, statistics_columns, statistics_display
 from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
-from cl_harness.tracking.schema import FINISHED, NFR_METRIC
+from cl_harness.tracking.schema import FINISHED, NFR_METRIC, PROBE_METRICS
 
 #: Metrics aggregated per strategy (mean and std), in table order.
 TABLE_METRICS = (
@@ -32,6 +32,7 @@ TABLE_METRICS = (
     "forgetting",
     NFR_METRIC,
     "learning_acc",
+    *PROBE_METRICS,
     "wall_time_s",
     "train_examples_per_s",
     "trainable_params",
@@ -40,7 +41,7 @@ TABLE_METRICS = (
     "extra_memory_mb",
 )
 #: Metrics that are fractions in [0, 1] (or differences of them), shown in percent.
-PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", NFR_METRIC})
+PERCENT_METRICS = frozenset({"acc", "bwt", "fwt", "forgetting", "forgetting_last", "learning_acc", NFR_METRIC, *PROBE_METRICS})
 
 #: Column headers of the formatted tables, by metric.
 HEADERS = {
@@ -50,6 +51,9 @@ HEADERS = {
     "forgetting": "forgetting (%)",
     NFR_METRIC: "neg. flip rate (%)",
     "learning_acc": "learning acc (%)",
+    "probe_acc": "probe acc (%)",
+    "probe_bwt": "probe bwt (%)",
+    "probe_forgetting": "probe forgetting (%)",
     "wall_time_s": "wall time (s)",
     "train_examples_per_s": "train ex/s",
     "trainable_params": "trainable params",
@@ -66,7 +70,9 @@ DEFINITIONS = {
     "fwt": "forward transfer: mean over tasks 2..T of (accuracy on the task before training on it - the untrained model's accuracy on it).",
     "forgetting": "average forgetting: mean over tasks 1..T-1 of (best accuracy before the last step - final accuracy).",
     NFR_METRIC: "negative flip rate (Yan et al. 2021): after each step i >= 2, the fraction of the test examples of tasks 1..i-1 right before the step and wrong after it; mean over the steps.",
+    "inert": "a strategy whose own loss terms stayed below 0.1% of the training loss on every task after the first, or whose accuracy matrix equals naive's at the same seed and order: it trained as naive does; the note names the parameter to raise.",
     "learning_acc": "learning accuracy: mean accuracy on each task right after training on it.",
+    "probe_acc / probe_bwt / probe_forgetting": "acc, bwt and forgetting of the probing matrix (training.probe): after each step, a linear probe (logistic regression) fitted on the frozen features of each trained task's training split, scored on its test split (Tao et al. 2023; Zheng et al. 2024). A high probe acc with a low acc: the representation keeps what the head forgets.",
     "wall_time_s": "wall-clock seconds of the run (evaluation included).",
     "train_examples_per_s": "training throughput in examples per second.",
     "trainable_params": "number of trainable parameters of the model during the last task (PEFT: adapters + heads).",
@@ -148,7 +154,29 @@ class Comparison(StoredGrid):
         table = table.reset_index(drop=True)
         keyed = {name: {(r.seed, r.order): r.metrics.get("acc", math.nan) for r in self.finished() if r.strategy == name}
                  for name in table["strategy"]}
+        inert = self.inert_notes()
+        table["inert"] = [inert.get(name, "") for name in table["strategy"]]
         return pd.concat([table, statistics_columns(keyed, list(table["strategy"]))], axis=1)
+
+    def equal_to_naive(self) -> list[ChildRun]:
+        """Finished runs of other strategies whose accuracy matrix equals naive's at the same seed and order."""
+        naive = {(r.seed, r.order): r for r in self.finished() if r.strategy == REFERENCE and r.has_matrix}
+        return [r for r in self.finished() if r.strategy != REFERENCE and r.has_matrix and (r.seed, r.order) in naive
+                and r.tasks == naive[(r.seed, r.order)].tasks and np.array_equal(r.matrix, naive[(r.seed, r.order)].matrix)]
+
+    def inert_notes(self) -> dict[str, str]:
+        """Per strategy that trained as naive does: why (its accuracy matrices equal naive's, or its loss terms stayed
+        negligible), in how many of its finished runs, and what to raise where the strategy names it."""
+        notes, same = {}, self.equal_to_naive()
+        for name in dict.fromkeys(r.strategy for r in self.finished()):
+            mine = [r for r in self.finished() if r.strategy == name]
+            flagged, equal = [r for r in mine if r.inert], [r for r in same if r.strategy == name]
+            hint = next((r.strength_hint for r in mine if r.strength_hint), None)
+            parts = [f"{name}'s accuracy matrix equals naive's at the same seed and order in {len(equal)} of {len(mine)} runs"] if equal else []
+            parts += [f"in {len(flagged)} of {len(mine)} runs, {flagged[0].inert}"] if flagged else []
+            if parts:
+                notes[name] = "; ".join(parts) + (f"; {hint}" if hint and not flagged else "")
+        return notes
 
     def by_position(self) -> bool:
         """True when the finished runs trained the tasks in different orders (columns then mean positions)."""

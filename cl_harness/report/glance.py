@@ -19,12 +19,12 @@ from cl_harness.report.compare import (
     display_rows,
     shown_metrics,
 )
-from cl_harness.report.statistics import ALPHA, BOOTSTRAP_FROM
+from cl_harness.report.statistics import significance_legend
 
 #: Parent-run summary metrics: ``summary/<measure>/<strategy>``, the mean over the strategy's finished runs (fractions).
-SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc")
-#: The compact table printed at the end of ``cl-harness run``.
-COMPACT_METRICS = ("acc", "forgetting", "bwt", "fwt", "wall_time_s")
+SUMMARY_MEASURES = ("acc", "forgetting", "bwt", "fwt", "learning_acc", "probe_acc", "probe_forgetting")
+#: The compact table printed at the end of ``cl-harness run`` (the probe's columns where runs probed).
+COMPACT_METRICS = ("acc", "forgetting", "bwt", "fwt", "probe_acc", "probe_forgetting", "wall_time_s")
 #: Child-run metric columns of the experiment page's shared view, in order.
 VIEW_COLUMNS = ("acc", "forgetting", "bwt", "fwt", "learning_acc", "wall_time_s")
 
@@ -51,14 +51,6 @@ def compact_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return display_rows(table, [m for m in COMPACT_METRICS if m in shown_metrics(table)])
 
 
-def significance_legend(table: pd.DataFrame) -> str:
-    """The line under a compact table with statistics columns: what '*' and the interval mean ('' without them)."""
-    if "acc_ci_low" not in table:
-        return ""
-    return (f"* p < {ALPHA}, Holm-corrected (paired test where seeds and orders match, else Welch's); "
-            f"CI: t-interval, bootstrap from {BOOTSTRAP_FROM} runs")
-
-
 def compact_table(table: pd.DataFrame) -> str:
     """The compact comparison as aligned text for the terminal."""
     headers, rows = compact_rows(table)
@@ -68,7 +60,13 @@ def compact_table(table: pd.DataFrame) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     legend = significance_legend(table)
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), *([legend] if legend else [])])
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows), *([legend] if legend else []),
+                      *inert_lines(table)])
+
+
+def inert_lines(table: pd.DataFrame) -> list[str]:
+    """``inert: <why>`` for each strategy of the table that trained as naive does."""
+    return [f"inert: {note}" for note in table.get("inert", []) if note]
 
 
 def _md_cell(text: object) -> str:
@@ -96,6 +94,7 @@ def parent_description(comparison: Comparison, report_link: str | None = None) -
         ("Best mean final accuracy first. Accuracy-based columns in %; a cell is the mean ± sample std over the "
          "finished runs (seeds × task orders), the mean alone for one run or a constant value. "
          + significance_legend(table)).strip(),
+        *(f"\n**{line}**" for line in inert_lines(table)),
     ]
     if report_link:
         parts += ["", f"Every metric, per-run values and plots: [report.html]({report_link})"]

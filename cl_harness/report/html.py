@@ -19,7 +19,7 @@ from cl_harness.report.compare import (
     shown_metrics,
     write_csv,
 )
-from cl_harness.report.glance import count
+from cl_harness.report.glance import count, inert_lines
 from cl_harness.report.plots import PlotFile, write_plots
 from cl_harness.tracking import schema
 from cl_harness.tracking.writer import log_report_files
@@ -143,7 +143,8 @@ def _definitions_html() -> str:
 
 def render_html(comparison: Comparison, plots: list[PlotFile]) -> str:
     """The whole report as one self-contained HTML document."""
-    headers, rows = display_rows(comparison.table())
+    table = comparison.table()
+    headers, rows = display_rows(table)
     title = f"cl-harness comparison: {comparison.experiment_name}"
     sections = [
         f"<h1>{_e(title)}</h1>",
@@ -154,6 +155,7 @@ def render_html(comparison: Comparison, plots: list[PlotFile]) -> str:
          "Accuracy-based metrics in %. The 95% interval and the Holm-corrected p-values against the best strategy "
          "and naive are defined below; '*' marks a significant difference (p < 0.05).</p>"),
         _table_html(headers, rows),
+        "".join(f'<p class="bad">{_e(line)}</p>' for line in inert_lines(table)),
         _runs_html(comparison),
         "<h2>Missing or failed runs</h2>",
         _problems_html(comparison),

@@ -1,7 +1,9 @@
-"""Framework plugins every run gets: a progress bar and a guard against non-finite losses."""
+"""Framework plugins every run gets: a progress bar, a guard against non-finite losses and the meter of a strategy's
+own loss terms."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cl_harness.errors import TrainingError
+from cl_harness.tracking import schema
 
 
 class ProgressBar(SupervisedPlugin):
@@ -120,6 +123,88 @@ class FiniteLossGuard(SupervisedPlugin):
                 f"non-finite loss ({float(losses[index])}) in strategy {self.strategy_label!r}, task {task!r}, "
                 f"step {first_step + index} of epoch {strategy.clock.train_exp_epochs + 1}"
             )
+
+
+NEGLIGIBLE_SHARE = 1e-3  # added terms below this share of the loss on every task after the first: the strategy is inert
+ACTING_SHARE = 0.01  # the share a raised strength is estimated for
+
+
+def strength_hint(spec, shares: dict[int, float] | None = None) -> str | None:
+    """What to raise when the strategy is inert: each plugin's strength parameter (``StrategyInfo.strength``), its value, the
+    values that acted on MiniLM, and (from the largest observed share s > 0, terms linear in it) the value at which its
+    terms would reach ACTING_SHARE of the loss: ``value * a / (1 - a) * (1 - s) / s``, a floor as the terms shrink when they act."""
+    observed = max((s for i, s in (shares or {}).items() if i > 0), default=0.0)
+    parts = []
+    for plugin in spec.plugins:
+        if plugin.info is None or plugin.info.strength is None:
+            continue
+        name, acted = plugin.info.strength
+        value = getattr(plugin.config, name)
+        text = f"raise {plugin.name}'s {name} (now {value:g}" + (f"; {acted}" if acted else "")
+        if observed > 0 and value > 0:
+            text += f"; its terms reach {ACTING_SHARE:.0%} of the loss from about {value * ACTING_SHARE / (1 - ACTING_SHARE) * (1 - observed) / observed:.0e} on"
+        parts.append(text + ")")
+    return "; ".join(parts) or None
+
+
+class AddedLossShare(SupervisedPlugin):
+    """The share of the strategy's own terms in the training loss, per task, logged as ``penalty_share/<task>``; a run whose
+    terms stay below NEGLIGIBLE_SHARE on every task after the first gets the ``inert`` tag and a warning.
+
+    Placed after the strategy's plugins: at ``before_backward`` the loss holds the base criterion plus every term they
+    added; the base criterion is recomputed on the step's outputs (no forward pass). Shares are sums over the task's
+    steps, ``sum |terms| / (sum |criterion| + sum |terms|)``, summed on the device and read once per task.
+    """
+
+    def __init__(self, spec, task_names: list[str], logger=None) -> None:
+        super().__init__()
+        self.spec = spec  # the run's StrategySpec
+        self.task_names = task_names
+        self.logger = logger
+        self.hint = strength_hint(spec)
+        self.sums: Tensor | None = None  # (2,): summed |terms| and |criterion| of the current task
+        self.shares: dict[int, float] = {}  # experience index -> share
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.sums = None
+
+    def before_backward(self, strategy, **kwargs):
+        with torch.no_grad():
+            base = strategy.criterion().detach().float().sum()
+            terms = (strategy.loss.detach().float().sum() - base).abs()
+            pair = torch.stack([terms, base.abs()])  # (2,)
+            self.sums = pair if self.sums is None else self.sums + pair
+
+    def after_training_exp(self, strategy, **kwargs):
+        if self.sums is None:  # trained outside the loop (an mlm task)
+            return
+        terms, base = self.sums.tolist()
+        index = strategy.experience.current_experience
+        self.shares[index] = terms / (terms + base) if terms + base > 0 else 0.0
+        if self.logger is not None and (self.hint or any(self.shares.values())):
+            self.logger.log_step(index + 1, {schema.penalty_share_metric(self.task_names[index]): self.shares[index]})
+        if index == len(self.task_names) - 1:
+            self.finish()
+
+    def inert(self) -> str | None:
+        """Why the strategy's terms did nothing, or None (also when nothing was measured after the first task)."""
+        later = [s for i, s in self.shares.items() if i > 0]
+        if not later or max(later) >= NEGLIGIBLE_SHARE or not (self.hint or any(later)):
+            return None
+        hint = strength_hint(self.spec, self.shares)
+        return (f"{self.spec.label}'s loss terms stayed below {NEGLIGIBLE_SHARE:g} of the training loss on every task after the "
+                f"first (at most {max(later):.1e}): likely too weak to change training" + (f"; {hint}" if hint else ""))
+
+    def finish(self) -> None:
+        """The run's largest share after the first task (final metric), and the inert tag and warning where it applies."""
+        later = [s for i, s in self.shares.items() if i > 0]
+        reason = self.inert()
+        if reason:
+            print(f"warning: {reason}", file=sys.stderr, flush=True)
+        if self.logger is not None and later and (self.hint or any(later)):
+            self.logger.log_final({schema.PENALTY_SHARE_METRIC: max(later)})
+            tags = {schema.INERT_TAG: reason, schema.STRENGTH_HINT_TAG: self.hint}
+            self.logger.set_tags({key: value for key, value in tags.items() if value})
 
 
 class TrainingMeter(SupervisedPlugin):

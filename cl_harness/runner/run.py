@@ -39,9 +39,10 @@ from cl_harness.runner.checkpoint import (
     save_state,
     start_checkpoint,
 )
-from cl_harness.runner.hooks import FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
+from cl_harness.runner.hooks import AddedLossShare, FiniteLossGuard, LengthBucketing, ProgressBar, RestoreOptimizerState, TrainingMeter
 from cl_harness.runner.loss_scaling import DynamicLossScale, LossScaling
 from cl_harness.runner.optimizer import build_optimizer
+from cl_harness.runner.probing import LinearProbing
 from cl_harness.runner.prefix import PREFIX_TASKS, SharedPrefix, at_training_end, fork_prefix, save_prefix
 from cl_harness.runner.quiet import known_warnings_silenced
 from cl_harness.strategies.registry import BuildContext, StrategySpec
@@ -332,8 +333,8 @@ class TrainingRun:
         self.model = build_model(plan, device)
         self.model_memory_mb = current_memory_mb(device)  # the loaded model and data: what training adds comes on top
         self.plugins = checkpoint["plugins"] if checkpoint else build_plugins(plan, self.model, device)
-        self.meter = TrainingMeter()
-        framework = [self.meter, RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [self.meter]
+        self.meter, self.loss_share = TrainingMeter(), AddedLossShare(plan.strategy, plan.task_names, self.logger)
+        framework = [self.meter, self.loss_share, *([RestoreOptimizerState(checkpoint["optimizer"])] if checkpoint else [])]
         if plan.training.length_bucketing:
             framework.append(LengthBucketing())
         self.loss_scale = DynamicLossScale() if plan.training.precision == "fp16" else None
@@ -348,6 +349,7 @@ class TrainingRun:
             restore_rng_states(checkpoint["rng"])
         self.env = plan.kind_env(device, self.loss_scale)
         self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, describe=plan.label)
+        self.probe = LinearProbing(plan.tasks, self.env, self.logger) if plan.training.probe else None
         has_valid = any(t.valid_targets is not None for t in plan.tasks)
         self.validate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, plan.label, split="valid") if has_valid else None
 
@@ -388,6 +390,8 @@ class TrainingRun:
         else:
             scoring = time.perf_counter()
             note = self._step_0(state)
+            if self.probe:
+                self.probe(self.model, 0)
             scored = {schema.EVAL_TIME_METRIC: time.perf_counter() - scoring}
             state.matrix, state.valid_matrix, state.steps_done = [], [], 0
             if self.folder:
@@ -446,6 +450,8 @@ class TrainingRun:
                     pending.wait()  # on disk before the step counts as done
                     self.last_checkpoint = time.perf_counter()
             result.matrix.append(row)
+            if self.probe:
+                self.probe(self.model, step)
             if self.folder:
                 if pending is not None:
                     state.steps_done = step

@@ -84,4 +84,5 @@ INFO = StrategyInfo(
     summary="dark experience replay: match stored logits (alpha) and, for DER++, stored labels (beta) on a reservoir memory",
     paper="Buzzega et al. 2020, Dark Experience for General Continual Learning: a Strong, Simple Baseline (NeurIPS)",
     naive_prefix_tasks=0,  # stores examples and logits after every step of task 1
+    strength=("alpha", "0.3 acted on MiniLM"),
 )

@@ -81,4 +81,5 @@ INFO = StrategyInfo(
     summary="penalise moving parameters that were important (diagonal Fisher) for earlier tasks",
     paper="Kirkpatrick et al. 2017 (PNAS); online: Schwarz et al. 2018 (ICML)",
     naive_prefix_tasks=1,  # the penalty starts at task 2; importances are computed in after_training_exp
+    strength=("ewc_lambda", "on MiniLM 1e3 did nothing, 1e6 acted weakly, 1e9 strongly (docs/defaults.md)"),
 )

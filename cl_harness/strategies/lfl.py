@@ -63,4 +63,5 @@ INFO = StrategyInfo(
     scenarios=("domain_incremental",),
     backbone_kinds=ENCODER_ONLY,  # it distils an encoder's pooled sentence features
     naive_prefix_tasks=1,  # no old model before after_training_exp of task 1 (the penalty is 0); the head is frozen there
+    strength=("lambda_e", ""),
 )

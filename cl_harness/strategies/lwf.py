@@ -98,4 +98,5 @@ INFO = StrategyInfo(
     summary="distil the previous model's outputs on the new task's data into the model (no stored data)",
     paper="Li & Hoiem 2016 (ECCV)",
     naive_prefix_tasks=1,  # no teacher before after_training_exp of task 1, so no distillation term on task 1
+    strength=("alpha", "1 acted on MiniLM"),
 )

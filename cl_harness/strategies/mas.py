@@ -57,4 +57,5 @@ INFO = StrategyInfo(
     paper="Aljundi et al. 2018 (ECCV)",
     backbone_kinds=ENCODER_ONLY,  # its importances are output norms of a classification head
     naive_prefix_tasks=1,  # the penalty starts at task 2; importances are computed in after_training_exp
+    strength=("lambda_reg", ""),
 )

@@ -67,4 +67,5 @@ INFO = StrategyInfo(
     prepare_model=prepare_model,
     per_task_modules=True,
     naive_prefix_tasks=0,  # inserts LoRA adapters before training
+    strength=("orthogonal_lambda", ""),
 )

@@ -66,6 +66,7 @@ class StrategyInfo:
     naive_prefix_tasks: int = 0
     # Generative backbones: the (shots per class, seed) of demonstrations put before every scored prompt, from its config.
     demonstrations: Callable[[Any], tuple[int, int]] | None = None
+    strength: tuple[str, str] | None = None  # (the parameter scaling the loss terms it adds, values that acted on MiniLM): named when inert
 
 
 @dataclass

@@ -115,4 +115,5 @@ INFO = StrategyInfo(
     paper="Chaudhry et al. 2018 (ECCV)",
     backbone_kinds=ENCODER_ONLY,  # its path integral tracks a classification head's parameters
     naive_prefix_tasks=0,  # records the parameter trajectory and gradients during task 1
+    strength=("ewc_lambda", ""),
 )

@@ -118,4 +118,5 @@ INFO = StrategyInfo(
     paper="Zenke, Poole & Ganguli 2017 (ICML)",
     backbone_kinds=ENCODER_ONLY,  # its path integral tracks a classification head's parameters
     naive_prefix_tasks=0,  # records the parameter trajectory during task 1
+    strength=("si_lambda", "1e4 acted on MiniLM, 151 did not"),
 )

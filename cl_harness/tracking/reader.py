@@ -54,6 +54,8 @@ class ChildRun:
     matrix: list[list[float]] = field(default_factory=list)
     error: str | None = None
     note: str | None = None
+    inert: str | None = None  # why the strategy's own loss terms did nothing in this run (runner/hooks.py)
+    strength_hint: str | None = None  # what to raise when they do nothing
 
     @property
     def finished(self) -> bool:
@@ -196,6 +198,8 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
         order=int_tag(tags, schema.ORDER_TAG),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         error=tags.get(schema.ERROR_TAG),
+        inert=tags.get(schema.INERT_TAG),
+        strength_hint=tags.get(schema.STRENGTH_HINT_TAG),
     )
     if child.finished:
         try:

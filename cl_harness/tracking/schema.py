@@ -123,6 +123,19 @@ VALID_ACC_PREFIX = "valid_acc"
 VALID_SEEN_AVG_METRIC = "valid_acc/seen_avg"  # per step: mean validation accuracy of the tasks trained so far
 VALID_ACC_METRIC = "valid_acc"  # final: mean validation accuracy over all tasks
 #: Final cost metrics of a child run.
+#: A strategy's own loss terms (runner/hooks.py): penalty_share/<task> at the task's step, the share of the terms in the
+#: training loss over the task; penalty_share at the end, the largest after task 1. Tags: why a run's terms did nothing
+#: (``inert``) and what to raise (``strength_hint``, on every run of a strategy that declares its strength); set at the
+#: grid's end on a run whose accuracy matrix equals naive's at the same seed and order: ``equals_naive``.
+PENALTY_SHARE_PREFIX = "penalty_share"
+PENALTY_SHARE_METRIC = "penalty_share"
+INERT_TAG = "inert"
+STRENGTH_HINT_TAG = "strength_hint"
+EQUALS_NAIVE_TAG = "equals_naive"
+#: Linear probing (``training.probe``; evaluation/probe.py): probe_acc/<task> per step, the test accuracy of a linear probe
+#: fitted on the task's training features; probe_acc, probe_bwt and probe_forgetting at the end.
+PROBE_ACC_PREFIX = "probe_acc"
+PROBE_METRICS = ("probe_acc", "probe_bwt", "probe_forgetting")
 COST_METRICS = (
     "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
     TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
@@ -164,6 +177,16 @@ def valid_acc_metric(task: str) -> str:
     return task_metric(VALID_ACC_PREFIX, task)
 
 
+def penalty_share_metric(task: str) -> str:
+    """``penalty_share/<task>``: the share of the strategy's own terms in the training loss over the task."""
+    return task_metric(PENALTY_SHARE_PREFIX, task)
+
+
+def probe_acc_metric(task: str) -> str:
+    """``probe_acc/<task>``: the test accuracy of a linear probe on the task's features after a step."""
+    return task_metric(PROBE_ACC_PREFIX, task)
+
+
 def pppl_metric(task: str) -> str:
     """``pppl/<task>``: the per-step pseudo-perplexity of an mlm task."""
     return task_metric(PPPL_PREFIX, task)
@@ -192,6 +215,8 @@ CONFIG_ARTIFACT = "config.yaml"  # parent and child: the resolved configuration
 MATRIX_ARTIFACT = "accuracy_matrix.json"  # child: tasks, column_metrics, initial row, one row per trained task (fractions)
 MATRIX_PLOT_ARTIFACT = "accuracy_matrix.png"  # child: the accuracy matrix as a heatmap
 VALID_MATRIX_ARTIFACT = "valid_accuracy_matrix.json"  # the validation accuracy matrix (runs with validation splits)
+PROBE_MATRIX_ARTIFACT = "probe_accuracy_matrix.json"  # the probing matrix (training.probe)
+PROBE_FEATURES_ARTIFACT = "probe_features.npz"  # the features and labels each probe was fitted and scored on
 PLANNED_RUNS_ARTIFACT = "planned_runs.json"  # on the parent: {"runs": [run names]}
 REPORT_HTML_ARTIFACT = "report.html"  # parent: the comparison, plots and definitions in one self-contained file
 COMPARISON_CSV_ARTIFACT = "comparison.csv"  # parent: one row per strategy, unrounded fractions
@@ -271,6 +296,17 @@ def valid_matrix_dict(tasks: Sequence[str], initial: Sequence[float | None], mat
         "initial": [cell(v) for v in initial],
         "matrix": [[cell(v) for v in row] for row in matrix],
     }
+
+
+def probe_matrix_dict(tasks: Sequence[str], initial: Sequence[float], matrix: Sequence[Sequence[float]]) -> dict:
+    """``probe_accuracy_matrix.json``: like ``valid_accuracy_matrix.json``, the test accuracy of each task's linear probe
+    after each step, ``null`` where a task was not probed (not trained yet, or not a classification task)."""
+    return {**valid_matrix_dict(tasks, initial, matrix), "split": "test", "measure": "linear_probe"}
+
+
+def probe_features_key(step: int, task: str, split: str, part: str) -> str:
+    """The ``probe_features.npz`` array of one probe's ``x`` (features) or ``y`` (labels) on a split after ``step``."""
+    return f"step{step}/{task}/{split}_{part}"
 
 
 def planned_runs_dict(names: Sequence[str]) -> dict[str, list[str]]:

@@ -345,6 +345,11 @@ def close_lost_child(client: MlflowClient, experiment_id: str, parent_run_id: st
     return run_id
 
 
+def tag_ended_run(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run that has ended, leaving its status alone."""
+    client.log_batch(run_id, tags=[RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()])
+
+
 def log_grid_counts(parent: RunLogger, finished: int, total: int) -> None:
     """How many of the parent's planned runs finished."""
     parent.log_final({schema.RUNS_FINISHED_METRIC: float(finished), schema.RUNS_TOTAL_METRIC: float(total)})

@@ -1,8 +1,9 @@
 """Reading a grid back from the store: one parent run and its children, as plain data.
 
 A grid is one **parent run** (tag ``cl_harness.role=parent``) and its **child runs** (tag
-``mlflow.parentRunId``), one child per (strategy, seed, task order). Planned runs that never
-started (named in the parent's ``planned_runs.json``) come back as MISSING children.
+``mlflow.parentRunId``), one child per (strategy, seed, task order). The parent's ``planned_runs.json``
+names the runs its latest invocation planned, with their keys: children of other keys (a strategy
+since removed or changed) are left out, and planned runs that never started come back as MISSING.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cl_harness.tracking.schema import (
     ROLE_TAG,
     int_tag,
     parse_matrix,
+    parse_planned_keys,
     parse_planned_runs,
     parse_run_name,
 )
@@ -54,6 +56,9 @@ class ChildRun:
     matrix: list[list[float]] = field(default_factory=list)
     error: str | None = None
     note: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    key: str | None = None  # its identity in the comparison (RUN_KEY_TAG); None for runs logged before keys existed
+    start_time_ms: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -196,6 +201,9 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
         order=int_tag(tags, schema.ORDER_TAG),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         error=tags.get(schema.ERROR_TAG),
+        params=dict(run.data.params),
+        key=tags.get(schema.RUN_KEY_TAG),
+        start_time_ms=run.info.start_time,
     )
     if child.finished:
         try:
@@ -205,15 +213,30 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
     return child
 
 
-def _planned_names(client: MlflowClient, parent_run_id: str, scratch: Path) -> list[str]:
-    """The run names the parent planned (its ``planned_runs.json``); empty for parents logged before it existed."""
+def _planned(client: MlflowClient, parent_run_id: str, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """The run names the parent planned and their keys (key -> name; its ``planned_runs.json``); empty for parents
+    logged before it existed, keys empty for parents logged before run keys."""
     target = scratch / parent_run_id
     target.mkdir(parents=True, exist_ok=True)
     try:
         local = client.download_artifacts(parent_run_id, PLANNED_RUNS_ARTIFACT, str(target))
-        return parse_planned_runs(json.loads(Path(local).read_text(encoding="utf-8")))
-    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError):
-        return []
+        data = json.loads(Path(local).read_text(encoding="utf-8"))
+        return parse_planned_runs(data), parse_planned_keys(data)
+    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return [], {}
+
+
+def planned_children(children: list[ChildRun], keys: dict[str, str]) -> list[ChildRun]:
+    """The children whose key the parent planned last, one per key (a finished one first, then the newest); all of them
+    when the parent records no keys."""
+    if not keys:
+        return children
+    chosen: dict[str, ChildRun] = {}
+    for child in children:
+        best = chosen.get(child.key or "")
+        if child.key in keys and (best is None or (child.finished, child.start_time_ms or 0) > (best.finished, best.start_time_ms or 0)):
+            chosen[child.key] = child
+    return list(chosen.values())
 
 
 def missing_run(name: str) -> ChildRun:
@@ -236,9 +259,12 @@ def read_grid(client: MlflowClient, experiment_name: str, parent_run_id: str | N
     parent = find_parent(client, experiment, parent_run_id)
     children = find_children(client, experiment.experiment_id, parent.info.run_id)
     with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch:
-        runs = [read_child(client, run, Path(scratch)) for run in children]
-        logged = {r.name for r in runs}
-        runs += [missing_run(name) for name in _planned_names(client, parent.info.run_id, Path(scratch)) if name not in logged]
+        names, keys = _planned(client, parent.info.run_id, Path(scratch))
+        if keys:  # only the planned children's matrices are read
+            children = [run for run in children if run.data.tags.get(schema.RUN_KEY_TAG) in keys]
+        runs = planned_children([read_child(client, run, Path(scratch)) for run in children], keys)
+        logged = {r.key for r in runs} if keys else {r.name for r in runs}
+        runs += [missing_run(keys.get(planned, planned)) for planned in (keys or names) if planned not in logged]
         runs.sort(key=_run_sort_key)
     return StoredGrid(
         experiment_name=experiment.name,

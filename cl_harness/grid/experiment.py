@@ -216,16 +216,16 @@ def grid_status(checked) -> GridStatus:
 
 def new_comparison_note(folder: Path, shared: dict) -> str | None:
     """What changed since the experiment's most recent other comparison (None when it has none)."""
-    earlier = sorted((p.parent for p in folder.parent.glob(f"*/{GRID_MARKER}") if p.parent != folder),
-                     key=lambda p: (p / GRID_MARKER).stat().st_mtime)
+    earlier = sorted((marker.stat().st_mtime, marker.parent) for marker in folder.parent.glob(f"*/{GRID_MARKER}")
+                     if marker.parent != folder and read_marker(marker.parent).get("settings"))
     if not earlier:
         return None
-    before = writer.flatten_params(read_marker(earlier[-1]).get("settings") or {})
+    before = writer.flatten_params(read_marker(earlier[-1][1])["settings"])
     now = writer.flatten_params(shared)
     changed = [f"{key}: {before.get(key, '(unset)')} -> {now.get(key, '(unset)')}" for key in sorted(set(before) | set(now))
                if before.get(key) != now.get(key)]
-    what = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "") if before else "stream, backbone or training"
-    return (f"this is a new comparison: shared settings changed since the one in {earlier[-1]} ({what}). "
+    what = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return (f"this is a new comparison: shared settings changed since the one in {earlier[-1][1]} ({what}). "
             "Every run trains from scratch under a new parent run; the earlier comparison stays as it was")
 
 

@@ -9,8 +9,10 @@ since removed or changed) are left out, and planned runs that never started come
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,12 +255,27 @@ def _run_sort_key(run: ChildRun) -> tuple:
     return (run.strategy, run.seed if run.seed is not None else -1, run.order if run.order is not None else -1, run.name)
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow's download progress bars off while a grid is read (from a notebook too), as the CLI has them."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def read_grid(client: MlflowClient, experiment_name: str, parent_run_id: str | None = None) -> StoredGrid:
     """Read a parent run (default: the experiment's most recent one) and all its children back from the store."""
     experiment = find_experiment(client, experiment_name)
     parent = find_parent(client, experiment, parent_run_id)
     children = find_children(client, experiment.experiment_id, parent.info.run_id)
-    with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch, _no_progress_bars():
         names, keys = _planned(client, parent.info.run_id, Path(scratch))
         if keys:  # only the planned children's matrices are read
             children = [run for run in children if run.data.tags.get(schema.RUN_KEY_TAG) in keys]

@@ -153,6 +153,18 @@ def test_one_function_turns_a_name_into_a_file_name():
     assert first_collision(["naive", "ewc"]) is None
 
 
+def test_folders_named_after_an_experiment_use_that_function(tmp_path):
+    from types import SimpleNamespace
+
+    from cl_harness.grid.experiment import comparison_folder
+    from cl_harness.tracking.store import default_artifact_location
+
+    assert default_artifact_location(f"sqlite:///{tmp_path}/mlflow.db", "../my study").endswith("/artifacts/___my_study")
+    config = SimpleNamespace(checkpoint_dir=str(tmp_path / "runs"), name="../my study", tracking=SimpleNamespace(experiment=None))
+    loaded = SimpleNamespace(resolved=lambda: {"stream": {}, "backbone": {}, "training": {}})
+    assert comparison_folder(SimpleNamespace(config=config, loaded=loaded)).parent == tmp_path / "runs" / "___my_study"
+
+
 @pytest.mark.parametrize("labels", [("my run", "my_run"), ("a/b", "a_b"), ("EWC", "ewc")])
 def test_two_strategy_labels_that_share_a_file_name_are_refused_naming_both(labels):
     entries = ["naive", *({"name": label, "plugins": ["naive"]} for label in labels)]

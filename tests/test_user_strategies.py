@@ -170,3 +170,12 @@ def test_strategy_info_is_the_public_definition():
     import cl_harness.strategies as public
 
     assert public.StrategyInfo is StrategyInfo and {"StrategyInfo", "BuildContext"} <= set(public.__all__)
+
+
+def test_the_tutorial_shows_the_example_package_as_it_is():
+    import re as regex
+
+    tutorial = (REPO / "docs" / "tutorial" / "own-strategy.md").read_text(encoding="utf-8")
+    blocks = dict(regex.findall(r"```(python|toml)\n(.*?)```", tutorial, regex.S)[:2])
+    assert blocks["python"] in (EXAMPLE / "l2anchor" / "__init__.py").read_text(encoding="utf-8")
+    assert blocks["toml"] in (EXAMPLE / "pyproject.toml").read_text(encoding="utf-8")

@@ -195,7 +195,8 @@ def cmd_run(args) -> int:
     from cl_harness.config.loader import load_experiment
     from cl_harness.errors import ConfigError
     from cl_harness.grid.executors import ExecutionOptions, make_executor
-    from cl_harness.grid.experiment import run_experiment
+    from cl_harness.grid.experiment import grid_status, run_experiment
+    from cl_harness.grid.plan import share_pending_prefixes
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
     from cl_harness.report.glance import count
     from cl_harness.report.terminal import run_summary
@@ -215,12 +216,18 @@ def cmd_run(args) -> int:
         check_search(checked)
     uri, source = tracking_uri_source(checked.loaded, args.tracking_uri)
     executor = make_executor(options, uri)
+    status = grid_status(checked)
+    if status.note:
+        print(f"note: {status.note}", file=sys.stderr)
     if args.dry_run:
-        print(f"{count(len(checked.runs), 'planned run')} of experiment {checked.name!r}:")
-        for planned in checked.runs:
+        runs = share_pending_prefixes(checked.runs, status.done)
+        print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(status.done)} already done "
+              f"(comparison folder {status.folder}):")
+        for planned in runs:
             shared = f"  (task 1 from {planned.prefix.name})" if planned.prefix else ""
-            print(f"  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
-        print_prefix_units(checked.runs)
+            state = "done    " if planned.name in status.done else "to train"
+            print(f"  {state}  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
+        print_prefix_units(runs)
         return EXIT_OK
     probe_store(uri, source)  # before tokenising: fail fast, naming the flag or key the URI came from
     prepared = prepare_experiment(checked)
@@ -260,8 +267,11 @@ def cmd_strategies(args) -> int:
     from cl_harness.config.schema import describe
     from cl_harness.strategies import default_registry
 
-    for info in default_registry():
-        print(f"{info.name}: {info.summary}" + (f" [{info.paper}]" if info.paper else ""))
+    registry = default_registry()
+    problems = registry.load_installed()
+    for info in registry:
+        origin = registry.origin(info.name)
+        print(f"{info.name}: {info.summary}" + (f" [{info.paper}]" if info.paper else "") + (f" (from {origin})" if origin else ""))
         print(f"    backbone kinds: {', '.join(info.backbone_kinds)}")
         if set(info.scenarios) != {"class_incremental", "task_incremental", "domain_incremental"}:
             print(f"    scenarios: {', '.join(info.scenarios)}")
@@ -273,23 +283,25 @@ def cmd_strategies(args) -> int:
         print("\nunsupported Avalanche strategies (cannot work with a transformer text classifier):")
         for name, reason in UNSUPPORTED.items():
             print(f"  {name}: {reason}")
-    return EXIT_OK
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if problems else EXIT_OK
 
 
 def cmd_compare(args) -> int:
+    from cl_harness import results
+    from cl_harness.config.names import file_name
     from cl_harness.grid.input_checks import check_output_folder
-    from cl_harness.report.compare import load_comparison, markdown
+    from cl_harness.report.compare import markdown
     from cl_harness.report.html import write_report
-    from cl_harness.tracking.store import open_store
-    from cl_harness.tracking.store_guard import uri_source
 
     if args.out:
         check_output_folder(Path(args.out))
-    _, client = open_store(args.tracking_uri, uri_source(args.tracking_uri), create=False)
-    comparison = load_comparison(client, args.experiment, args.parent)
-    out = Path(args.out) if args.out else Path("reports") / comparison.experiment_name / comparison.parent_run_id[:8]
+    loaded = results.load(args.experiment, args.tracking_uri, args.parent)
+    comparison = loaded.data
+    out = Path(args.out) if args.out else Path("reports") / file_name(comparison.experiment_name) / comparison.parent_run_id[:8]
     check_output_folder(out, "--out" if args.out else "--out (default)")
-    print(markdown(comparison.table()))
+    print(markdown(loaded.comparison()))
     for problem in comparison.problems():
         print(f"not finished: {problem.name} ({problem.status})" + (f": {problem.error}" if problem.error else ""))
     print(f"\nreport: {write_report(comparison, out)}")
@@ -321,7 +333,9 @@ def cmd_search_report(args) -> int:
     from cl_harness.tracking.store import choose_tracking_uri
     from cl_harness.tracking.store_guard import probe_store, uri_source
 
-    check_output_folder(Path(args.out) if args.out else Path("reports") / args.experiment / "search",
+    from cl_harness.config.names import file_name
+
+    check_output_folder(Path(args.out) if args.out else Path("reports") / file_name(args.experiment) / "search",
                         "--out" if args.out else "--out (default)")
     probe_store(choose_tracking_uri(args.tracking_uri), uri_source(args.tracking_uri), writes=False)  # reads: creates no store
     return search_report(args)

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline mode, a tiny BERT built from a config, the shared benchmark data."""
+"""Shared fixtures: offline mode, a tiny BERT built from a config (cl_harness.testing), the shared benchmark data."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The token cache goes to a folder of this test session, never to the user's ~/.cache.
 os.environ["CL_HARNESS_CACHE"] = tempfile.mkdtemp(prefix="cl-harness-test-cache-")
 
-import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from cl_harness.testing import build_tiny_bert, demo_words, write_demo_stream, write_experiment  # noqa: E402, F401 (one copy, public)
+
 REPO = Path(__file__).resolve().parents[1]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def shared_data_dir() -> Path:
@@ -33,91 +33,10 @@ def benchmark_dir() -> Path:
     return path
 
 
-def build_tiny_bert(directory: Path, words: list[str], hidden: int = 32, layers: int = 2) -> Path:
-    """Save a randomly initialised BERT and its word-level tokenizer into ``directory``."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(set(words) - set(SPECIALS)))}
-    # BertTokenizerFast(vocab_file=...) maps every token to [UNK] in transformers 5; BertTokenizer(vocab=...) works.
-    tokenizer = BertTokenizer(vocab=vocab)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=256,
-    )
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def demo_words() -> list[str]:
-    from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
-
-    words: set[str] = set()
-    for split in ("train", "test"):
-        for seed in range(3):
-            for row in generate_demo_rows(DEMO_LABELS, 60, seed, split):
-                words.update(re.findall(r"\w+|[^\w\s]", row["text"].lower()))
-    return sorted(words)
-
-
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny BERT (2 layers, hidden 32) whose vocabulary covers the demo sentences."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), demo_words())
-
-
-def write_demo_stream(directory: Path, scenario: str = "class_incremental", per_class: int = 20, tasks: int = 2) -> Path:
-    """A small generated stream: ``tasks`` tasks of two demo topics each."""
-    import yaml
-
-    from cl_harness.data.demo import DEMO_LABELS
-
-    stream = {
-        "name": "tiny-demo",
-        "scenario": scenario,
-        "tasks": [
-            {
-                "name": f"t{i + 1}",
-                "source": {"type": "demo", "seed": i, "train_examples_per_class": per_class, "test_examples_per_class": 10},
-                "classes": DEMO_LABELS[:2] if scenario == "domain_incremental" else DEMO_LABELS[2 * i : 2 * i + 2],
-            }
-            for i in range(tasks)
-        ],
-    }
-    path = directory / "stream.yaml"
-    path.write_text(yaml.safe_dump(stream, sort_keys=False))
-    return path
-
-
-def write_experiment(
-    directory: Path, backbone: Path | str, strategies: list, *, name: str = "tiny", backbone_fields: dict | None = None, **training
-) -> Path:
-    """An experiment YAML over ``stream.yaml`` in the same directory, with fast tiny-model settings.
-
-    ``backbone_fields`` go beside the backbone's name (default ``pooling: mean``); ``training`` overrides the settings.
-    """
-    import yaml
-
-    settings = {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "lr": 1e-3, "max_length": 24, **training}
-    experiment = {
-        "name": name,
-        "stream": "stream.yaml",
-        "backbone": {"name": str(backbone), **(backbone_fields if backbone_fields is not None else {"pooling": "mean"})},
-        "training": settings,
-        "strategies": strategies,
-        "seeds": [0],
-        "checkpoint_dir": str(directory / "runs"),
-        "checkpoint_every_s": 0,  # a checkpoint after every task, which the resume tests kill runs between
-    }
-    path = directory / "experiment.yaml"
-    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
-    return path
 
 
 @pytest.fixture

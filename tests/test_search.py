@@ -213,7 +213,8 @@ def test_cli_search_only_then_final_runs_with_the_best_parameters_and_a_search_r
     finals = [r for r in client.search_runs([experiment_id]) if r.data.tags.get("cl_harness.role") == "child"]
     (ewc_run,) = [r for r in finals if r.data.tags["strategy"] == "ewc"]
     logged = yaml.safe_load(open(client.download_artifacts(ewc_run.info.run_id, "config.yaml", str(tmp_path))).read())
-    assert logged["run"]["strategy"]["plugins"][0]["ewc"]["ewc_lambda"] == pytest.approx(best)
+    assert logged["strategies"][0]["plugins"][0]["ewc"]["ewc_lambda"] == pytest.approx(best)
+    assert float(ewc_run.data.params["strategy.ewc.ewc_lambda"]) == pytest.approx(best)  # one param, as the UI sorts by it
     assert len(client.search_runs([experiment_id], "tags.`cl_harness.role` = 'trial'")) == 2  # no new trials
 
     assert main(["search-report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0

@@ -58,8 +58,10 @@ def test_user_plugin_by_dotted_path_is_imported_and_built():
 
 
 def test_user_plugin_that_cannot_be_imported_is_a_config_error():
-    with pytest.raises(ConfigError, match="cannot import user plugin"):
+    with pytest.raises(ConfigError, match="cannot import 'no_such_pkg.mod:Plugin': no module named 'no_such_pkg'") as info:
         REGISTRY.parse_spec({"name": "x", "plugins": ["no_such_pkg.mod:Plugin"]}, Source(), ("strategies", 0))
+    assert "looked for 'Plugin' in module 'no_such_pkg.mod'" in info.value.message
+    assert "PYTHONPATH" in info.value.hint and "pip install" in info.value.hint
 
 
 def test_strategy_info_is_frozen():

@@ -54,7 +54,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     experiment_id = get_or_create_experiment(client, "demo", default_artifact_location(uri, "demo"))
     png = plot_accuracy_matrix(TASKS, INITIAL, MATRIX, root / "plots" / schema.MATRIX_PLOT_ARTIFACT, "naive / seed 0")
     with RunLogger(client, experiment_id, "naive-seed0", tags=default_tags()) as run:
-        run.log_config(CONFIG)
+        run.log_config(CONFIG, {schema.strategy_param("ewc", "ewc_lambda"): 0.4})
         for step in range(1, 4):
             metrics = {schema.SEEN_AVG_METRIC: 0.5 + 0.1 * step, "acc/task 1 (%)": MATRIX[step - 1][0], "loss": 1.0 / step}
             run.log_step(step, metrics)
@@ -79,7 +79,7 @@ def test_params_flattened(store: Store) -> None:
     assert params["training.lr"] == "5e-05"
     assert params["training.epochs"] == "2"
     assert params["training.eval_per_class"] == "null"
-    assert json.loads(params["strategies"]) == ["naive", {"ewc": {"ewc_lambda": 0.4}}]
+    assert "strategies" not in params and params["strategy.ewc.ewc_lambda"] == "0.4"  # one param per strategy parameter
     assert params["seeds"] == "[0, 1]"
     assert params["backbone.extra"] == "{}"
     assert "training" not in params

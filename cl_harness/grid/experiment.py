@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cl_harness.grid.plan import PlannedRun
+from cl_harness.config.names import file_name
+from cl_harness.errors import ConfigError
+from cl_harness.grid.plan import PlannedRun, settings_key, share_pending_prefixes
 from cl_harness.grid.prefix import ensure_prefix, remove_spent_prefixes, train_time_saved
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
@@ -27,6 +27,7 @@ from cl_harness.tracking.schema import (
     SHARED_PREFIX_TASKS_TAG,
     TOKENISE_TIME_METRIC,
     TRAIN_TIME_SAVED_METRIC,
+    strategy_param,
 )
 from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
@@ -143,32 +144,92 @@ def run_tags(prepared: PreparedExperiment, planned: PlannedRun) -> dict[str, str
     checked = prepared.checked
     return writer.child_tags(
         planned.strategy.label, planned.seed, planned.order_index, [checked.task_names[i] for i in planned.order],
-        checked.stream_name, checked.scenario, checked.backbone.name,
+        checked.stream_name, checked.scenario, checked.backbone.name, planned.key,
     )
 
 
+def strategy_params(strategy) -> dict[str, object]:
+    """A strategy's parameters as MLflow params, ``strategy.<label>.<param>`` (built-in and users' strategies alike)."""
+    return {strategy_param(strategy.label, name): value for name, value in strategy.parameters().items()}
+
+
+GRID_MARKER = "grid.json"  # in a comparison's folder: its parent run, planned runs and shared settings
+
+
+def shared_settings(checked) -> dict:
+    """What every run of a comparison shares: the MLflow experiment, the stream, the backbone and the training settings.
+    Strategies, seeds and orders are not among them: adding some adds runs to the same comparison."""
+    resolved = checked.loaded.resolved()
+    config = checked.config
+    return {"experiment": config.tracking.experiment or config.name, **{key: resolved[key] for key in ("stream", "backbone", "training")}}
+
+
+def comparison_folder(checked) -> Path:
+    """``<checkpoint_dir>/<experiment>/<hash of the shared settings>``: the folder of a comparison, holding one folder per
+    run; the same shared settings find the same folder, whichever strategies, seeds and orders the grid lists."""
+    return Path(checked.config.checkpoint_dir) / file_name(checked.config.name) / settings_key(shared_settings(checked))
+
+
 def grid_folder(prepared: PreparedExperiment) -> Path:
-    """``<checkpoint_dir>/<experiment>/<hash of the resolved config>``: the same command finds the same folder."""
-    config = prepared.checked.resolved_config()
-    config.pop("tracking", None)
-    config.pop("prefix_sharing", None)  # the same results either way: a grid resumed with or without it is the same grid
-    config.pop("checkpoint_every_s", None)  # likewise
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    root = Path(prepared.config.checkpoint_dir)
-    return root / safe_name(prepared.config.name) / digest
-
-
-def safe_name(text: str) -> str:
-    """A single folder name: other characters become ``_``, and leading dots too (``..`` never leaves the parent)."""
-    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
-    name = re.sub(r"^\.+", lambda m: "_" * len(m.group()), name)
-    if len(name) > 120:  # file systems allow 255 bytes; a hash keeps long names distinct
-        name = name[:100] + "-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    return name or "_"
+    """The comparison folder of a prepared experiment (see ``comparison_folder``)."""
+    return comparison_folder(prepared.checked)
 
 
 def run_folder(grid: Path, planned: PlannedRun) -> Path:
-    return grid / safe_name(planned.name.replace("/", "-"))
+    """``<run name>-<run key>``: a run's folder, found again by its own settings (``PlannedRun.key``)."""
+    return grid / f"{file_name(planned.name.replace('/', '-'))}-{planned.key}"
+
+
+def read_marker(grid: Path) -> dict:
+    """A comparison folder's ``grid.json`` (empty when there is none); a damaged one is a ConfigError naming it and --restart."""
+    marker = grid / GRID_MARKER
+    return read_run_file(marker) if marker.is_file() else {}
+
+
+@dataclass
+class GridStatus:
+    """A comparison before it runs: its folder, its planned runs already finished there, and whether it is a new one."""
+
+    folder: Path
+    done: set[str]  # names of the planned runs finished in their folders
+    note: str | None  # set when the shared settings differ from the experiment's earlier comparison
+
+
+def finished_in(folder: Path) -> bool:
+    """Whether a run folder holds a finished run."""
+    try:
+        state = load_state(folder)
+    except ConfigError:  # a damaged state file: the run is not done
+        return False
+    return state is not None and state.status == FINISHED
+
+
+def grid_status(checked) -> GridStatus:
+    """Which planned runs are done, and a note when this comparison is new although the experiment had another."""
+    folder = comparison_folder(checked)
+    done = {planned.name for planned in checked.runs if finished_in(run_folder(folder, planned))}
+    return GridStatus(folder, done, None if (folder / GRID_MARKER).is_file() else new_comparison_note(folder, shared_settings(checked)))
+
+
+def new_comparison_note(folder: Path, shared: dict) -> str | None:
+    """What changed since the experiment's most recent other comparison (None when it has none)."""
+    def settings_of(other: Path) -> dict | None:  # another comparison's; a damaged marker there is not this one's problem
+        try:
+            return read_marker(other).get("settings")
+        except ConfigError:
+            return None
+
+    earlier = sorted((marker.stat().st_mtime, marker.parent) for marker in folder.parent.glob(f"*/{GRID_MARKER}")
+                     if marker.parent != folder and settings_of(marker.parent))
+    if not earlier:
+        return None
+    before = writer.flatten_params(settings_of(earlier[-1][1]))
+    now = writer.flatten_params(shared)
+    changed = [f"{key}: {before.get(key, '(unset)')} -> {now.get(key, '(unset)')}" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]
+    what = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return (f"this is a new comparison: shared settings changed since the one in {earlier[-1][1]} ({what}). "
+            "Every run trains from scratch under a new parent run; the earlier comparison stays as it was")
 
 
 def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path, wait: bool = True) -> RunResult:
@@ -192,9 +253,11 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
     logger = writer.reopen_run(client, state.run_id) if state else None
     if logger is None:
         config = prepared.checked.resolved_config()
-        config["run"] = {"strategy": planned.strategy.as_dict(), "seed": planned.seed, "order": [prepared.task_names[i] for i in planned.order]}
+        config["strategies"] = [entry for entry in config["strategies"] if entry["name"] == planned.strategy.label]  # its own
+        config["run"] = {"strategy": planned.strategy.label, "seed": planned.seed, "order": [prepared.task_names[i] for i in planned.order]}
         config["training"] = {**config["training"], **dict(planned.training)}  # the values this run trains with
-        logger = writer.open_child(client, experiment_id, planned.name, {**tags, **run_tags(prepared, planned)}, parent_id, config)
+        logger = writer.open_child(client, experiment_id, planned.name, {**tags, **run_tags(prepared, planned)}, parent_id, config,
+                                   strategy_params(planned.strategy))
         state = state or RunState()
         state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
         save_state(folder, state)
@@ -241,6 +304,8 @@ def run_experiment(
     with grid_lock(grid):
         if restart and grid.exists():  # keep the old folder, out of the way
             grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
+        done = {p.name for p in prepared.runs if finished_in(run_folder(grid, p))}
+        prepared = prepared.with_runs(share_pending_prefixes(prepared.runs, done))
         parent = open_parent(client, experiment_id, prepared, grid, tags)
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:  # from here on, a failure ends the parent run FAILED (KILLED on Ctrl-C), never leaves it RUNNING
@@ -264,19 +329,17 @@ def run_experiment(
 
 
 def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: Path, tags: dict) -> RunLogger:
-    """The grid's parent run: reopened when this folder's grid was started before in this store, else new."""
+    """The comparison's parent run: reopened when this folder's comparison was started before in this store, else new.
+    Either way it records this invocation's config and planned runs: its comparison holds them, old and new."""
     checked = prepared.checked
-    marker = grid / "grid.json"
-    if marker.is_file():
-        parent = writer.reopen_run(client, read_run_file(marker).get("parent_run_id"), experiment_id)
-        if parent is not None:
-            return parent
+    shared = shared_settings(checked)
+    parent = writer.reopen_run(client, read_marker(grid).get("parent_run_id"), experiment_id)
+    if parent is None:
+        parent = writer.open_parent(client, experiment_id, checked.name,
+                                    {**tags, **writer.parent_tags(checked.stream_name, checked.scenario)}, shared)
     names = [p.name for p in checked.runs]
-    parent = writer.open_parent(
-        client, experiment_id, checked.name, {**tags, **writer.parent_tags(checked.stream_name, checked.scenario)},
-        checked.resolved_config(), names,
-    )
-    write_run_file(marker, {"parent_run_id": parent.run_id, "runs": names})
+    writer.log_plan(parent, checked.resolved_config(), names, [p.key for p in checked.runs])
+    write_run_file(grid / GRID_MARKER, json.loads(json.dumps({"parent_run_id": parent.run_id, "runs": names, "settings": shared}, default=str)))
     return parent
 
 

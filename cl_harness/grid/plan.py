@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
 import random
 from collections import defaultdict
@@ -50,6 +52,18 @@ class PlannedRun:
     @property
     def name(self) -> str:
         return run_name(self.strategy.label, self.seed, self.order_index)
+
+    @property
+    def key(self) -> str:
+        """The run's identity within its comparison: a hash of its own settings (strategy, its training values, seed,
+        task order), so that the same run is found again whatever else the grid holds."""
+        return settings_key({"strategy": self.strategy.as_dict(), "training": dict(self.training), "seed": self.seed,
+                             "order": list(self.order)})
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """A short hash of plain settings (the same settings give the same key, in any key order)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def resolve_orders(config: ExperimentConfig, task_names: list[str], source: Source) -> list[tuple[int, ...]]:
@@ -107,6 +121,16 @@ def share_prefixes(runs: list[PlannedRun]) -> list[PlannedRun]:
             unit = PrefixUnit(seed, order_index, group[0].order, tuple(p.name for p in group), training)
             linked.update({p.name: dataclasses.replace(p, prefix=unit) for p in group})
     return [linked.get(p.name, p) for p in runs]
+
+
+def share_pending_prefixes(runs: list[PlannedRun], done: set[str]) -> list[PlannedRun]:
+    """The runs with their prefixes shared among the runs not done yet only: a finished run forks nothing, so a run added
+    to a finished grid trains task 1 itself rather than a prefix for itself alone."""
+    if not any(p.prefix for p in runs):
+        return runs
+    bare = [dataclasses.replace(p, prefix=None) for p in runs]
+    linked = {p.name: p for p in share_prefixes([p for p in bare if p.name not in done])}
+    return [linked.get(p.name, p) for p in bare]
 
 
 def prefix_units(runs: list[PlannedRun]) -> list[PrefixUnit]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError
 from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import PREFIX_LABEL, PlannedRun, PrefixUnit, prefix_units
@@ -24,7 +25,7 @@ PREFIXES_FOLDER = "prefixes"
 
 
 def prefix_folder(grid: Path, unit: PrefixUnit) -> Path:
-    return grid / PREFIXES_FOLDER / unit.name.replace("/", "-")
+    return grid / PREFIXES_FOLDER / file_name(unit.name.replace("/", "-"))
 
 
 def _finished(folder: Path) -> bool:
@@ -62,7 +63,8 @@ def ensure_prefix(prepared: PreparedExperiment, unit: PrefixUnit, grid: Path, sh
 
 def train_time_saved(runs: list[PlannedRun], results: list[RunResult], grid: Path) -> float | None:
     """Training seconds the grid's prefixes saved: task 1 not trained by the forked runs, less each prefix's own training."""
-    forked = [(p.prefix, r.metrics[TRAIN_TIME_SAVED_METRIC]) for p, r in zip(runs, results) if TRAIN_TIME_SAVED_METRIC in r.metrics]
+    forked = [(p.prefix, r.metrics[TRAIN_TIME_SAVED_METRIC]) for p, r in zip(runs, results)
+              if p.prefix is not None and TRAIN_TIME_SAVED_METRIC in r.metrics]  # forked in this invocation
     if not forked:
         return None
     spent = 0.0

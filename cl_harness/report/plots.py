@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cl_harness.config.names import file_name
 from cl_harness.report.compare import Comparison, MeanMatrix
 from cl_harness.report.glance import count
 from cl_harness.tracking import schema
@@ -21,7 +21,6 @@ MAX_LABEL_CHARS = 24
 
 DPI = 120
 MAX_COLUMNS = 3
-_BAD_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 @dataclass
@@ -173,7 +172,7 @@ def save_png(fig: Figure, path: str | Path) -> Path:
 
 def _file_stem(name: str, taken: set[str]) -> str:
     """A file-system-safe, not yet used file stem for a strategy label."""
-    base = _BAD_FILE_CHARS.sub("_", name).strip("._") or "strategy"
+    base = file_name(name)
     stem, k = base, 2
     while stem in taken:
         stem, k = f"{base}_{k}", k + 1

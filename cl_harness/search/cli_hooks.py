@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from cl_harness.config.names import file_name
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
 from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params, search_folder
@@ -67,7 +68,7 @@ def search_report(args) -> int:
 
     _, client = open_store(args.tracking_uri)
     search = read_search(client, args.experiment)
-    out = Path(args.out) if args.out else Path("reports") / search.experiment_name / "search"
+    out = Path(args.out) if args.out else Path("reports") / file_name(search.experiment_name) / "search"
     out.mkdir(parents=True, exist_ok=True)
     print(f"search run {search.parent_run_id} of {search.experiment_name!r}: {len(search.trials)} trial runs")
     for label, runs in sorted(search.by_strategy().items()):
@@ -85,7 +86,7 @@ def search_report(args) -> int:
                 except (RuntimeError, ValueError) as exc:
                     print(f"  importances: not computable ({exc})")
             if finished:
-                plot = out / f"optimization_history_{label}.png"
+                plot = out / f"optimization_history_{file_name(label)}.png"
                 _history_plot(study, plot)
                 writer.log_search_plot(client, search.parent_run_id, plot)
     print(f"\nplots: {out}")

@@ -130,7 +130,7 @@ def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_
         known = _plugin_params(labels[label])
         spaces[label] = {}
         for name, space in params.items():
-            check_parameter(str(name), known, label, source, where + (name,))
+            check_parameter(str(name), known, label, source, where + (name,), tuple(p.name for p in labels[label].plugins if p.info is None))
             spaces[label][str(name)] = parse(ParamSpace, space, source, where + (name,))
         for name, space in spaces[label].items():
             check_space_values(name, space, labels[label], spaces[label], source, where + (name,))
@@ -196,8 +196,9 @@ def check_space_values(name: str, space: ParamSpace, spec: StrategySpec, searche
             raise source.error(at, f"{exc.message} (with the strategy's other settings)", hint=exc.hint) from None
 
 
-def check_parameter(name: str, known: dict, label: str, source: Source, path: KeyPath) -> None:
-    """Refuse a parameter that is not a searchable training field nor one the strategy takes."""
+def check_parameter(name: str, known: dict, label: str, source: Source, path: KeyPath, untyped: tuple[str, ...] = ()) -> None:
+    """Refuse a parameter that is not a searchable training field nor one the strategy takes (``untyped``: its plain
+    Avalanche plugins, whose parameters have no types or bounds to search within)."""
     if name.startswith("training."):
         key = name.removeprefix("training.")
         if key in SEARCHABLE_TRAINING:
@@ -209,5 +210,8 @@ def check_parameter(name: str, known: dict, label: str, source: Source, path: Ke
                            hint=did_you_mean(key, SEARCHABLE_TRAINING))
     if name not in known:
         takes = ", ".join(sorted(known)) or "no parameters"
-        raise source.error(path, f"strategy {label!r} does not take {name!r}; it takes: {takes}, or training.<param>",
-                           hint=did_you_mean(name, list(known) + [f"training.{k}" for k in SEARCHABLE_TRAINING]))
+        hint = did_you_mean(name, list(known) + [f"training.{k}" for k in SEARCHABLE_TRAINING])
+        if untyped and not hint:
+            hint = (f"{untyped[0]} is a plain Avalanche plugin: its parameters have no types or bounds to search; "
+                    "define it as a StrategyInfo (docs/extending.md) to search them")
+        raise source.error(path, f"strategy {label!r} does not take {name!r}; it takes: {takes}, or training.<param>", hint=hint)

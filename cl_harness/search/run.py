@@ -21,15 +21,15 @@ from typing import Any
 
 import optuna
 
+from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError, short_repr
-from cl_harness.grid.experiment import safe_name
 from cl_harness.grid.plan import PlannedRun, PrefixUnit
 from cl_harness.grid.prefix import PREFIXES_FOLDER, ensure_prefix
 from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import RESTART_HINT, read_run_file, remove_checkpoints, write_run_file
 from cl_harness.runner.run import train_and_evaluate
 from cl_harness.search.config import ParamSpace, SearchPlan, _plugin_params
-from cl_harness.strategies.registry import PluginSpec, StrategySpec
+from cl_harness.strategies.registry import StrategySpec
 from cl_harness.tracking import schema
 
 STUDY_DB = "search.db"  # the Optuna studies (SQLite), in the search folder
@@ -55,7 +55,7 @@ def apply_params(spec: StrategySpec, params: dict[str, Any]) -> tuple[StrategySp
             continue
         index, field_name = known[name]
         plugin = plugins[index]
-        plugins[index] = PluginSpec(plugin.name, dataclasses.replace(plugin.config, **{field_name: value}), plugin.info)
+        plugins[index] = dataclasses.replace(plugin, config=dataclasses.replace(plugin.config, **{field_name: value}))
     return StrategySpec(spec.label, plugins), training
 
 
@@ -129,7 +129,7 @@ def search_folder(prepared: PreparedExperiment) -> Path:
     config.pop("checkpoint_every_s", None)  # trials keep no checkpoints
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     root = Path(prepared.config.checkpoint_dir)
-    return root / safe_name(prepared.config.name) / f"search-{digest}"
+    return root / file_name(prepared.config.name) / f"search-{digest}"
 
 
 TrainFn = Callable[..., Any]  # train_and_evaluate's signature: (RunPlan, logger, show_progress=...)

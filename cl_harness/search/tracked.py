@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cl_harness.grid.experiment import strategy_params
 from cl_harness.grid.locks import run_lock
 from cl_harness.grid.plan import plan_runs
 from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
@@ -32,7 +33,8 @@ def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExp
             return reopened
     checked = prepared.checked
     parent = writer.open_search_parent(client, experiment_id, checked.stream_name, checked.scenario,
-                                       (folder / STUDY_DB).resolve(), checked.resolved_config())
+                                       (folder / STUDY_DB).resolve(), checked.resolved_config(),
+                                       {k: v for spec in checked.strategies for k, v in strategy_params(spec).items()})
     folder.mkdir(parents=True, exist_ok=True)
     write_run_file(marker, {"parent_run_id": parent.run_id})
     return parent

@@ -7,25 +7,32 @@ plugins. A spec in YAML is one of::
     naive                                   # a registered name with its defaults
     {ewc: {ewc_lambda: 100}}                # one plugin with parameters
     {name: replay+ewc, plugins: [{replay: {mem_size: 200}}, {ewc: {ewc_lambda: 1000}}]}
-    {name: mine, plugins: [{"my_pkg.my_module:MyPlugin": {alpha: 1}}]}   # a user's own plugin
+    {my_pkg.my_module:MY_STRATEGY: {lam: 0.5}}                        # a user's own StrategyInfo, by import path
+    {name: mine, plugins: [{"my_pkg.my_module:MyPlugin": {alpha: 1}}]}   # a user's own Avalanche plugin class
+
+Strategies of installed packages (entry-point group ``cl_harness.strategies``) are listed by name like the
+built-in ones and imported only when listed or used.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cl_harness.config.experiment import BACKBONE_KINDS
+from cl_harness.config.names import file_name, first_collision
 from cl_harness.config.schema import did_you_mean, parse, to_dict
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import clip, short_repr
-from cl_harness.strategies.user_plugins import EXIT_HINT, check_user_plugin, process_exit
+from cl_harness.errors import ConfigError, clip, short_repr
+from cl_harness.strategies.user_plugins import ENTRY_POINT_GROUP, check_user_plugin, entry_point_origin, import_object
 
 ALL_SCENARIOS = ("class_incremental", "task_incremental", "domain_incremental")
 TRAIN_DATA_MODES = ("current", "cumulative", "joint", "none")
 ENCODER_ONLY = ("encoder",)
 GENERATIVE_ONLY = ("causal_lm", "seq2seq")
+STRATEGY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # a strategy's name: a label, a folder name and a search prefix
 
 
 @dataclass
@@ -42,7 +49,12 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class StrategyInfo:
-    """A registered strategy: its name, config class, builder and provenance."""
+    """A strategy: its name, typed config, builder and what it supports (public API: built-in and users' strategies alike).
+
+    ``config_cls`` is a dataclass whose field defaults are the strategy's defaults; field metadata gives ``help`` and the
+    bounds ``ge``/``gt``/``le``/``lt``; an optional ``check(source, path)`` method refuses bad combinations.
+    ``build(config, context)`` returns the run's Avalanche plugins.
+    """
 
     name: str
     config_cls: type
@@ -75,7 +87,8 @@ class PluginSpec:
 
     name: str
     config: Any
-    info: StrategyInfo | None = None  # None for a user's dotted-path plugin
+    info: StrategyInfo | None = None  # None for a user's Avalanche plugin class named by import path
+    path: str | None = None  # the import path a user named it by (``pkg.module:NAME``), kept in the resolved config
 
     def prepare_model(self, model, context: BuildContext) -> None:
         """Let the strategy reshape the model (fresh and resumed runs alike)."""
@@ -84,11 +97,11 @@ class PluginSpec:
 
     def build(self, context: BuildContext) -> list:
         if self.info is None:
-            return [load_user_plugin(self.name)(**self.config)]
+            return [import_object(self.name)(**self.config)]
         return self.info.build(self.config, context)
 
     def as_dict(self) -> dict:
-        return {self.name: to_dict(self.config)}
+        return {self.path or self.name: to_dict(self.config)}
 
 
 @dataclass
@@ -126,43 +139,110 @@ class StrategySpec:
         modes = {p.info.train_data for p in self.plugins if p.info is not None} - {"current"}
         return modes.pop() if modes else "current"
 
+    def parameters(self) -> dict[str, Any]:
+        """Every plugin parameter by the name a search uses: ``<param>``, or ``<plugin>.<param>`` with several plugins."""
+        several = len(self.plugins) > 1
+        out = {}
+        for plugin in self.plugins:
+            values = to_dict(plugin.config) if plugin.info is not None else dict(plugin.config)
+            out.update({f"{plugin.name}.{name}" if several else name: value for name, value in values.items()})
+        return out
+
     def as_dict(self) -> dict:
         return {"name": self.label, "plugins": [p.as_dict() for p in self.plugins]}
 
 
-def load_user_plugin(path: str) -> Callable:
-    """Import ``package.module:Name``; only called for names the user wrote."""
-    module_name, _, attr = path.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr)
+def info_problem(info: Any) -> str | None:
+    """What makes ``info`` unusable as a StrategyInfo (a user's may be anything), or None."""
+    if not isinstance(info, StrategyInfo):
+        return f"it is a {type(info).__name__}, not a cl_harness.strategies.StrategyInfo"
+    if not isinstance(info.name, str) or not STRATEGY_NAME.fullmatch(info.name):
+        return f"its name {short_repr(info.name)} is not a name: a letter, then letters, digits, _ or - (at most 64)"
+    if not (isinstance(info.config_cls, type) and dataclasses.is_dataclass(info.config_cls)):
+        return "its config_cls is not a dataclass"
+    if not callable(info.build):
+        return "its build is not callable"
+    if not info.backbone_kinds or set(info.backbone_kinds) - set(BACKBONE_KINDS):
+        return f"backbone_kinds must be a non-empty subset of {BACKBONE_KINDS}"
+    if info.train_data not in TRAIN_DATA_MODES:
+        return f"train_data must be one of {', '.join(TRAIN_DATA_MODES)}"
+    unknown = set(info.scenarios) - set(ALL_SCENARIOS)
+    if unknown:
+        return f"unknown scenarios {sorted(unknown)}; known: {', '.join(ALL_SCENARIOS)}"
+    return None
 
 
 class StrategyRegistry:
-    """Strategies by unique name."""
+    """Strategies by unique name: the built-in ones, and those of installed packages, imported when first used."""
 
     def __init__(self) -> None:
         self._entries: dict[str, StrategyInfo] = {}
+        self._origins: dict[str, str] = {}  # name -> the package an installed strategy comes from
+        self._installed: dict[str, list] = {}  # name -> entry points not imported yet
 
-    def register(self, info: StrategyInfo) -> None:
+    def register(self, info: StrategyInfo, origin: str | None = None) -> None:
+        problem = info_problem(info)
+        if problem:
+            raise ValueError(f"strategy {getattr(info, 'name', info)!r}: {problem}")
         if info.name in self._entries:
             raise ValueError(f"strategy {info.name!r} is registered twice")
-        if info.train_data not in TRAIN_DATA_MODES:
-            raise ValueError(f"strategy {info.name!r}: train_data must be one of {TRAIN_DATA_MODES}")
-        if not info.backbone_kinds or set(info.backbone_kinds) - set(BACKBONE_KINDS):
-            raise ValueError(f"strategy {info.name!r}: backbone_kinds must be a non-empty subset of {BACKBONE_KINDS}")
         self._entries[info.name] = info
+        if origin:
+            self._origins[info.name] = origin
+
+    def add_installed(self, entry_points) -> None:
+        """Entry points of the ``cl_harness.strategies`` group, imported only when listed or used."""
+        for entry_point in entry_points:
+            self._installed.setdefault(entry_point.name, []).append(entry_point)
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return list(dict.fromkeys([*self._entries, *self._installed]))
+
+    def origin(self, name: str) -> str | None:
+        """The package an installed strategy comes from; None for a built-in one."""
+        return self._origins.get(name)
 
     def get(self, name: str) -> StrategyInfo:
+        """The strategy called ``name``, an installed one imported now (ConfigError when it cannot be, or is ambiguous)."""
+        if name in self._installed:
+            self._load_installed(name)
         return self._entries[name]
 
+    def _load_installed(self, name: str) -> None:
+        points = self._installed[name]
+        origins = [entry_point_origin(p) for p in points]
+        where = f"group {ENTRY_POINT_GROUP}"
+        if name in self._entries or len(points) > 1:
+            claims = (["cl-harness (built in)"] if name in self._entries else []) + origins
+            raise ConfigError(f"strategy name {name!r} is claimed twice: by {' and by '.join(claims)} (entry points of {where})",
+                              hint="uninstall one of the packages, or rename the strategy (entry-point name and StrategyInfo.name)")
+        (point,) = points
+        try:
+            info = import_object(point.value)
+        except ConfigError as exc:
+            raise ConfigError(f"installed strategy {name!r} ({origins[0]}) cannot be loaded: {exc.message}", hint=exc.hint) from None
+        problem = info_problem(info) or (None if info.name == name else f"its StrategyInfo.name is {info.name!r}")
+        if problem:
+            raise ConfigError(f"installed strategy {name!r} ({origins[0]}, {point.value}): {problem}",
+                              hint=f"its entry point in {where} must name a StrategyInfo whose name is the entry point's name")
+        del self._installed[name]
+        self.register(info, origins[0])
+
+    def load_installed(self) -> list[str]:
+        """Import every installed strategy not imported yet; the messages of those that cannot be."""
+        problems = []
+        for name in list(self._installed):
+            try:
+                self._load_installed(name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
+
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._installed
 
     def __iter__(self):
-        return iter(self._entries.values())
+        return iter(list(self._entries.values()))
 
     # -- parsing specs -------------------------------------------------------------------------
     def parse_plugin(self, entry: Any, source: Source, path: KeyPath) -> PluginSpec:
@@ -174,29 +254,37 @@ class StrategyRegistry:
         else:
             raise source.error(path, f"a plugin is a name or a one-key mapping {{name: {{params}}}}; got {short_repr(entry)}")
         if ":" in str(name):
-            if not isinstance(params, dict):
-                raise source.error(path + (name,), "a user plugin takes a mapping of keyword arguments")
-            try:
-                plugin = load_user_plugin(name)
-            except (ImportError, AttributeError) as exc:
-                raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {clip(exc, 200)}") from None
-            except Exception as exc:  # noqa: BLE001 - the user's module may raise anything on import
-                raise source.error(path, f"cannot import user plugin {clip(name, 120)!r}: {type(exc).__name__}: {clip(exc, 200)}") from None
-            except BaseException as exc:  # sys.exit() on import, or another exit that is not Ctrl-C
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                raise source.error(path, f"user plugin module {clip(name.partition(':')[0], 120)!r} ended the process on import: "
-                                         f"{process_exit(exc)}", hint=EXIT_HINT) from None
-            check_user_plugin(plugin, name, dict(params), source, path)
-            return PluginSpec(name, dict(params))
-        if name not in self._entries:
+            return self._parse_imported(str(name), params, source, path)
+        if name not in self:
             raise source.error(
                 path,
                 f"unknown strategy {name!r}; registered: {', '.join(self.names())}",
                 hint=did_you_mean(name, self.names()) or "run `cl-harness strategies` to list them",
             )
-        info = self._entries[name]
+        try:
+            info = self.get(name)
+        except ConfigError as exc:
+            raise source.error(path, exc.message, hint=exc.hint) from None
         return PluginSpec(name, parse(info.config_cls, params, source, path + (name,)), info)
+
+    def _parse_imported(self, reference: str, params: Any, source: Source, path: KeyPath) -> PluginSpec:
+        """A user's StrategyInfo (typed like a built-in) or Avalanche plugin class, named by ``package.module:NAME``."""
+        try:
+            found = import_object(reference)
+        except ConfigError as exc:
+            raise source.error(path, exc.message, hint=exc.hint) from None
+        if isinstance(found, StrategyInfo):
+            problem = info_problem(found)
+            if problem:
+                raise source.error(path, f"{clip(reference, 120)!r}: {problem}")
+            if found.name in self and not (found.name in self._entries and self._entries[found.name] is found):
+                raise source.error(path, f"{clip(reference, 120)!r} is called {found.name!r}, as a registered strategy is",
+                                   hint="give your StrategyInfo another name, or list the registered one by its name")
+            return PluginSpec(found.name, parse(found.config_cls, params, source, path + (reference,)), found, reference)
+        if not isinstance(params, dict):
+            raise source.error(path + (reference,), "a user plugin takes a mapping of keyword arguments")
+        check_user_plugin(found, reference, dict(params), source, path)
+        return PluginSpec(reference, dict(params))
 
     def parse_spec(self, entry: Any, source: Source, path: KeyPath) -> StrategySpec:
         """One entry of an experiment's ``strategies`` list."""
@@ -259,4 +347,9 @@ class StrategyRegistry:
             if spec.label in [s.label for s in specs]:
                 raise source.error(path + (index,), f"duplicate strategy label {spec.label!r}; give each a distinct `name`")
             specs.append(spec)
+        collision = first_collision([s.label for s in specs])
+        if collision:
+            first, second = (specs[i].label for i in collision)
+            raise source.error(path + (collision[1],), f"strategy labels {first!r} and {second!r} both become the file name "
+                               f"{file_name(second)!r} (run folders, plots)", hint="give each strategy a `name` that differs in letters or digits")
         return specs

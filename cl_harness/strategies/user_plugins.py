@@ -1,13 +1,16 @@
-"""Checks on a user's ``package.module:Name`` plugin at validation time, so that it cannot fail after task 1."""
+"""A user's own strategies: imported by ``package.module:NAME`` or from an installed package's entry point, and checked
+at validation time so that they cannot fail after task 1."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pickle
 from typing import Any
 
+from cl_harness.config.schema import did_you_mean
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import clip, short_repr
+from cl_harness.errors import ConfigError, clip, short_repr
 
 EXIT_HINT = "a plugin reports a problem by raising an exception; it must not end the process (sys.exit, os._exit)"
 
@@ -24,6 +27,52 @@ def process_exit(exc: BaseException) -> str:
     return f"{what} in module {clip(str(frame.f_globals.get('__name__')), 80)!r} ({clip(frame.f_code.co_filename, 160)}:{traceback.tb_lineno})"
 
 
+ENTRY_POINT_GROUP = "cl_harness.strategies"  # installed packages register their StrategyInfo objects here
+IMPORTABLE_HINT = ("install the package that holds it (pip install -e path/to/your/package) or add the folder that holds "
+                   "the module to PYTHONPATH, then check with `python -c 'import {module}'`")
+
+
+def import_object(reference: str) -> Any:
+    """The object ``package.module:NAME`` names; a ConfigError that says what was looked for and how to make it importable."""
+    module_name, _, attr = str(reference).partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise ConfigError(f"{clip(reference, 120)!r} is not an import path", hint="write it as package.module:NAME")
+    looked_for = f"looked for {clip(attr, 60)!r} in module {clip(module_name, 80)!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"cannot import {clip(reference, 120)!r}: no module named {clip(exc.name, 80)!r} ({looked_for})",
+                              hint=IMPORTABLE_HINT.format(module=clip(module_name, 80))) from None
+        raise ConfigError(f"module {clip(module_name, 80)!r} was found, but it imports {clip(exc.name, 80)!r}, which is not "
+                          f"installed ({looked_for})", hint=f"install {clip(exc.name, 80)!r} in this environment") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module may raise anything on import, or exit
+        raise ConfigError(f"importing module {clip(module_name, 80)!r} failed ({looked_for}): {type(exc).__name__}: "
+                          f"{clip(exc, 200)}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        names = [name for name in dir(module) if not name.startswith("_")]
+        where = getattr(module, "__file__", None) or module_name
+        raise ConfigError(f"module {clip(module_name, 80)!r} ({clip(where, 120)}) has no {clip(attr, 60)!r}",
+                          hint=did_you_mean(attr, names) or f"it defines: {clip(', '.join(names), 200)}") from None
+
+
+def entry_point_origin(entry_point: Any) -> str:
+    """Where an installed strategy comes from: ``package <dist> <version>``, or its import path when no distribution is known."""
+    dist = getattr(entry_point, "dist", None)
+    if dist is not None:
+        return f"package {dist.name} {dist.version}"
+    return f"entry point {entry_point.value}"
+
+
+def installed_entry_points() -> list:
+    """The entry points of the ``cl_harness.strategies`` group of every installed distribution (none is imported here)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def check_user_plugin(plugin: Any, name: str, params: dict, source: Source, path: KeyPath) -> None:
     """``plugin`` must be an Avalanche plugin class that takes ``params``, and its instances must pickle.
 
@@ -36,8 +85,8 @@ def check_user_plugin(plugin: Any, name: str, params: dict, source: Source, path
         kind = "a class" if inspect.isclass(plugin) else type(plugin).__name__
         raise source.error(
             path,
-            f"user plugin {clip(name, 120)!r} names {kind} that is not an Avalanche plugin",
-            hint="name a subclass of avalanche.core.SupervisedPlugin, as package.module:ClassName",
+            f"{clip(name, 120)!r} names {kind} that is neither a cl_harness StrategyInfo nor an Avalanche plugin",
+            hint="name a StrategyInfo (docs/extending.md) or a subclass of avalanche.core.SupervisedPlugin, as package.module:NAME",
         )
     try:
         inspect.signature(plugin).bind(**params)

@@ -1,15 +1,18 @@
 """Reading a grid back from the store: one parent run and its children, as plain data.
 
 A grid is one **parent run** (tag ``cl_harness.role=parent``) and its **child runs** (tag
-``mlflow.parentRunId``), one child per (strategy, seed, task order). Planned runs that never
-started (named in the parent's ``planned_runs.json``) come back as MISSING children.
+``mlflow.parentRunId``), one child per (strategy, seed, task order). The parent's ``planned_runs.json``
+names the runs its latest invocation planned, with their keys: children of other keys (a strategy
+since removed or changed) are left out, and planned runs that never started come back as MISSING.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from cl_harness.tracking.schema import (
     ROLE_TAG,
     int_tag,
     parse_matrix,
+    parse_planned_keys,
     parse_planned_runs,
     parse_run_name,
 )
@@ -56,6 +60,9 @@ class ChildRun:
     note: str | None = None
     inert: str | None = None  # why the strategy's own loss terms did nothing in this run (runner/hooks.py)
     strength_hint: str | None = None  # what to raise when they do nothing
+    params: dict[str, str] = field(default_factory=dict)
+    key: str | None = None  # its identity in the comparison (RUN_KEY_TAG); None for runs logged before keys existed
+    start_time_ms: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -200,6 +207,9 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
         error=tags.get(schema.ERROR_TAG),
         inert=tags.get(schema.INERT_TAG),
         strength_hint=tags.get(schema.STRENGTH_HINT_TAG),
+        params=dict(run.data.params),
+        key=tags.get(schema.RUN_KEY_TAG),
+        start_time_ms=run.info.start_time,
     )
     if child.finished:
         try:
@@ -209,15 +219,30 @@ def read_child(client: MlflowClient, run: Run, scratch: Path) -> ChildRun:
     return child
 
 
-def _planned_names(client: MlflowClient, parent_run_id: str, scratch: Path) -> list[str]:
-    """The run names the parent planned (its ``planned_runs.json``); empty for parents logged before it existed."""
+def _planned(client: MlflowClient, parent_run_id: str, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """The run names the parent planned and their keys (key -> name; its ``planned_runs.json``); empty for parents
+    logged before it existed, keys empty for parents logged before run keys."""
     target = scratch / parent_run_id
     target.mkdir(parents=True, exist_ok=True)
     try:
         local = client.download_artifacts(parent_run_id, PLANNED_RUNS_ARTIFACT, str(target))
-        return parse_planned_runs(json.loads(Path(local).read_text(encoding="utf-8")))
-    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError):
-        return []
+        data = json.loads(Path(local).read_text(encoding="utf-8"))
+        return parse_planned_runs(data), parse_planned_keys(data)
+    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return [], {}
+
+
+def planned_children(children: list[ChildRun], keys: dict[str, str]) -> list[ChildRun]:
+    """The children whose key the parent planned last, one per key (a finished one first, then the newest); all of them
+    when the parent records no keys."""
+    if not keys:
+        return children
+    chosen: dict[str, ChildRun] = {}
+    for child in children:
+        best = chosen.get(child.key or "")
+        if child.key in keys and (best is None or (child.finished, child.start_time_ms or 0) > (best.finished, best.start_time_ms or 0)):
+            chosen[child.key] = child
+    return list(chosen.values())
 
 
 def missing_run(name: str) -> ChildRun:
@@ -234,15 +259,33 @@ def _run_sort_key(run: ChildRun) -> tuple:
     return (run.strategy, run.seed if run.seed is not None else -1, run.order if run.order is not None else -1, run.name)
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow's download progress bars off while a grid is read (from a notebook too), as the CLI has them."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def read_grid(client: MlflowClient, experiment_name: str, parent_run_id: str | None = None) -> StoredGrid:
     """Read a parent run (default: the experiment's most recent one) and all its children back from the store."""
     experiment = find_experiment(client, experiment_name)
     parent = find_parent(client, experiment, parent_run_id)
     children = find_children(client, experiment.experiment_id, parent.info.run_id)
-    with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch:
-        runs = [read_child(client, run, Path(scratch)) for run in children]
-        logged = {r.name for r in runs}
-        runs += [missing_run(name) for name in _planned_names(client, parent.info.run_id, Path(scratch)) if name not in logged]
+    with tempfile.TemporaryDirectory(prefix="cl-harness-compare-") as scratch, _no_progress_bars():
+        names, keys = _planned(client, parent.info.run_id, Path(scratch))
+        if keys:  # only the planned children's matrices are read
+            children = [run for run in children if run.data.tags.get(schema.RUN_KEY_TAG) in keys]
+        runs = planned_children([read_child(client, run, Path(scratch)) for run in children], keys)
+        logged = {r.key for r in runs} if keys else {r.name for r in runs}
+        runs += [missing_run(keys.get(planned, planned)) for planned in (keys or names) if planned not in logged]
         runs.sort(key=_run_sort_key)
     return StoredGrid(
         experiment_name=experiment.name,

@@ -35,6 +35,7 @@ STREAM_TAG = "stream"  # child: the stream's name
 SCENARIO_TAG = "scenario"  # child: class_incremental, task_incremental or domain_incremental
 BACKBONE_TAG = "backbone"  # child: the backbone's name
 ERROR_TAG = "error"  # a FAILED run: what went wrong
+RUN_KEY_TAG = "cl_harness.run_key"  # on a child: its identity in its comparison, a hash of its own settings (grid/plan.py)
 ERROR_TAG_CHARS = 4000  # an error tag keeps this many characters of the error
 VERSIONS_TAG_PREFIX = "versions."  # versions.<package>: the installed versions of the packages a run used
 # the commit of the harness's checkout, whether it had uncommitted changes, and the commit again where MLflow shows it
@@ -309,14 +310,27 @@ def probe_features_key(step: int, task: str, split: str, part: str) -> str:
     return f"step{step}/{task}/{split}_{part}"
 
 
-def planned_runs_dict(names: Sequence[str]) -> dict[str, list[str]]:
-    """The parent's ``planned_runs.json`` payload: every child run name the grid planned."""
-    return {"runs": [str(name) for name in names]}
+def planned_runs_dict(names: Sequence[str], keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The parent's ``planned_runs.json`` payload: every child run name the grid's latest invocation planned, and each
+    run's key (``RUN_KEY_TAG``), which picks the parent's children that belong to the comparison."""
+    return {"runs": [str(name) for name in names], "keys": [str(key) for key in keys]}
 
 
 def parse_planned_runs(data: Any) -> list[str]:
     """The run names of a ``planned_runs.json`` payload; KeyError/TypeError when malformed."""
     return [str(name) for name in data["runs"]]
+
+
+def parse_planned_keys(data: Any) -> dict[str, str]:
+    """Run key -> run name of a ``planned_runs.json`` payload; empty for a parent logged before run keys existed."""
+    keys = data.get("keys") or []
+    return {str(key): str(name) for name, key in zip(data["runs"], keys)} if len(keys) == len(data["runs"]) else {}
+
+
+def strategy_param(label: str, name: str) -> str:
+    """The MLflow param of one strategy parameter: ``strategy.<label>.<param>`` (``<plugin>.<param>`` for a strategy of
+    several plugins), so that the UI filters and sorts runs by it."""
+    return f"strategy.{label}.{name}"
 
 
 # --- hyperparameter search (cl_harness/search/) -----------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,12 +11,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
+from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError, TrackingStoreError
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER
 from cl_harness.tracking.store_guard import UriSource, can_create_in, probe_store, sqlite_db_path, store_creation_lock
 from cl_harness.tracking.store_guard import check_tracking_reachable as check_tracking_reachable  # its home is store_guard
 
-_BAD_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 T = TypeVar("T")
 
 
@@ -74,17 +73,12 @@ def absolute_uri(uri: str) -> str:
     return f"{scheme}{db.resolve()}" + (uri[uri.index("?"):] if "?" in uri else "")
 
 
-def _dir_name(name: str) -> str:
-    """A file-system-safe folder name for an experiment name."""
-    return _BAD_DIR_CHARS.sub("_", name).strip("._") or "experiment"
-
-
 def default_artifact_location(uri: str, experiment_name: str) -> str | None:
     """``file://<db dir>/artifacts/<experiment>`` for a local sqlite store; None elsewhere (the server decides)."""
     db = sqlite_db_path(uri)
     if db is None:
         return None
-    return (db.parent.resolve() / ARTIFACTS_FOLDER / _dir_name(experiment_name)).as_uri()
+    return (db.parent.resolve() / ARTIFACTS_FOLDER / file_name(experiment_name)).as_uri()
 
 
 def connect(uri: str) -> MlflowClient:

@@ -133,11 +133,22 @@ class RunLogger:
         """The client the run is logged through."""
         return self._client
 
-    def log_config(self, resolved: Mapping[str, Any]) -> None:
-        """Log the resolved config as dotted-key params (batches of 100) and as a ``config.yaml`` artifact."""
-        params = [Param(k, v) for k, v in flatten_params(resolved).items()]
-        for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
+    def log_config(self, resolved: Mapping[str, Any], strategy_params: Mapping[str, Any] | None = None) -> None:
+        """Log the resolved config as a ``config.yaml`` artifact and as dotted-key params (batches of 100).
+
+        Its ``strategies`` list is not one param: ``strategy_params`` (``strategy.<label>.<param>``: value) stand for it.
+        """
+        data = {k: v for k, v in plain(resolved).items() if k != "strategies"}
+        self.log_params({**flatten_params(data), **{metric_key(k): param_value(v) for k, v in (strategy_params or {}).items()}})
+        self.log_config_file(resolved)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Log params (already flat strings), in batches of 100."""
+        for chunk in _chunks([Param(k, v) for k, v in params.items()], MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk)
+
+    def log_config_file(self, resolved: Mapping[str, Any]) -> None:
+        """The resolved config as the ``config.yaml`` artifact (replacing an earlier one)."""
         text = yaml.safe_dump(plain(resolved), sort_keys=False, allow_unicode=True)
         with artifact_writes(self._run_id):
             self._client.log_text(self._run_id, text, schema.CONFIG_ARTIFACT)
@@ -249,10 +260,12 @@ def default_tags(project_dir: Path | None = None) -> dict[str, str]:
 # --- the grid's runs ------------------------------------------------------------------------------
 
 
-def child_tags(label: str, seed: int, order: int, tasks: Sequence[str], stream: str, scenario: str, backbone: str) -> dict[str, str]:
-    """The tags of the child run of one (strategy, seed, task order)."""
+def child_tags(label: str, seed: int, order: int, tasks: Sequence[str], stream: str, scenario: str, backbone: str,
+               key: str = "") -> dict[str, str]:
+    """The tags of the child run of one (strategy, seed, task order); ``key``: its identity in the comparison."""
     return {
         schema.ROLE_TAG: schema.CHILD_ROLE,
+        **({schema.RUN_KEY_TAG: key} if key else {}),
         schema.STRATEGY_TAG: label,
         schema.SEED_TAG: str(seed),
         schema.ORDER_TAG: str(order),
@@ -269,12 +282,13 @@ def parent_tags(stream: str, scenario: str) -> dict[str, str]:
 
 
 def open_child(
-    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], parent_run_id: str, config: Mapping[str, Any]
+    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], parent_run_id: str, config: Mapping[str, Any],
+    strategy_params: Mapping[str, Any] | None = None,
 ) -> RunLogger:
-    """A new child run of ``parent_run_id``, with its tags and resolved config logged."""
+    """A new child run of ``parent_run_id``, with its tags and resolved config (its strategy's parameters one param each) logged."""
     logger = RunLogger(client, experiment_id, name, tags=tags, parent_run_id=parent_run_id)
     with closed_on_failure(logger):
-        logger.log_config(config)
+        logger.log_config(config, strategy_params)
     return logger
 
 
@@ -287,15 +301,20 @@ def reopen_run(client: MlflowClient, run_id: str | None, experiment_id: str | No
     return RunLogger.reopen(client, run_id)
 
 
-def open_parent(
-    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], config: Mapping[str, Any], planned: Sequence[str]
-) -> RunLogger:
-    """A new parent run: its config and the names of the runs it plans (the report names runs that never started)."""
+def open_parent(client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], shared: Mapping[str, Any]) -> RunLogger:
+    """A new parent run of a comparison, its params the settings every run of it shares (they never change for it)."""
     parent = RunLogger(client, experiment_id, name, tags=tags)
     with closed_on_failure(parent):
-        parent.log_config(config)
-        parent.log_dict(schema.planned_runs_dict(planned), schema.PLANNED_RUNS_ARTIFACT)
+        parent.log_params(flatten_params(shared))
     return parent
+
+
+def log_plan(parent: RunLogger, config: Mapping[str, Any], planned: Sequence[str], keys: Sequence[str]) -> None:
+    """The latest invocation's config and planned runs (names and keys) on a comparison's parent, replacing earlier ones:
+    its comparison holds these runs (the report names those that never started)."""
+    with closed_on_failure(parent):
+        parent.log_config_file(config)
+        parent.log_dict(schema.planned_runs_dict(planned, keys), schema.PLANNED_RUNS_ARTIFACT)
 
 
 def log_matrix(
@@ -404,13 +423,14 @@ def end_quietly(logger: RunLogger, status: str) -> None:
 
 
 def open_search_parent(
-    client: MlflowClient, experiment_id: str, stream: str, scenario: str, storage: Path, config: Mapping[str, Any]
+    client: MlflowClient, experiment_id: str, stream: str, scenario: str, storage: Path, config: Mapping[str, Any],
+    strategy_params: Mapping[str, Any] | None = None,
 ) -> RunLogger:
     """A new ``search`` parent run: role, stream, scenario and the Optuna study file it resumes from; its config logged."""
     tags = {schema.ROLE_TAG: schema.SEARCH_ROLE, schema.STREAM_TAG: stream, schema.SCENARIO_TAG: scenario,
             schema.SEARCH_STORAGE_TAG: str(storage)}
     parent = RunLogger(client, experiment_id, schema.SEARCH_RUN_NAME, tags=tags)
-    parent.log_config(config)
+    parent.log_config(config, strategy_params)
     return parent
 
 

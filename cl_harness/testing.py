@@ -1,0 +1,244 @@
+"""Checks for a strategy, the ones cl-harness runs on its own: ``check_strategy(MY_STRATEGY)`` in a test of yours.
+
+On a tiny BERT built from a config (no download) and a generated three-task stream, it checks that the strategy
+trains every task to a matrix of accuracies in [0, 1]; that its state survives a checkpoint and resume (stopped
+after task 1 and resumed, it ends with the uninterrupted run's matrix); that at its defaults it changes training
+(its matrix differs from naive's); and, when it declares ``naive_prefix_tasks``, that it trains task 1 as naive does.
+A failed check raises ``StrategyCheckError`` saying which and why. Also here: the tiny-model and stream builders the
+project's own tests use.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from avalanche.core import SupervisedPlugin
+
+from cl_harness.strategies.registry import PluginSpec, StrategyInfo, info_problem
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHECKED_KINDS = ("encoder",)  # the backbone kinds the kit builds tiny models of
+
+
+class StrategyCheckError(AssertionError):
+    """A strategy failed one of ``check_strategy``'s checks."""
+
+
+@dataclass
+class StrategyCheck:
+    """What ``check_strategy`` found: the matrices it compared (rows: after each task; columns: tasks)."""
+
+    name: str
+    matrix: list[list[float]]
+    naive_matrix: list[list[float]]
+    resumed_matrix: list[list[float]] | None  # None where there is no step to resume after (joint, zero_shot)
+    unchecked_kinds: list[str] = field(default_factory=list)  # declared backbone kinds the kit has no tiny model of
+
+
+# --- tiny models and streams ------------------------------------------------------------------------------------
+
+
+def build_tiny_bert(directory: Path, words: list[str], hidden: int = 32, layers: int = 2) -> Path:
+    """Save a randomly initialised BERT and its word-level tokenizer into ``directory``."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(set(words) - set(SPECIALS)))}
+    # BertTokenizerFast(vocab_file=...) maps every token to [UNK] in transformers 5; BertTokenizer(vocab=...) works.
+    tokenizer = BertTokenizer(vocab=vocab)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=256,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def demo_words() -> list[str]:
+    """Every word of the generated demo sentences (seeds 0-2): the vocabulary a tiny model needs for demo streams."""
+    from cl_harness.data.demo import DEMO_LABELS, generate_demo_rows
+
+    words: set[str] = set()
+    for split in ("train", "test"):
+        for seed in range(3):
+            for row in generate_demo_rows(DEMO_LABELS, 60, seed, split):
+                words.update(re.findall(r"\w+|[^\w\s]", row["text"].lower()))
+    return sorted(words)
+
+
+def write_demo_stream(directory: Path, scenario: str = "class_incremental", per_class: int = 20, tasks: int = 2) -> Path:
+    """A small generated stream, ``stream.yaml`` in ``directory``: ``tasks`` tasks of two demo topics each."""
+    import yaml
+
+    from cl_harness.data.demo import DEMO_LABELS
+
+    stream = {
+        "name": "tiny-demo",
+        "scenario": scenario,
+        "tasks": [
+            {
+                "name": f"t{i + 1}",
+                "source": {"type": "demo", "seed": i, "train_examples_per_class": per_class, "test_examples_per_class": 10},
+                "classes": DEMO_LABELS[:2] if scenario == "domain_incremental" else DEMO_LABELS[2 * i : 2 * i + 2],
+            }
+            for i in range(tasks)
+        ],
+    }
+    path = directory / "stream.yaml"
+    path.write_text(yaml.safe_dump(stream, sort_keys=False))
+    return path
+
+
+def write_experiment(
+    directory: Path, backbone: Path | str, strategies: list, *, name: str = "tiny", backbone_fields: dict | None = None, **training
+) -> Path:
+    """An experiment YAML over ``stream.yaml`` in the same directory, with fast tiny-model settings.
+
+    ``backbone_fields`` go beside the backbone's name (default ``pooling: mean``); ``training`` overrides the settings.
+    """
+    import yaml
+
+    settings = {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "lr": 1e-3, "max_length": 24, **training}
+    experiment = {
+        "name": name,
+        "stream": "stream.yaml",
+        "backbone": {"name": str(backbone), **(backbone_fields if backbone_fields is not None else {"pooling": "mean"})},
+        "training": settings,
+        "strategies": strategies,
+        "seeds": [0],
+        "checkpoint_dir": str(directory / "runs"),
+        "checkpoint_every_s": 0,  # a checkpoint after every task, which the resume tests kill runs between
+    }
+    path = directory / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+# --- the checks ---------------------------------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """Raised by StopBeforeTask2 to stop a run the way a killed process stops: after a checkpoint, mid-run."""
+
+
+class StopBeforeTask2(SupervisedPlugin):
+    """Stops the run before task 2 the first time (``marker`` does not exist yet), never once resumed."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def before_training_exp(self, strategy, **kwargs):
+        if strategy.clock.train_exp_counter == 1 and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            raise _Stopped
+
+
+@dataclass
+class _StopConfig:
+    marker: str = ""
+
+
+def _build_stop(config: _StopConfig, context) -> list:
+    return [StopBeforeTask2(config.marker)]
+
+
+_STOP = StrategyInfo(name="stop_before_task_2", config_cls=_StopConfig, build=_build_stop, summary="stops a run before task 2, once")
+
+
+def _same(a: list[list[float]], b: list[list[float]]) -> bool:
+    return len(a) == len(b) and all(len(x) == len(y) and all(abs(u - v) <= 1e-9 for u, v in zip(x, y)) for x, y in zip(a, b))
+
+
+def _fail(name: str, what: str) -> StrategyCheckError:
+    return StrategyCheckError(f"strategy {name!r}: {what}")
+
+
+def check_strategy(strategy: StrategyInfo | str, params: dict[str, Any] | None = None, folder: Path | None = None) -> StrategyCheck:
+    """Check ``strategy`` (a StrategyInfo, or the name of a built-in or installed one) with ``params`` (default: its
+    defaults) as cl-harness checks its own; ``folder`` keeps the tiny model, stream and runs (default: a temporary one)."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="cl-harness-check-") as tmp:
+            return check_strategy(strategy, params, Path(tmp))
+    from cl_harness.strategies import default_registry
+
+    registry = default_registry()
+    if isinstance(strategy, str):
+        info = registry.get(strategy)
+    else:
+        problem = info_problem(strategy)
+        if problem:
+            raise StrategyCheckError(f"not a usable StrategyInfo: {problem}")
+        info = strategy
+        if info.name not in registry:
+            registry.register(info)
+        elif registry.get(info.name) is not info:
+            raise _fail(info.name, "a registered strategy has this name; give yours another")
+    kinds = [kind for kind in info.backbone_kinds if kind in CHECKED_KINDS]
+    if not kinds:
+        raise _fail(info.name, f"it declares backbone kinds {list(info.backbone_kinds)}; the kit checks {list(CHECKED_KINDS)} only")
+    matrices = _check_on_encoder(info, params or {}, Path(folder), registry)
+    return StrategyCheck(info.name, *matrices, unchecked_kinds=[k for k in info.backbone_kinds if k not in CHECKED_KINDS])
+
+
+def _check_on_encoder(info: StrategyInfo, params: dict, folder: Path, registry):
+    """The checks on a tiny BERT: (its matrix, naive's, the resumed one's)."""
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.grid.prepare import check_experiment, prepare_experiment
+    from cl_harness.runner.run import train_and_evaluate
+
+    name = info.name
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "tiny-bert"
+    if not (model / "config.json").is_file():
+        build_tiny_bert(model, demo_words())
+    write_demo_stream(folder, info.scenarios[0], per_class=32, tasks=3)  # enough for the tiny model to learn each task
+    path = write_experiment(folder, model, ["naive", {name: params}], name=f"check-{name}", epochs=2, lr=3e-3)
+    prepared = prepare_experiment(check_experiment(load_experiment(path), registry), cache=None)
+    naive, planned = prepared.runs[0], prepared.runs[1]
+
+    def run(strategy, run_folder: Path | None = None):
+        return train_and_evaluate(prepared.run_plan(replace(planned, strategy=strategy)), None, False, run_folder)
+
+    reference = train_and_evaluate(prepared.run_plan(naive), None, False)
+    result = run(planned.strategy)
+    if result.status != "FINISHED":
+        raise _fail(name, f"its run failed: {result.error}")
+    steps = 1 if info.train_data in ("joint", "none") else len(prepared.task_names)
+    if len(result.matrix) != steps or not all(0.0 <= v <= 1.0 for row in result.matrix for v in row):
+        raise _fail(name, f"its accuracy matrix should have {steps} rows of fractions in [0, 1]; got {result.matrix}")
+    if name != "naive" and _same(result.matrix, reference.matrix):
+        raise _fail(name, f"at these parameters ({params or 'its defaults'}) it trains exactly as naive does (same accuracy "
+                    "matrix): do its hooks run and change training? Are its defaults strong enough to act?")
+    if info.naive_prefix_tasks and not _same(result.matrix[:1], reference.matrix[:1]):
+        raise _fail(name, f"it declares naive_prefix_tasks={info.naive_prefix_tasks}, but its task-1 row {result.matrix[0]} "
+                    f"differs from naive's {reference.matrix[0]}: something it does acts on task 1")
+    if steps == 1:
+        return result.matrix, reference.matrix, None
+    run_folder = folder / "resumed"
+    stop = PluginSpec(_STOP.name, _StopConfig(str(folder / "stopped")), _STOP)
+    stopping = replace(planned.strategy, plugins=[*planned.strategy.plugins, stop])
+    try:
+        run(stopping, run_folder)
+    except _Stopped:
+        pass
+    else:
+        raise _fail(name, "the run meant to stop before task 2 went on (does the strategy train tasks in its own loop?)")
+    try:
+        resumed = run(stopping, run_folder)
+    except Exception as exc:  # noqa: BLE001 - whatever resuming raises is the finding
+        raise _fail(name, f"resuming from the checkpoint after task 1 failed: {type(exc).__name__}: {exc}") from exc
+    if not _same(resumed.matrix, result.matrix):
+        raise _fail(name, f"stopped after task 1 and resumed, it ends with {resumed.matrix}, not the uninterrupted {result.matrix}: "
+                    "some of its state is not in the checkpoint (keep it on the plugin object, which is pickled whole)")
+    return result.matrix, reference.matrix, resumed.matrix

@@ -1,9 +1,10 @@
 """Checks for a strategy, the ones cl-harness runs on its own: ``check_strategy(MY_STRATEGY)`` in a test of yours.
 
-On a tiny BERT built from a config (no download) and a generated three-task stream, it checks that the strategy
+On tiny models built from a config (no download) of every backbone kind the strategy declares (a BERT, a Llama,
+a T5) and a generated three-task stream, it checks that the strategy
 trains every task to a matrix of accuracies in [0, 1]; that its state survives a checkpoint and resume (stopped
 after task 1 and resumed, it ends with the uninterrupted run's matrix); that at its defaults it changes training
-(its matrix differs from naive's); and, when it declares ``naive_prefix_tasks``, that it trains task 1 as naive does.
+(its matrix differs from naive's; on a tiny language model, whose accuracy can sit at chance, its weights); and, when it declares ``naive_prefix_tasks``, that it trains task 1 as naive does.
 A failed check raises ``StrategyCheckError`` saying which and why. Also here: the tiny-model and stream builders the
 project's own tests use.
 """
@@ -21,7 +22,7 @@ from avalanche.core import SupervisedPlugin
 from cl_harness.strategies.registry import PluginSpec, StrategyInfo, info_problem
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-CHECKED_KINDS = ("encoder",)  # the backbone kinds the kit builds tiny models of
+CHECKED_KINDS = ("encoder", "causal_lm", "seq2seq")  # the backbone kinds the kit builds tiny models of
 
 
 class StrategyCheckError(AssertionError):
@@ -124,6 +125,65 @@ def write_experiment(
     return path
 
 
+LM_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def word_tokenizer(words: list[str], pad: bool = True):
+    """A lower-casing word-level PreTrainedTokenizerFast over ``words`` (plus the default template's words)."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from cl_harness.config.instruction import DEFAULT_TEMPLATE
+    from cl_harness.data.demo import DEMO_LABELS
+
+    template_words = DEFAULT_TEMPLATE.replace("{text}", "").replace("{labels}", "").lower()
+    known = set(words) | {w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(template_words)} | set(DEMO_LABELS) | {",", "."}
+    vocab = {token: i for i, token in enumerate(LM_SPECIALS + sorted(known - set(LM_SPECIALS)))}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    specials = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+    if pad:
+        specials["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+
+
+def build_tiny_llama(directory: Path, words: list[str], pad: bool = True, context: int = 256, hidden: int = 32) -> Path:
+    """Save a random 2-layer Llama and its word-level tokenizer into ``directory``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = word_tokenizer(words, pad)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_t5(directory: Path, words: list[str], hidden: int = 32) -> Path:
+    """Save a random 2-layer T5 (encoder-decoder) and its word-level tokenizer into ``directory``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = word_tokenizer(words)
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=hidden, d_kv=hidden // 2, d_ff=2 * hidden, num_layers=2, num_decoder_layers=2,
+        num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 # --- the checks ---------------------------------------------------------------------------------------------------
 
 
@@ -160,6 +220,12 @@ def _same(a: list[list[float]], b: list[list[float]]) -> bool:
     return len(a) == len(b) and all(len(x) == len(y) and all(abs(u - v) <= 1e-9 for u, v in zip(x, y)) for x, y in zip(a, b))
 
 
+def _same_weights(model, other) -> bool:
+    """Whether two models hold the same weights: a tiny language model's accuracy can sit at chance whatever trained it."""
+    mine, theirs = model.state_dict(), other.state_dict()
+    return mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape and bool((mine[k] == theirs[k]).all()) for k in mine)
+
+
 def _fail(name: str, what: str) -> StrategyCheckError:
     return StrategyCheckError(f"strategy {name!r}: {what}")
 
@@ -187,37 +253,42 @@ def check_strategy(strategy: StrategyInfo | str, params: dict[str, Any] | None =
     kinds = [kind for kind in info.backbone_kinds if kind in CHECKED_KINDS]
     if not kinds:
         raise _fail(info.name, f"it declares backbone kinds {list(info.backbone_kinds)}; the kit checks {list(CHECKED_KINDS)} only")
-    matrices = _check_on_encoder(info, params or {}, Path(folder), registry)
-    return StrategyCheck(info.name, *matrices, unchecked_kinds=[k for k in info.backbone_kinds if k not in CHECKED_KINDS])
+    checked = [_check_on_kind(info, params or {}, Path(folder) / kind, registry, kind) for kind in kinds]
+    return StrategyCheck(info.name, *checked[0], unchecked_kinds=[k for k in info.backbone_kinds if k not in CHECKED_KINDS])
 
 
-def _check_on_encoder(info: StrategyInfo, params: dict, folder: Path, registry):
-    """The checks on a tiny BERT: (its matrix, naive's, the resumed one's)."""
+TINY_MODELS = {"encoder": build_tiny_bert, "causal_lm": build_tiny_llama, "seq2seq": build_tiny_t5}
+
+
+def _check_on_kind(info: StrategyInfo, params: dict, folder: Path, registry, kind: str):
+    """The checks on a tiny model of one backbone kind (BERT, Llama, T5): (its matrix, naive's, the resumed one's)."""
     from cl_harness.config.loader import load_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment
-    from cl_harness.runner.run import train_and_evaluate
+    from cl_harness.runner.run import TrainingRun, train_and_evaluate
 
     name = info.name
     folder.mkdir(parents=True, exist_ok=True)
-    model = folder / "tiny-bert"
+    model = folder / f"tiny-{kind}"
     if not (model / "config.json").is_file():
-        build_tiny_bert(model, demo_words())
+        TINY_MODELS[kind](model, demo_words())
     write_demo_stream(folder, info.scenarios[0], per_class=32, tasks=3)  # enough for the tiny model to learn each task
-    path = write_experiment(folder, model, ["naive", {name: params}], name=f"check-{name}", epochs=2, lr=3e-3)
+    fields = {"pooling": "mean"} if kind == "encoder" else {"kind": kind}
+    path = write_experiment(folder, model, ["naive", {name: params}], name=f"check-{name}", backbone_fields=fields, epochs=2,
+                            lr=3e-3, **({} if kind == "encoder" else {"batch_size": 4}))
     prepared = prepare_experiment(check_experiment(load_experiment(path), registry), cache=None)
     naive, planned = prepared.runs[0], prepared.runs[1]
 
     def run(strategy, run_folder: Path | None = None):
         return train_and_evaluate(prepared.run_plan(replace(planned, strategy=strategy)), None, False, run_folder)
 
-    reference = train_and_evaluate(prepared.run_plan(naive), None, False)
-    result = run(planned.strategy)
+    naive_run, strategy_run = TrainingRun(prepared.run_plan(naive), None, False), TrainingRun(prepared.run_plan(planned), None, False)
+    reference, result = naive_run.execute(), strategy_run.execute()
     if result.status != "FINISHED":
-        raise _fail(name, f"its run failed: {result.error}")
+        raise _fail(name, f"its run on a tiny {kind} model failed: {result.error}")
     steps = 1 if info.train_data in ("joint", "none") else len(prepared.task_names)
     if len(result.matrix) != steps or not all(0.0 <= v <= 1.0 for row in result.matrix for v in row):
         raise _fail(name, f"its accuracy matrix should have {steps} rows of fractions in [0, 1]; got {result.matrix}")
-    if name != "naive" and _same(result.matrix, reference.matrix):
+    if name != "naive" and _same(result.matrix, reference.matrix) and (kind == "encoder" or _same_weights(strategy_run.model, naive_run.model)):
         raise _fail(name, f"at these parameters ({params or 'its defaults'}) it trains exactly as naive does (same accuracy "
                     "matrix): do its hooks run and change training? Are its defaults strong enough to act?")
     if info.naive_prefix_tasks and not _same(result.matrix[:1], reference.matrix[:1]):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import write_experiment
+from conftest import write_demo_stream, write_experiment
 
 from cl_harness.testing import build_tiny_llama, build_tiny_t5, word_tokenizer  # noqa: F401 (one copy, public)
 
@@ -14,22 +14,11 @@ def write_generative_experiment(directory: Path, backbone: Path | str, kind: str
                                 per_class: int = 20, instruction: dict | None = None, scenario: str = "class_incremental",
                                 **training) -> Path:
     """A stream of ``tasks`` two-topic demo tasks and an experiment on a generative backbone, in ``directory``."""
-    from cl_harness.data.demo import DEMO_LABELS
-
-    stream = {
-        "name": "tiny-generative",
-        "scenario": scenario,
-        "tasks": [
-            {
-                "name": f"t{i + 1}",
-                "source": {"type": "demo", "seed": i, "train_examples_per_class": per_class, "test_examples_per_class": 10},
-                "classes": DEMO_LABELS[:2] if scenario == "domain_incremental" else DEMO_LABELS[2 * i : 2 * i + 2],
-                **({"instruction": instruction} if instruction else {}),
-            }
-            for i in range(tasks)
-        ],
-    }
-    (directory / "stream.yaml").write_text(yaml.safe_dump(stream, sort_keys=False))
+    stream_path = write_demo_stream(directory, scenario, per_class, tasks)
+    stream = yaml.safe_load(stream_path.read_text())
+    for task in stream["tasks"]:
+        task.update({"instruction": instruction} if instruction else {})
+    stream_path.write_text(yaml.safe_dump(stream, sort_keys=False))
     training = {"device": "cpu", **training}
     return write_experiment(directory, backbone, strategies, name="tiny-generative", backbone_fields={"kind": kind}, **training)
 

@@ -76,6 +76,11 @@ class TrialReporter:
         if self.inner is not None:
             self.inner.set_tags(tags)
 
+    def __getattr__(self, name: str):
+        """Anything else a run logs (final metrics, artifacts): to ``inner``, or nowhere."""
+        inner = self.__dict__.get("inner")
+        return getattr(inner, name) if inner is not None else (lambda *args, **kwargs: None)
+
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.inner is not None:
             self.inner.log_step(step, metrics)

@@ -46,9 +46,14 @@ def import_object(reference: str) -> Any:
                               hint=IMPORTABLE_HINT.format(module=clip(module_name, 80))) from None
         raise ConfigError(f"module {clip(module_name, 80)!r} was found, but it imports {clip(exc.name, 80)!r}, which is not "
                           f"installed ({looked_for})", hint=f"install {clip(exc.name, 80)!r} in this environment") from None
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module may raise anything on import, or exit
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything on import
         raise ConfigError(f"importing module {clip(module_name, 80)!r} failed ({looked_for}): {type(exc).__name__}: "
                           f"{clip(exc, 200)}") from None
+    except BaseException as exc:  # sys.exit() on import, or another exit that is not Ctrl-C
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise ConfigError(f"user plugin module {clip(module_name, 120)!r} ended the process on import: {process_exit(exc)}",
+                          hint=EXIT_HINT) from None
     try:
         return getattr(module, attr)
     except AttributeError:

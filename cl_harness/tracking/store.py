@@ -81,13 +81,22 @@ def default_artifact_location(uri: str, experiment_name: str) -> str | None:
     return (db.parent.resolve() / ARTIFACTS_FOLDER / file_name(experiment_name)).as_uri()
 
 
+class FailedSqlCallFilter(logging.Filter):
+    """Drops MLflow's log record of a failed database call (its whole traceback); its other records pass (``--verbose``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
 def connect(uri: str) -> MlflowClient:
     """A client of the store at ``uri`` (already resolved; MLflow creates a missing store here: see ``open_store``).
 
     MLflow logs a failed database call with its whole traceback before raising it; the harness reports the error
     it raises in one line, so those log records are not shown.
     """
-    logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, FailedSqlCallFilter) for f in logger.filters):
+        logger.addFilter(FailedSqlCallFilter())
     return MlflowClient(tracking_uri=uri)
 
 

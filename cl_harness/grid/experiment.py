@@ -309,14 +309,16 @@ def run_experiment(
         parent = open_parent(client, experiment_id, prepared, grid, tags)
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
     try:  # from here on, a failure ends the parent run FAILED (KILLED on Ctrl-C), never leaves it RUNNING
-        parent.log_final({TOKENISE_TIME_METRIC: prepared.tokenise_seconds})
+        with grid_lock(grid):  # the parent is shared by every process running this grid: one writes it at a time
+            parent.log_final({TOKENISE_TIME_METRIC: prepared.tokenise_seconds})
         results = executor.run(context, on_result) if executor is not None else run_sequentially(context, on_result)
-        saved = train_time_saved(context.runs, results, grid)
-        if saved is not None:
-            parent.log_final({TRAIN_TIME_SAVED_METRIC: saved})
-            parent.set_tags({SHARED_PREFIX_TASKS_TAG: str(PREFIX_TASKS)})
-        remove_spent_prefixes(context.runs, results, grid)
-        glance = finish_parent(client, parent, name, results)
+        with grid_lock(grid):
+            saved = train_time_saved(context.runs, results, grid)
+            if saved is not None:
+                parent.log_final({TRAIN_TIME_SAVED_METRIC: saved})
+                parent.set_tags({SHARED_PREFIX_TASKS_TAG: str(PREFIX_TASKS)})
+            remove_spent_prefixes(context.runs, results, grid)
+            glance = finish_parent(client, parent, name, results)
     except KeyboardInterrupt:
         end_quietly(parent, KILLED)
         raise

@@ -2,7 +2,7 @@
 
 Two ``cl-harness run`` invocations of one experiment share its run folders. The run lock makes
 the second one leave a run to the process training it (it does the other runs first, then waits,
-and finds that run finished); the grid lock lets only one of them create the parent run.
+and finds that run finished); the grid lock lets one of them at a time create or write the parent run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def ensure_folder(folder: Path) -> None:
 
 @contextmanager
 def grid_lock(grid: Path):
-    """Hold ``<grid>.lock`` (beside the grid folder) while the grid's parent run is found or created."""
+    """Hold ``<grid>.lock`` (beside the grid folder) while the grid's parent run is found, created or written."""
     ensure_folder(grid.parent)
     lock = _lock(grid.parent / f"{grid.name}.lock")
     with lock:

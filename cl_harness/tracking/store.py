@@ -36,18 +36,23 @@ def is_duplicate_key(exc: BaseException) -> bool:
     return "UNIQUE constraint failed" in text or "IntegrityError" in text or "duplicate key" in text.lower()
 
 
-def retry_if_raced(write: Callable[[], T]) -> T:
-    """``write()``, once more if it lost an insert race (two processes finishing one grid set the same tag at once).
+def retry_if_raced(write: Callable[[], T], attempts: int = 5) -> T:
+    """``write()``, again if it lost an insert race (two processes finishing one grid set the same tag at once).
 
     MLflow's SQL store sets a tag by looking it up and inserting it when absent; a second writer that looked
-    before the first inserted fails on the unique key. Its retry finds the tag and updates it.
+    before the first inserted fails on the unique key. Its retry finds the row and updates it.
     """
-    try:
-        return write()
-    except MlflowException as exc:
-        if not is_duplicate_key(exc):
-            raise
-        return write()
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException as exc:
+            if not is_duplicate_key(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))  # let the other writer's transaction end
+    raise AssertionError("unreachable")
 
 
 def choose_tracking_uri(uri: str | None = None) -> str:

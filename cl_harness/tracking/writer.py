@@ -357,16 +357,17 @@ def close_lost_child(client: MlflowClient, experiment_id: str, parent_run_id: st
         return None
     run_id = found[0].info.run_id
     if found[0].info.status == schema.RUNNING:  # its worker died: nobody else will close it
-        client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS])
+        retry_if_raced(lambda: client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS]))
         client.set_terminated(run_id, schema.FAILED)
     elif schema.ERROR_TAG not in found[0].data.tags:  # ended FAILED by the worker's own error handling
-        client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS])
+        retry_if_raced(lambda: client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS]))
     return run_id
 
 
 def tag_ended_run(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set tags on a run that has ended, leaving its status alone."""
-    client.log_batch(run_id, tags=[RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()])
+    batch = [RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+    retry_if_raced(lambda: client.log_batch(run_id, tags=batch))  # two finishers of one grid tag the same runs
 
 
 def log_grid_counts(parent: RunLogger, finished: int, total: int) -> None:

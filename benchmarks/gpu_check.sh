@@ -65,7 +65,7 @@ done
 if [ "$dry_run" -eq 1 ]; then
   echo "=== dry run: the grid validates, and a tiny throughput pass runs on the CPU"
   python3 benchmarks/grid.py --data-root "$data_root" --dry-run
-  python3 benchmarks/throughput.py --data-root "$data_root" --device cpu --precision bf16 --examples 16 --eval-examples 16 \
+  python3 benchmarks/throughput.py --data-root "$data_root" --device cpu --precision fp32 --examples 16 --eval-examples 16 \
     --rounds 1 --eval-rounds 1 --skip-memory --max-length 16 --batch-size 8
 fi
 echo "gpu_check.sh: done in $(( $(date +%s) - started )) s"

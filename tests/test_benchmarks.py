@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_validates_and_plans_every_step(benchmark_dir):
         assert f"--precision {precision}" in out
     assert "would run" in out and "benchmarks/grid.py" in out
     assert "10 runs" in out  # the grid validated: 5 strategies x 2 seeds
-    assert "cl-harness evaluator" in out and "precision bf16" in out  # the tiny CPU throughput pass ran to its end
+    assert "cl-harness evaluator, bf16" in out and "precision fp32" in out  # the tiny CPU throughput pass ran to its end
 
 
 def test_gpu_check_refuses_unknown_arguments_and_missing_data(tmp_path):

@@ -17,7 +17,7 @@ def test_replay_beats_naive_on_a_real_class_incremental_stream(benchmark_dir, tm
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = [
-        "--set", "training.max_length=48",
+        "--set", "training.max_length=32",
         "--set", "training.epochs=2",
         "--set", "training.lr=2e-4",
         "--set", f"checkpoint_dir={tmp_path / 'runs'}",
@@ -25,10 +25,10 @@ def test_replay_beats_naive_on_a_real_class_incremental_stream(benchmark_dir, tm
         "--tracking-uri", uri,
         "--no-progress",
     ]
-    # 64 training and 40 test examples per class, 2 epochs at 48 tokens: about half a minute of training on 2 CPU cores.
+    # 32 training and 24 test examples per class, 2 epochs at 32 tokens: about a quarter of a minute of training on 2 CPU cores.
     stream_sizes = (REPO / "streams/local/agnews_2x2.yaml").read_text()
     small_stream = tmp_path / "agnews_small.yaml"
-    small_stream.write_text(stream_sizes.replace("train_per_class: 500", "train_per_class: 64").replace("test_per_class: 200", "test_per_class: 40"))
+    small_stream.write_text(stream_sizes.replace("train_per_class: 500", "train_per_class: 32").replace("test_per_class: 200", "test_per_class: 24"))
     code = main(["run", str(REPO / REPO_EXPERIMENT), "--set", f"stream={small_stream}", *overrides])
     assert code == 0, capsys.readouterr().err
 

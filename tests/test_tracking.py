@@ -248,25 +248,39 @@ def test_one_log_batch_call_per_step(store: Store, monkeypatch: pytest.MonkeyPat
     run.end()
 
 
-def test_a_tag_write_that_lost_an_insert_race_is_retried_once_and_other_failures_are_not():
-    """Two processes finishing one grid set the parent's tags and the shared view at once: the loser's insert hits the
-    unique key (seen in CI: experiment_tags), and its retry finds the tag and updates it."""
+def test_a_tag_write_that_lost_an_insert_race_is_retried_and_other_failures_are_not():
+    """Two processes finishing one grid tag the same runs at once: the loser's insert hits the unique key (seen in CI:
+    experiment_tags, then tags of a shared child), and a retry finds the tag and updates it. A race lost five times in
+    a row, or any other failure, goes on to the caller."""
     from mlflow.exceptions import MlflowException
 
     from cl_harness.tracking.store import retry_if_raced
 
+    raced = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid")
     calls = []
 
     def write():
         calls.append(1)
-        if len(calls) == 1:
-            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
+        if len(calls) <= 3:
+            raise raced
         return "written"
 
-    assert retry_if_raced(write) == "written" and len(calls) == 2
+    assert retry_if_raced(write) == "written" and len(calls) == 4
+
+    def always_raced():
+        calls.append(1)
+        raise raced
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="UNIQUE"):
+        retry_if_raced(always_raced)
+    assert len(calls) == 5
 
     def broken():
+        calls.append(1)
         raise MlflowException("(sqlite3.OperationalError) database is locked")
 
+    calls.clear()
     with pytest.raises(MlflowException, match="locked"):
         retry_if_raced(broken)
+    assert len(calls) == 1

@@ -25,6 +25,7 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables", alembic's INFO
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # any other library's tqdm bar (transformers' GGUF loader); ours say disable=
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -123,6 +126,28 @@ def test_progress_bar_updates_the_loss_every_few_batches():
     assert shown[4] == "loss=2.000" and shown[9] == "loss=4.500"  # batches 5 and 10: means of 0..4 and 0..9
     assert len(set(shown)) == 3
     bar.after_training_exp(strategy)
+
+
+def test_without_verbose_a_library_bar_is_off_and_the_training_bar_still_shows():
+    """A library that draws its own tqdm bar (transformers' GGUF loader) prints nothing; the harness's bar does.
+    In a fresh interpreter, as the CLI starts: tqdm reads its settings from the environment when first imported."""
+    code = """if True:
+        from types import SimpleNamespace
+        from cl_harness.cli import _quiet_libraries
+        _quiet_libraries(verbose=False)
+        from tqdm.auto import tqdm
+        from cl_harness.runner.hooks import ProgressBar
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        strategy = SimpleNamespace(train_epochs=1, dataloader=[None, None], experience=SimpleNamespace(current_experience=0))
+        bar = ProgressBar("run 1/1: naive/seed0/order0", enabled=True, task_names=["a"])
+        bar.before_training_exp(strategy)
+        bar.bar.close()
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "GGUF" not in done.stderr and "train task 1/1: a" in done.stderr
 
 
 def test_progress_bar_labels_joint_and_cumulative_data():

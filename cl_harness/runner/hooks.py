@@ -51,7 +51,7 @@ class ProgressBar(SupervisedPlugin):
             return
         total = strategy.train_epochs * len(strategy.dataloader)
         task = self.task_label(strategy.experience.current_experience)
-        self.bar = tqdm(total=total, desc=f"{self.describe} · train {task}", unit="batch", leave=False)
+        self.bar = tqdm(total=total, desc=f"{self.describe} · train {task}", unit="batch", leave=False, disable=False)
 
     def after_training_iteration(self, strategy, **kwargs):
         if self.bar is None:

@@ -19,7 +19,7 @@ from cl_harness.tracking.links import (
     ui_base_url,
 )
 from cl_harness.tracking.schema import EQUALS_NAIVE_TAG, FAILED, FINISHED, REPORT_HTML_ARTIFACT, summary_key
-from cl_harness.tracking.writer import RunLogger, log_grid_counts, tag_ended_run
+from cl_harness.tracking.writer import RunLogger, log_grid_counts, tag_run
 
 MAX_VIEW_STRATEGIES = 8  # the parent's summary/acc/<strategy> columns in the shared runs-table view
 
@@ -53,7 +53,7 @@ def finish_grid(client, parent: RunLogger, experiment_name: str, results: list) 
     comparison = load_comparison(client, experiment_name, parent.run_id)
     for run in comparison.equal_to_naive():
         hint = f"; {run.strength_hint}" if run.strength_hint else ""
-        tag_ended_run(client, run.run_id, {EQUALS_NAIVE_TAG: f"accuracy matrix equal to naive's at the same seed and order{hint}"})
+        tag_run(client, run.run_id, {EQUALS_NAIVE_TAG: f"accuracy matrix equal to naive's at the same seed and order{hint}"})
     table = comparison.table()
     experiment_id = comparison.experiment_id
     parent.log_final(summary_metrics(table))

@@ -45,14 +45,14 @@ def retry_if_raced(write: Callable[[], T], attempts: int = 5) -> T:
     import random
     import time
 
-    for attempt in range(attempts):
+    for attempt in range(1, attempts):
         try:
             return write()
         except MlflowException as exc:
-            if not is_duplicate_key(exc) or attempt == attempts - 1:
+            if not is_duplicate_key(exc):
                 raise
-            time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))  # let the other writer's transaction end
-    raise AssertionError("unreachable")
+        time.sleep(random.uniform(0.01, 0.1) * attempt)  # let the other writer's transaction end
+    return write()
 
 
 def choose_tracking_uri(uri: str | None = None) -> str:

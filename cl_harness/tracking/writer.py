@@ -357,15 +357,15 @@ def close_lost_child(client: MlflowClient, experiment_id: str, parent_run_id: st
         return None
     run_id = found[0].info.run_id
     if found[0].info.status == schema.RUNNING:  # its worker died: nobody else will close it
-        retry_if_raced(lambda: client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS]))
+        tag_run(client, run_id, {schema.ERROR_TAG: error[: schema.ERROR_TAG_CHARS]})
         client.set_terminated(run_id, schema.FAILED)
     elif schema.ERROR_TAG not in found[0].data.tags:  # ended FAILED by the worker's own error handling
-        retry_if_raced(lambda: client.set_tag(run_id, schema.ERROR_TAG, error[: schema.ERROR_TAG_CHARS]))
+        tag_run(client, run_id, {schema.ERROR_TAG: error[: schema.ERROR_TAG_CHARS]})
     return run_id
 
 
-def tag_ended_run(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Set tags on a run that has ended, leaving its status alone."""
+def tag_run(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run this process does not hold (another process may tag it too), leaving its status alone."""
     batch = [RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
     retry_if_raced(lambda: client.log_batch(run_id, tags=batch))  # two finishers of one grid tag the same runs
 
@@ -449,7 +449,7 @@ def end_stale_trials(client: MlflowClient, experiment_id: str, parent_run_id: st
              f" and attributes.status = '{schema.RUNNING}'")
     stale = client.search_runs([experiment_id], query, max_results=1000)
     for run in stale:
-        client.set_tag(run.info.run_id, schema.ERROR_TAG, reason[: schema.ERROR_TAG_CHARS])
+        tag_run(client, run.info.run_id, {schema.ERROR_TAG: reason[: schema.ERROR_TAG_CHARS]})
         client.set_terminated(run.info.run_id, schema.FAILED)
     return len(stale)
 

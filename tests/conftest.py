@@ -86,6 +86,14 @@ def tiny_llama(tmp_path_factory):
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_words())
 
 
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    """A tiny random T5 and its word-level tokenizer (tests/generative_helpers.py), built once per test module."""
+    from generative_helpers import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), demo_words())
+
+
 def write_config(tmp_path: Path, experiment: str, stream: str) -> Path:
     """``stream`` as stream.yaml and ``experiment`` (dedented) as exp.yaml in ``tmp_path``; the experiment's path."""
     import textwrap

@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from generative_helpers import (
-    build_tiny_t5,
     run_generative,
     write_generative_experiment,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run faster on one thread
-
-
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    from conftest import demo_words
-
-    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), demo_words())
 
 
 def prepare(path):

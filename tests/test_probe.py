@@ -51,7 +51,7 @@ def test_probe_summary_by_hand():
     rows = {0: [0.5, 0.5, 0.5], 1: [0.9, nan, nan], 2: [0.7, 0.8, nan], 3: [0.6, 0.9, 0.95]}
     # acc: (0.6 + 0.9 + 0.95) / 3; bwt: ((0.6 - 0.9) + (0.9 - 0.8)) / 2; forgetting: ((0.9 - 0.6) + (0.8 - 0.9)) / 2
     assert probe_summary(rows, 3) == pytest.approx({"acc": 2.45 / 3, "bwt": -0.1, "forgetting": 0.1})
-    del rows[2]  # a resumed run: the rows before it are not there
+    del rows[2]  # joint training: one step, after the last task
     assert probe_summary(rows, 3) == pytest.approx({"acc": 2.45 / 3})
     assert probe_summary({0: [0.5, 0.5, 0.5]}, 3) == {}
 
@@ -120,14 +120,26 @@ def test_a_probed_grid_logs_the_probing_matrix_and_compares_it(tmp_path, tiny_be
         assert parent.data.metrics[schema.summary_key("probe_acc", strategy)] == metrics["probe_acc"]
 
 
-def test_probing_a_generative_backbone_is_refused(tmp_path):
-    from conftest import config_error, write_config
+@pytest.mark.parametrize("kind", ["causal_lm", "seq2seq"])
+def test_a_language_model_is_probed_on_its_prompt_features(kind, tmp_path, tiny_llama, tiny_t5):
+    """The features are the LM's own states for each prompt read alone, without padding: a causal LM's last hidden state at
+    the prompt's last token, a seq2seq encoder's states averaged over the prompt."""
+    from generative_helpers import run_generative, write_generative_experiment
 
-    path = write_config(tmp_path, """
-        name: g
-        stream: stream.yaml
-        backbone: {name: x, kind: causal_lm}
-        training: {probe: true}
-    """, "name: s\nscenario: class_incremental\ntasks: []\n")
-    error = config_error(path)
-    assert "training.probe" in str(error) and "causal_lm" in str(error)
+    from cl_harness.models.generative import trim_answers
+
+    path = write_generative_experiment(tmp_path, tiny_llama if kind == "causal_lm" else tiny_t5, kind, ["naive"], tasks=2,
+                                       per_class=6, scenario="task_incremental", batch_size=4, probe=True)
+    run = run_generative(path)[1]
+    rows, saved, tasks = run.probe.rows, run.probe.saved, run.plan.tasks
+    assert sorted(rows) == [0, 1, 2] and [sum(not math.isnan(v) for v in rows[step]) for step in (0, 1, 2)] == [2, 1, 2]
+    lm = run.model.eval().lm
+    prompt, mask, _, _ = trim_answers(tasks[1].test_inputs[:3])
+    with torch.no_grad():
+        for i in range(3):
+            ids = prompt[i, : int(mask[i].sum())][None]  # (1, prompt): the prompt alone
+            if kind == "causal_lm":
+                own = lm(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            else:
+                own = lm.get_encoder()(input_ids=ids).last_hidden_state[0].mean(0)
+            assert saved[schema.probe_features_key(2, tasks[1].name, "test", "x")][i] == pytest.approx(own.numpy(), abs=1e-4)

@@ -24,10 +24,10 @@ def make_experiment(tmp_path, backbone, name: str, plugins: list, kind: str = "e
     strategies = [{"name": "naive", "plugins": ["naive", *plugins]}]
     if kind == "encoder":
         write_demo_stream(tmp_path, "class_incremental", per_class=24, tasks=3)
-        path = write_experiment(tmp_path, backbone, strategies, epochs=2)
+        path = write_experiment(tmp_path, backbone, strategies, epochs=2, probe=True)
     else:  # a language model on a task-incremental stream, through the same loop
         path = write_generative_experiment(tmp_path, backbone, kind, strategies, tasks=3, scenario="task_incremental",
-                                           epochs=2, batch_size=4, lr=3e-3)
+                                           epochs=2, batch_size=4, lr=3e-3, probe=True)
     config = yaml.safe_load(path.read_text())
     config["name"] = name
     out = tmp_path / f"{name}.yaml"
@@ -62,10 +62,10 @@ def child_run(uri: str, experiment_name: str):
     return client, run
 
 
-def matrix_of(client, run, tmp_path) -> list[list[float]]:
+def matrix_of(client, run, tmp_path, artifact: str = schema.MATRIX_ARTIFACT) -> list[list[float]]:
     import json
 
-    path = client.download_artifacts(run.info.run_id, schema.MATRIX_ARTIFACT, str(tmp_path))
+    path = client.download_artifacts(run.info.run_id, artifact, str(tmp_path))
     return json.loads(Path(path).read_text())["matrix"]
 
 
@@ -100,7 +100,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, ki
     client, run = child_run(uri, "resume")
     assert run.info.status == "FINISHED"
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # a finished run keeps its results, not its weights
-    for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2", "acc/t3"):
+    for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2", "acc/t3", schema.probe_acc_metric("t1")):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
 
     # the uninterrupted run of the same seed ends with the same accuracy matrix
@@ -114,6 +114,14 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, ki
     for row, expected in zip(resumed, uninterrupted):
         assert row == pytest.approx(expected, abs=1e-6)
     assert run.data.metrics["acc"] == pytest.approx(reference_run.data.metrics["acc"], abs=1e-6)
+    # the probing matrix too: the rows probed before the kill were kept (training.probe)
+    probes = [matrix_of(client, r, tmp_path / f"p{i}", schema.PROBE_MATRIX_ARTIFACT) for i, r in enumerate((run, reference_run))]
+    assert len(probes[0]) == len(probes[1]) == 3 and None not in probes[0][-1]
+    for row, expected in zip(*probes):  # null where a task was not trained yet
+        assert [v is None for v in row] == [v is None for v in expected]
+        assert [v for v in row if v is not None] == pytest.approx([v for v in expected if v is not None], abs=1e-6)
+    for key in ("probe_acc", "probe_forgetting"):
+        assert run.data.metrics[key] == pytest.approx(reference_run.data.metrics[key], abs=1e-6)
 
 
 def test_a_finished_grid_is_skipped_and_restart_runs_it_again(tmp_path, tiny_bert, capsys):

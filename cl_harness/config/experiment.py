@@ -88,7 +88,8 @@ class TrainingConfig:
     probe: bool = field(default=False, metadata={"help": (
         "after every step, fit a linear probe (logistic regression) on the frozen features of each trained task's training "
         "split and score its test split: the probing matrix (probe_acc/<task>, probe_accuracy_matrix.json), whether the "
-        "representation keeps what the head forgets (encoder backbones)")})
+        "representation keeps what the head forgets. Features: an encoder's pooled output; a causal LM's last hidden state "
+        "at the prompt's last token; a seq2seq model's encoder states averaged over the prompt. Tasks with class labels only")})
 
     def check(self, source: Source, path: KeyPath) -> None:
         if self.precision not in PRECISIONS:
@@ -140,6 +141,3 @@ class ExperimentConfig:
             raise source.error(path + ("seeds",), "lists a seed twice")
         if self.orders is not None and self.permutations is not None:
             raise source.error(path + ("permutations",), "give either `orders` or `permutations`, not both")
-        if self.training.probe and self.backbone.kind != "encoder":
-            raise source.error(path + ("training", "probe"), f"probes an encoder's pooled features; backbone.kind is {self.backbone.kind}",
-                               hint="set training.probe: false, or use an encoder backbone")

@@ -97,7 +97,7 @@ def probe_summary(rows: dict[int, list[float]], n_tasks: int) -> dict[str, float
     """``acc``, ``bwt`` and ``forgetting`` of a probing matrix (``rows``: step -> row, NaN where a task was not probed) as
     ``evaluation/metrics.py`` defines them, over the tasks probed at the last step; forgetting's best accuracy is taken
     over the steps since the task was trained (earlier cells are not probed). ``acc`` alone when a step between is missing
-    (a resumed run); nothing without the last step."""
+    (joint training probes after its one step only); nothing without the last step."""
     final = np.array(rows.get(n_tasks, []), dtype=np.float64)  # (T,)
     columns = [j for j, value in enumerate(final) if not np.isnan(value)]
     if not columns:

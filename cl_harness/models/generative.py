@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,20 @@ class GenerativeClassifier(nn.Module):
             return self._answer_logits(x)
         with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             return self._answer_logits(x)
+
+    def encode(self, x: Tensor, chunked: bool = False) -> Tensor:
+        """Prompt features ``(batch, 3, length) -> (batch, hidden)`` float32, for linear probes: a causal LM's last hidden
+        state at the prompt's last token (the state its answer is generated from), a seq2seq model's encoder states
+        averaged over the prompt."""
+        prompt, prompt_mask, _, _ = trim_answers(x)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext():
+            if self.kind == "seq2seq":
+                states = self.lm.get_encoder()(input_ids=prompt, attention_mask=prompt_mask).last_hidden_state  # (batch, prompt, hidden)
+                weights = prompt_mask.unsqueeze(-1).to(states.dtype)  # (batch, prompt, 1)
+                return ((states * weights).sum(1) / weights.sum(1).clamp(min=1.0)).float()
+            output = self.lm(input_ids=prompt, attention_mask=prompt_mask, output_hidden_states=True, **self._keep(1))
+            last = prompt_mask.sum(1) - 1  # (batch,): right-padded prompts
+            return output.hidden_states[-1][torch.arange(prompt.shape[0], device=x.device), last].float()  # (batch, hidden)
 
     def _answer_logits(self, x: Tensor) -> Tensor:
         prompt, prompt_mask, answer, answer_mask = trim_answers(x)

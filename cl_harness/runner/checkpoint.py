@@ -54,6 +54,10 @@ class RunState:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     train_time_saved_s: float = 0.0  # task 1 taken from a shared prefix: its training seconds, not spent by this run
+    probe_rows: dict[int, list[float]] = field(default_factory=dict)  # step -> linear-probe accuracy per task (NaN: not probed)
+
+    def __post_init__(self) -> None:
+        self.probe_rows = {int(step): row for step, row in self.probe_rows.items()}  # JSON keeps the steps as text
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -105,7 +109,7 @@ def load_state(folder: Path) -> RunState | None:
     data = read_run_file(path)
     try:
         return RunState(**data)
-    except TypeError:
+    except (TypeError, ValueError, AttributeError):
         raise ConfigError("the file is damaged (it is not a run's state)", file=path, hint=RESTART_HINT) from None
 
 

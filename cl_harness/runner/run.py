@@ -291,6 +291,7 @@ class TrainingRun:
         self.prefix_state: RunState | None = None  # that prefix's state.json (its step-0 and step-1 scores), read once
         self.prefix_seconds = 0.0  # a prefix run: the seconds of task 1's epochs it saved
         self.last_checkpoint = 0.0  # perf_counter() at the last checkpoint, or where training started in this process
+        self.probe: LinearProbing | None = None  # training.probe: the linear probes, made once the run's state is known
 
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
@@ -349,13 +350,14 @@ class TrainingRun:
             restore_rng_states(checkpoint["rng"])
         self.env = plan.kind_env(device, self.loss_scale)
         self.evaluate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, describe=plan.label)
-        self.probe = LinearProbing(plan.tasks, self.env, self.logger) if plan.training.probe else None
         has_valid = any(t.valid_targets is not None for t in plan.tasks)
         self.validate = Evaluator(plan.tasks, plan.kinds, self.env, self.show_progress, plan.label, split="valid") if has_valid else None
 
     def _log_step(self, step: int, row: list[float], extra: dict) -> None:
         if self.logger and step not in self.logged:
             metrics = {**step_metrics(self.plan.task_names, row, step), **self._flip_and_valid(step), **extra}
+            if self.probe:
+                metrics.update(self.probe.step_metrics(step))
             self.logger.log_step(step, metrics)
 
     def _flip_and_valid(self, step: int) -> dict[str, float]:
@@ -384,12 +386,16 @@ class TrainingRun:
             state.matrix = state.matrix[: checkpoint["step"]]
             state.correct = state.correct[: checkpoint["step"] + 1]
             state.valid_matrix = state.valid_matrix[: checkpoint["step"]]
+            state.probe_rows = {step: row for step, row in state.probe_rows.items() if step <= checkpoint["step"]}
             state.steps_done = checkpoint["step"]
             note = f"resumed after task {state.steps_done} from {self.folder}"
             scored = {}
+            self.probe = self._probing(state)
         else:
             scoring = time.perf_counter()
             note = self._step_0(state)
+            state.probe_rows = {}
+            self.probe = self._probing(state)
             if self.probe:
                 self.probe(self.model, 0)
             scored = {schema.EVAL_TIME_METRIC: time.perf_counter() - scoring}
@@ -400,6 +406,14 @@ class TrainingRun:
         for step, row in enumerate(state.matrix, start=1):
             self._log_step(step, row, {})
         return note
+
+    def _probing(self, state: RunState) -> LinearProbing | None:
+        """The run's linear probes (``training.probe``), their rows kept in ``state``; None without probing."""
+        plan = self.plan
+        if not plan.training.probe:
+            return None
+        probed = [plan.kinds.get(task.kind).labelled for task in plan.tasks]
+        return LinearProbing(plan.tasks, probed, self.env, state.probe_rows, self.folder)
 
     def _step_0(self, state: RunState) -> str | None:
         """The untrained model scored; a fork takes the scores from its shared prefix, which scored the same model."""
@@ -459,6 +473,8 @@ class TrainingRun:
             trained = {schema.TRAIN_TIME_METRIC: self.meter.task_seconds, schema.EVAL_TIME_METRIC: scored,
                        schema.TRAINABLE_PARAMS_METRIC: float(self.model.trainable_parameters())}
             self._log_step(step, row, {**trained, **self._extra()})
+            if self.probe and step == len(plan.tasks) and self.logger:
+                self.probe.finish(self.logger)
 
     def _score(self, state: RunState, step: int) -> list[float]:
         """The matrix row after ``step`` (test), its per-example hits and the validation row added to ``state``.
@@ -543,6 +559,8 @@ class TrainingRun:
         save_state(self.folder, state)
         if result.status == "FINISHED":
             remove_checkpoints(self.folder)
+            if self.probe and self.probe.file:
+                self.probe.file.unlink(missing_ok=True)
 
 
 def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:

@@ -221,6 +221,10 @@ def cmd_run(args) -> int:
     if status.note:
         print(f"note: {status.note}", file=sys.stderr)
     if args.dry_run:
+        if checked.config.search is not None:
+            from cl_harness.search.cli_hooks import describe_search
+
+            print("\n".join(describe_search(checked, args)))
         runs = share_pending_prefixes(checked.runs, status.done)
         print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(status.done)} already done "
               f"(comparison folder {status.folder}):")

@@ -52,6 +52,16 @@ def test_a_search_without_validation_data_is_refused(tmp_path, tiny_bert, capsys
     assert "needs validation data" in capsys.readouterr().err
 
 
+def test_a_dry_run_says_what_the_search_tunes_before_the_runs(tmp_path, tiny_bert, capsys):
+    path = experiment_with_search(tmp_path, tiny_bert, {"n_trials": 3, "seeds": [0, 1], "spaces": {"ewc": {"ewc_lambda": {"low": 1, "high": 1e4, "log": True}}}})
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "search first: 3 trials per strategy on seed(s) 0, 1" in out and "tunes ewc_lambda" in out and "best parameters" in out
+    assert out.index("search first") < out.index("planned run") and not (tmp_path / "runs").exists()
+    assert main(["run", str(path), "--dry-run", "--skip-search"]) == 0
+    assert "search: skipped (--skip-search)" in capsys.readouterr().out
+
+
 def prepared_for(path):
     from cl_harness.config.loader import load_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment

@@ -20,6 +20,18 @@ def check_search(checked: CheckedExperiment) -> SearchPlan | None:
     return parse_search(checked.config.search, checked.strategies, checked.loaded.source, any(t.valid_labels for t in checked.tasks))
 
 
+def describe_search(checked: CheckedExperiment, args) -> list[str]:
+    """What ``run`` does before the runs (``--dry-run``): the trials per strategy, the parameters each tunes."""
+    if args.skip_search:
+        return ["search: skipped (--skip-search); the runs use the best parameters of an earlier search, else the config's own"]
+    config, spaces = (plan := check_search(checked)).config, plan.spaces
+    lines = [f"search first: {config.n_trials} trials per strategy on seed(s) {', '.join(map(str, config.seeds))}, "
+             f"maximising {config.objective} ({config.pruner} pruner):"]
+    lines += [f"  {label:<40} tunes {', '.join(params)}" for label, params in spaces.items()]
+    lines.append("then stop (--search-only)" if args.search_only else "then the runs below, each strategy with its best parameters (shared prefixes as those allow):")
+    return lines
+
+
 def _print_result(result: StrategyResult) -> None:
     if result.best_value is None:
         print(f"search {result.label}: no trial finished ({result.n_pruned} pruned)", flush=True)

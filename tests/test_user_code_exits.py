@@ -1,16 +1,20 @@
 """A user's plugin module that ends the process (``sys.exit``, ``SystemExit``) on import, while built or in a hook ends
-the command with exit 2 and one message naming the module, never with exit 0 and nothing trained; no run stays RUNNING."""
+the command with exit 2 and one message naming the module, never with exit 0 and nothing trained; no run stays RUNNING.
+In a worker process or a Ray task it fails that run only, with the same message, and is not retried."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import write_demo_stream, write_experiment
 
 from cl_harness.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 MODULES = {
     "exits_on_import": """
         import sys
@@ -33,16 +37,27 @@ MODULES = {
         from avalanche.core import SupervisedPlugin
 
         class Plugin(SupervisedPlugin):
+            def __init__(self, count_file=None):
+                super().__init__()
+                self.count_file = count_file
+
             def after_training_exp(self, strategy, **kwargs):
+                if self.count_file is not None:
+                    with open(self.count_file, "a") as out:
+                        out.write("attempt\\n")
                 sys.exit()
         """,
 }
 
 
+def write_modules(folder) -> None:
+    for name, text in MODULES.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(text))
+
+
 @pytest.fixture
 def workplace(tmp_path, tiny_bert, monkeypatch):
-    for name, text in MODULES.items():
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
+    write_modules(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     write_demo_stream(tmp_path, per_class=4)
@@ -87,3 +102,62 @@ def test_in_a_worker_process_the_exit_fails_that_run_naming_the_module(workplace
     with sqlite3.connect(db) as connection:
         assert "RUNNING" not in {status for (status,) in connection.execute("select status from runs")}
     connection.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster with 2 CPUs (as in test_executors) whose workers import this checkout and the modules above."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cl-harness[ray]')")
+    modules = tmp_path_factory.mktemp("ray-modules")
+    write_modules(modules)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(modules)]))  # the workers inherit it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.mark.slow
+def test_in_a_ray_task_the_exit_fails_that_run_naming_the_module_without_a_retry(ray_cluster, workplace, tiny_bert, capsys):
+    attempts = workplace / "attempts"
+    mine = {"name": "mine", "plugins": ["naive", {"exits_in_a_hook:Plugin": {"count_file": str(attempts)}}]}
+    experiment = write_experiment(workplace, tiny_bert, [mine, "naive"])
+    db = workplace / "mlflow.db"
+    command = ["run", str(experiment), "--no-progress", "--executor", "ray", "--max-retries", "1", "--tracking-uri", f"sqlite:///{db}"]
+    assert main(command) == 1
+    out = capsys.readouterr().out
+    assert "mine/seed0/order0: FAILED" in out and "ended by sys.exit(None) in module 'exits_in_a_hook'" in out, out
+    assert "1 of 2 runs finished" in out, out
+    assert attempts.read_text() == "attempt\n"  # a failed run, not a crashed worker: Ray did not run it again
+    with sqlite3.connect(db) as connection:
+        statuses = dict(connection.execute("select name, status from runs"))
+        (error,) = connection.execute("select value from tags where key = 'error'").fetchone()
+    connection.close()
+    assert statuses["mine/seed0/order0"] == "FAILED" and statuses["naive/seed0/order0"] == "FINISHED", statuses
+    assert "RUNNING" not in statuses.values(), statuses
+    assert error.startswith("ended by sys.exit(None) in module 'exits_in_a_hook' (") and "exits_in_a_hook.py:" in error, error
+
+
+def test_a_task_wrapper_turns_only_an_exit_into_an_error_naming_where_it_came_from():
+    """What a Ray task (a grid's run or a search's trials) raises: an exit from user code as an ordinary error, reported as
+    its own text; other errors and Ctrl-C (``ray.cancel``) as they are."""
+    import sys
+
+    from cl_harness.grid.executors.ray_tasks import UserCodeExit, exits_as_errors, task_error
+
+    def leave(code):
+        sys.exit(code)
+
+    def fail(error):
+        raise error
+
+    with pytest.raises(UserCodeExit) as info:
+        exits_as_errors(leave, 3)
+    assert task_error(info.value).startswith("ended by sys.exit(3) in module 'test_user_code_exits' (") and "Traceback" not in str(info.value)
+    for error in (ValueError("bad value"), KeyboardInterrupt()):
+        with pytest.raises(type(error)):
+            exits_as_errors(fail, error)
+    assert task_error(ValueError("bad value")) == "ValueError: bad value"
+    assert exits_as_errors(max, 2, 5) == 5

@@ -31,19 +31,21 @@ def run_tasks(function, calls_for, address: str | None, cpus: float, gpus: float
     retried: the caller decides what to do with what is missing.
     """
     import ray
-    from ray.exceptions import RayError
+    from ray.exceptions import RayError, RayTaskError
 
     started_here = RayExecutor(address, 0, cpus, gpus).connect()
     pending = []
     try:
         slots = max(1, int(ray.cluster_resources().get("CPU", 1.0) // cpus))
-        task = ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
-        pending = [task.remote(*args) for args in calls_for(slots)]
+        task = ray.remote(exits_as_errors).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
+        pending = [task.remote(function, *args) for args in calls_for(slots)]
         errors: list[str | None] = []
         for ref in list(pending):
             try:
                 ray.get(ref)
                 errors.append(None)
+            except RayTaskError as exc:
+                errors.append(task_error(exc.cause) if exc.cause is not None else f"{type(exc).__name__}: {exc}")
             except RayError as exc:
                 lines = str(exc).strip().splitlines()
                 errors.append(f"{type(exc).__name__}: {lines[-1] if lines else ''}")
@@ -54,6 +56,28 @@ def run_tasks(function, calls_for, address: str | None, cpus: float, gpus: float
             ray.cancel(ref)  # (never a finished task: cancelling one can crash Ray 2.60's driver)
         if started_here:
             ray.shutdown()
+
+
+class UserCodeExit(Exception):
+    """A run's user code called sys.exit() (or raised another exit): the run failed; its Ray worker did not crash."""
+
+
+def exits_as_errors(function, *args):
+    """``function(*args)`` in a Ray task, where an exit from user code would end the worker and Ray would retry the task:
+    raised as UserCodeExit instead, so that it fails this run or trial only, as in a local worker process."""
+    from cl_harness.strategies.user_plugins import process_exit
+
+    try:
+        return function(*args)
+    except (Exception, KeyboardInterrupt):  # an ordinary error, or ray.cancel: as they are
+        raise
+    except BaseException as exc:  # noqa: BLE001 - sys.exit from a user's plugin
+        raise UserCodeExit(f"ended by {process_exit(exc)}") from None
+
+
+def task_error(exc: Exception) -> str:
+    """How a failed task's error is reported: a user's exit as its own text, else the type and the message."""
+    return str(exc) if isinstance(exc, UserCodeExit) else f"{type(exc).__name__}: {exc}"
 
 
 class RayExecutor:
@@ -87,10 +111,10 @@ class RayExecutor:
 
         started_here = self.connect()
         spec = context.spec(max(1, math.ceil(self.cpus)))
-        task = ray.remote(run_planned).options(
+        task = ray.remote(exits_as_errors).options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, retry_exceptions=False
         )
-        waiting = {task.remote(spec, index): index for index in context.dispatch_order()}  # first runs of each prefix first
+        waiting = {task.remote(run_planned, spec, index): index for index in context.dispatch_order()}  # first runs of each prefix first
         results: dict[int, RunResult] = {}
         try:
             while waiting:
@@ -103,7 +127,7 @@ class RayExecutor:
                     cause = exc.cause if exc.cause is not None else exc
                     if is_store_failure(cause):  # the store fails every run alike: stop the grid, as in one process
                         raise TrackingStoreError(f"in the worker of {planned.name}: {type(cause).__name__}: {cause}") from None
-                    result = context.lost(planned, f"{type(cause).__name__}: {cause}")
+                    result = context.lost(planned, task_error(cause))
                 except RayError as exc:  # the worker died on every attempt
                     reason = f"the Ray worker died on all {self.max_retries + 1} attempts ({type(exc).__name__})"
                     result = context.lost(planned, reason)

@@ -67,6 +67,15 @@ def test_ewc_too_weak_to_act_is_inert_and_names_the_parameter_to_raise(tiny_run)
     assert meter_of(strong).shares[2] > 1e-3 and meter_of(strong).inert() is None
 
 
+def test_terms_lost_in_the_losss_rounding_are_inert_and_say_so(tiny_run):
+    _, strategy = tiny_run({"ewc": {"ewc_lambda": 1e-12}}, tasks=3)
+    meter = meter_of(strategy)
+    assert meter.shares[1] == meter.shares[2] == 0.0  # float32: 1e-12 times the penalty does not change the loss
+    verdict = meter.inert()
+    assert "(at most 0.0e+00: lost in rounding)" in verdict and "raise ewc's ewc_lambda (now 1e-12" in verdict
+    assert "below the loss's float32 resolution, so by orders of magnitude" in verdict
+
+
 def child(name: str, seed: int, matrix: list[list[float]], **fields) -> ChildRun:
     return ChildRun(f"id-{name}-{seed}", f"{name}/seed{seed}/order0", "FINISHED", name, seed, 0, {"acc": matrix[-1][0]},
                     ["t1", "t2"], [0.0, 0.0], matrix, **fields)
@@ -76,15 +85,17 @@ def test_the_table_flags_strategies_that_train_as_naive_does():
     naive = [[0.9, 0.0], [0.1, 0.8]]
     runs = [child("naive", 0, naive), child("naive", 1, naive), child("ewc", 0, naive), child("ewc", 1, [[0.9, 0.0], [0.2, 0.8]]),
             child("si", 0, [[0.9, 0.0], [0.3, 0.7]], inert="si's loss terms stayed below 0.001 ...; raise si's si_lambda"),
-            child("lwf", 0, [[0.9, 0.0], [0.5, 0.6]], strength_hint="raise lwf's alpha")]
+            child("lwf", 0, [[0.9, 0.0], [0.5, 0.6]], strength_hint="raise lwf's alpha"),
+            child("der", 0, naive, strength_hint="raise der's alpha")]  # its terms acted: training changed, predictions not
+    runs[-1].metrics["penalty_share"] = 0.061
     runs[2].strength_hint = "raise ewc's ewc_lambda (now 1000)"
     comparison = Comparison("e", "1", "p", "parent", "FINISHED", None, "sqlite://", runs)
-    assert [r.run_id for r in comparison.equal_to_naive()] == ["id-ewc-0"]
+    assert [r.run_id for r in comparison.equal_to_naive()] == ["id-ewc-0", "id-der-0"]
     table = comparison.table().set_index("strategy")
     assert table.loc["ewc", "inert"] == ("ewc's accuracy matrix equals naive's at the same seed and order in 1 of 2 runs; "
                                          "raise ewc's ewc_lambda (now 1000)")
     assert table.loc["si", "inert"] == "in 1 of 1 runs, si's loss terms stayed below 0.001 ...; raise si's si_lambda"
-    assert table.loc["lwf", "inert"] == "" and table.loc["naive", "inert"] == ""
+    assert table.loc["lwf", "inert"] == "" and table.loc["naive", "inert"] == "" and table.loc["der", "inert"] == ""
     lines = compact_table(comparison.table()).splitlines()
     assert {line.removeprefix("inert: ") for line in lines if line.startswith("inert: ")} == {table.loc["ewc", "inert"], table.loc["si", "inert"]}
 

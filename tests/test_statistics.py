@@ -79,6 +79,15 @@ def test_six_or_more_pairs_use_wilcoxon():
     assert result.test == WILCOXON and result.p == pytest.approx(2 / 64)
 
 
+def test_pairs_that_do_not_differ_do_not_count_towards_wilcoxon():
+    a = {(seed, 0): 0.5 + 0.1 * seed for seed in range(6)}
+    b = {**{(seed, 0): a[(seed, 0)] - 0.01 * (seed + 1) for seed in range(5)}, (5, 0): a[(5, 0)]}  # one zero difference
+    result = compare_pair("a", a, "b", b)
+    # five differences left, all positive: the signed-rank test could not go below 2 / 2**5 = 0.0625
+    assert result.test == PAIRED_T and result.n_pairs == 6
+    assert result.p == pytest.approx(stats.ttest_rel(list(a.values()), list(b.values())).pvalue) and result.p < 0.05
+
+
 def test_different_seeds_give_welch():
     a = {(0, 0): 0.1, (1, 0): 0.2, (2, 0): 0.3}
     b = {(5, 0): 0.5, (6, 0): 0.7, (7, 0): 0.6, (8, 0): 0.6}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cl_harness.report.compare import load_comparison
+from cl_harness.report.compare import load_comparison, terms_acted
 from cl_harness.report.glance import VIEW_COLUMNS, compact_table, parent_description, summary_metrics
 from cl_harness.report.html import log_report
 from cl_harness.tracking.glance import note, report_location, share_view
@@ -18,7 +18,7 @@ from cl_harness.tracking.links import (
     store_serves_ui,
     ui_base_url,
 )
-from cl_harness.tracking.schema import EQUALS_NAIVE_TAG, FAILED, FINISHED, REPORT_HTML_ARTIFACT, summary_key
+from cl_harness.tracking.schema import EQUALS_NAIVE_TAG, FAILED, FINISHED, PENALTY_SHARE_METRIC, REPORT_HTML_ARTIFACT, summary_key
 from cl_harness.tracking.writer import RunLogger, log_grid_counts, tag_run
 
 MAX_VIEW_STRATEGIES = 8  # the parent's summary/acc/<strategy> columns in the shared runs-table view
@@ -52,8 +52,12 @@ def finish_grid(client, parent: RunLogger, experiment_name: str, results: list) 
     log_grid_counts(parent, sum(r.status == FINISHED for r in results), len(results))
     comparison = load_comparison(client, experiment_name, parent.run_id)
     for run in comparison.equal_to_naive():
-        hint = f"; {run.strength_hint}" if run.strength_hint else ""
-        tag_run(client, run.run_id, {EQUALS_NAIVE_TAG: f"accuracy matrix equal to naive's at the same seed and order{hint}"})
+        if terms_acted(run):  # not inert: the test sets did not show what the terms changed
+            why = (f"; its loss terms reached {run.metrics[PENALTY_SHARE_METRIC]:.1%} of the loss, so training changed but no test "
+                   "prediction did (more test examples per task may show the difference)")
+        else:
+            why = f"; {run.strength_hint}" if run.strength_hint else ""
+        tag_run(client, run.run_id, {EQUALS_NAIVE_TAG: f"accuracy matrix equal to naive's at the same seed and order{why}"})
     table = comparison.table()
     experiment_id = comparison.experiment_id
     parent.log_final(summary_metrics(table))

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cl_harness.report.statistics import REFERENCE, STAT_DEFINITIONS, statistics_columns, statistics_display
 from cl_harness.tracking.reader import ChildRun, StoredGrid, read_grid
-from cl_harness.tracking.schema import FINISHED, NFR_METRIC, PROBE_METRICS
+from cl_harness.tracking.schema import FINISHED, NEGLIGIBLE_SHARE, NFR_METRIC, PENALTY_SHARE_METRIC, PROBE_METRICS
 
 #: Metrics aggregated per strategy (mean and std), in table order.
 TABLE_METRICS = (
@@ -166,8 +166,9 @@ class Comparison(StoredGrid):
 
     def inert_notes(self) -> dict[str, str]:
         """Per strategy that trained as naive does: why (its accuracy matrices equal naive's, or its loss terms stayed
-        negligible), in how many of its finished runs, and what to raise where the strategy names it."""
-        notes, same = {}, self.equal_to_naive()
+        negligible), in how many of its finished runs, and what to raise where the strategy names it. A run whose matrix
+        equals naive's although its terms acted (``terms_acted``) changed training, not the test predictions: not inert."""
+        notes, same = {}, [r for r in self.equal_to_naive() if not terms_acted(r)]
         for name in dict.fromkeys(r.strategy for r in self.finished()):
             mine = [r for r in self.finished() if r.strategy == name]
             flagged, equal = [r for r in mine if r.inert], [r for r in same if r.strategy == name]
@@ -192,6 +193,11 @@ class Comparison(StoredGrid):
             if runs:
                 out.append(_mean_matrix(strategy, runs, positional))
         return out
+
+
+def terms_acted(run: ChildRun) -> bool:
+    """Whether the run's own loss terms reached ``NEGLIGIBLE_SHARE`` of the loss on some task after the first."""
+    return run.metrics.get(PENALTY_SHARE_METRIC, 0.0) >= NEGLIGIBLE_SHARE
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:

@@ -9,8 +9,9 @@ Rules (one place, also shown in the report's definitions):
   *degenerate* interval (zero width from zero observed spread, not certainty).
 - **Pairwise test:** two strategies are compared on a metric with a *paired* test when both have runs
   for exactly the same (seed, order) pairs, at least ``MIN_RUNS`` of them: the Wilcoxon signed-rank test
-  with 6 or more pairs, else the paired t-test (with 5 pairs or fewer the exact two-sided Wilcoxon p-value
-  cannot go below 2/2^5 = 0.0625, so it could never reject at 0.05). Otherwise Welch's unequal-variance
+  with 6 or more pairs that differ, else the paired t-test (the signed-rank test drops pairs that do not
+  differ, and with 5 or fewer left its exact two-sided p-value cannot go below 2/2^5 = 0.0625, so it
+  could never reject at 0.05). Otherwise Welch's unequal-variance
   t-test, which needs ``MIN_RUNS`` or more runs on each side. Identical values on both sides give p = 1.
 - **Resolution:** with a test possible, the minimum detectable difference at the observed spread
   (two-sided ``ALPHA``, power ``POWER``, before the Holm correction): ``(t(1-ALPHA/2, df) + t(POWER, df)) · se``
@@ -104,7 +105,7 @@ def compare_pair(a: str, a_runs: Mapping[Hashable, float], b: str, b_runs: Mappi
         keys = sorted(left, key=repr)
         x, y = np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
         diff = x - y
-        test = WILCOXON if len(keys) >= WILCOXON_FROM else PAIRED_T
+        test = WILCOXON if np.count_nonzero(diff) >= WILCOXON_FROM else PAIRED_T  # the signed-rank test drops zero differences
         if np.all(diff == 0):
             return PairTest(a, b, test, len(keys), 0.0, 1.0)
         if test == PAIRED_T and np.all(diff == diff[0]):  # constant non-zero difference: zero variance, t infinite
@@ -256,7 +257,7 @@ STAT_DEFINITIONS = {
                    f"no interval with fewer than {MIN_RUNS} runs."),
     "p vs best / p vs naive": (
         "two-sided p-value of the final accuracy against the best strategy / naive, Holm-Bonferroni corrected over all pairs "
-        f"in the table; paired (Wilcoxon signed-rank with {WILCOXON_FROM}+ pairs, paired t-test with fewer) when both "
+        f"in the table; paired (Wilcoxon signed-rank with {WILCOXON_FROM}+ pairs that differ, paired t-test with fewer) when both "
         f"strategies ran the same seeds and orders, Welch's t-test otherwise; '*' marks p < {ALPHA}; '{NO_TEST_CELL}' "
         f"where a side has fewer than {MIN_RUNS} runs."
     ),

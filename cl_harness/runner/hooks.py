@@ -125,7 +125,6 @@ class FiniteLossGuard(SupervisedPlugin):
             )
 
 
-NEGLIGIBLE_SHARE = 1e-3  # added terms below this share of the loss on every task after the first: the strategy is inert
 ACTING_SHARE = 0.01  # the share a raised strength is estimated for
 
 
@@ -143,13 +142,15 @@ def strength_hint(spec, shares: dict[int, float] | None = None) -> str | None:
         text = f"raise {plugin.name}'s {name} (now {value:g}" + (f"; {acted}" if acted else "")
         if observed > 0 and value > 0:
             text += f"; its terms reach {ACTING_SHARE:.0%} of the loss from about {value * ACTING_SHARE / (1 - ACTING_SHARE) * (1 - observed) / observed:.0e} on"
+        elif shares:
+            text += "; its terms were below the loss's float32 resolution, so by orders of magnitude"
         parts.append(text + ")")
     return "; ".join(parts) or None
 
 
 class AddedLossShare(SupervisedPlugin):
     """The share of the strategy's own terms in the training loss, per task, logged as ``penalty_share/<task>``; a run whose
-    terms stay below NEGLIGIBLE_SHARE on every task after the first gets the ``inert`` tag and a warning.
+    terms stay below schema.NEGLIGIBLE_SHARE on every task after the first gets the ``inert`` tag and a warning.
 
     Placed after the strategy's plugins: at ``before_backward`` the loss holds the base criterion plus every term they
     added; the base criterion is recomputed on the step's outputs (no forward pass). Shares are sums over the task's
@@ -189,11 +190,11 @@ class AddedLossShare(SupervisedPlugin):
     def inert(self) -> str | None:
         """Why the strategy's terms did nothing, or None (also when nothing was measured after the first task)."""
         later = [s for i, s in self.shares.items() if i > 0]
-        if not later or max(later) >= NEGLIGIBLE_SHARE or not (self.hint or any(later)):
+        if not later or max(later) >= schema.NEGLIGIBLE_SHARE or not (self.hint or any(later)):
             return None
         hint = strength_hint(self.spec, self.shares)
-        return (f"{self.spec.label}'s loss terms stayed below {NEGLIGIBLE_SHARE:g} of the training loss on every task after the "
-                f"first (at most {max(later):.1e}): likely too weak to change training" + (f"; {hint}" if hint else ""))
+        return (f"{self.spec.label}'s loss terms stayed below {schema.NEGLIGIBLE_SHARE:g} of the training loss on every task after the "
+                f"first (at most {max(later):.1e}{': lost in rounding' if max(later) == 0 else ''}): likely too weak to change training" + (f"; {hint}" if hint else ""))
 
     def finish(self) -> None:
         """The run's largest share after the first task (final metric), and the inert tag and warning where it applies."""

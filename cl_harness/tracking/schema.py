@@ -130,6 +130,7 @@ VALID_ACC_METRIC = "valid_acc"  # final: mean validation accuracy over all tasks
 #: grid's end on a run whose accuracy matrix equals naive's at the same seed and order: ``equals_naive``.
 PENALTY_SHARE_PREFIX = "penalty_share"
 PENALTY_SHARE_METRIC = "penalty_share"
+NEGLIGIBLE_SHARE = 1e-3  # a strategy's terms below this share of the loss on every task after the first: it is inert
 INERT_TAG = "inert"
 STRENGTH_HINT_TAG = "strength_hint"
 EQUALS_NAIVE_TAG = "equals_naive"

@@ -142,7 +142,7 @@ def cmd_validate(args) -> int:
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
     check_tracking_uri(checked.loaded, None)
     if checked.config.search is not None:
-        from cl_harness.search.cli_hooks import check_search
+        from cl_harness.search.cli_hooks import check_search, describe_search
 
         check_search(checked)
     config = checked.config
@@ -156,8 +156,10 @@ def cmd_validate(args) -> int:
         valid = f"  valid {len(task.valid_labels):>6}" if task.valid_labels else ""
         print(f"    {task.name:<{width}}  {kind}  train {len(task.train_labels):>6}  test {len(task.test_labels):>6}{valid}{names}")
     peft = config.backbone.peft
-    print(f"  backbone {config.backbone.name}" + (f" (peft: {peft.method})" if peft.method != "none" else ""))
+    print(f"  backbone {config.backbone.name} ({config.backbone.kind}" + (f", peft: {peft.method})" if peft.method != "none" else ")"))
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {count(len(checked.runs), 'run')}")
+    if config.search is not None:
+        print("  " + "\n  ".join(describe_search(checked)))
     return EXIT_OK
 
 
@@ -224,7 +226,7 @@ def cmd_run(args) -> int:
         if checked.config.search is not None:
             from cl_harness.search.cli_hooks import describe_search
 
-            print("\n".join(describe_search(checked, args)))
+            print("\n".join(describe_search(checked, args.skip_search, args.search_only)))
         runs = share_pending_prefixes(checked.runs, status.done)
         print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(status.done)} already done "
               f"(comparison folder {status.folder}):")

@@ -228,7 +228,7 @@ def test_validate_names_the_peft_method(tmp_path, tiny_bert, capsys):
     config["backbone"]["peft"] = {"method": "bitfit"}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["validate", str(path)]) == 0
-    assert "(peft: bitfit)" in capsys.readouterr().out
+    assert "(encoder, peft: bitfit)" in capsys.readouterr().out
     config["backbone"]["peft"] = {"method": "adaptr"}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["validate", str(path)]) == 2

@@ -60,6 +60,9 @@ def test_a_dry_run_says_what_the_search_tunes_before_the_runs(tmp_path, tiny_ber
     assert out.index("search first") < out.index("planned run") and not (tmp_path / "runs").exists()
     assert main(["run", str(path), "--dry-run", "--skip-search"]) == 0
     assert "search: skipped (--skip-search)" in capsys.readouterr().out
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(encoder)" in out and "search first: 3 trials per strategy" in out and "tunes ewc_lambda" in out
 
 
 def prepared_for(path):
@@ -207,6 +210,9 @@ def test_cli_search_only_then_final_runs_with_the_best_parameters_and_a_search_r
     assert main(["run", str(path), "--tracking-uri", uri, "--no-progress", "--search-only"]) == 0
     out = capsys.readouterr().out
     assert "search ewc: best valid_acc" in out and "best parameters:" in out
+    ended = [line for line in out.splitlines() if line.startswith("search ewc: trial ")]  # a line as each trial ends
+    assert [line.split(":")[1] for line in ended] == [" trial 1 (of 2)", " trial 2 (of 2)"] and "ewc_lambda=" in ended[0], out
+    assert out.index(ended[-1]) < out.index("search ewc: best valid_acc")
 
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.get_experiment_by_name("tiny").experiment_id

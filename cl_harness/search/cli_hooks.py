@@ -20,15 +20,16 @@ def check_search(checked: CheckedExperiment) -> SearchPlan | None:
     return parse_search(checked.config.search, checked.strategies, checked.loaded.source, any(t.valid_labels for t in checked.tasks))
 
 
-def describe_search(checked: CheckedExperiment, args) -> list[str]:
-    """What ``run`` does before the runs (``--dry-run``): the trials per strategy, the parameters each tunes."""
-    if args.skip_search:
+def describe_search(checked: CheckedExperiment, skip: bool = False, only: bool = False) -> list[str]:
+    """What ``run`` does before the runs (``validate``, ``--dry-run``): the trials per strategy, the parameters each tunes;
+    ``skip`` and ``only``: ``--skip-search`` and ``--search-only``."""
+    if skip:
         return ["search: skipped (--skip-search); the runs use the best parameters of an earlier search, else the config's own"]
     config, spaces = (plan := check_search(checked)).config, plan.spaces
     lines = [f"search first: {config.n_trials} trials per strategy on seed(s) {', '.join(map(str, config.seeds))}, "
              f"maximising {config.objective} ({config.pruner} pruner):"]
     lines += [f"  {label:<40} tunes {', '.join(params)}" for label, params in spaces.items()]
-    lines.append("then stop (--search-only)" if args.search_only else "then the runs below, each strategy with its best parameters (shared prefixes as those allow):")
+    lines.append("then stop (--search-only)" if only else "then the runs, each strategy with its best parameters (shared prefixes as those allow)")
     return lines
 
 
@@ -62,7 +63,8 @@ def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> Prepared
         elif args.workers > 1:
             parallel = functools.partial(run_in_workers, prepared, plan, workers=args.workers)
             threads = max(1, int(args.cpus_per_run or (os.cpu_count() or 1) // args.workers))  # per worker
-        run_tracked_search(prepared, plan, uri, on_result=_print_result, parallel=parallel, threads=threads)
+        run_tracked_search(prepared, plan, uri, on_result=_print_result, parallel=parallel, threads=threads,
+                           on_trial=functools.partial(print, flush=True))
         print(f"best parameters: {folder / BEST_PARAMS_FILE}", flush=True)
     if args.search_only:
         return None

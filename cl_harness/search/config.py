@@ -124,7 +124,7 @@ def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_
         where = path + ("spaces", label)
         if label not in labels:
             raise source.error(where, f"no strategy labelled {label!r} in `strategies`; labels: {', '.join(labels)}",
-                               hint=did_you_mean(label, labels))
+                               hint=did_you_mean(label, labels) or "to run without the search block: --set search=null")
         if not isinstance(params, dict) or not params:
             raise source.error(where, "map at least one parameter to its space, e.g. training.lr: {low: 1e-5, high: 1e-3, log: true}")
         known = _plugin_params(labels[label])

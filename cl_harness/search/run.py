@@ -139,6 +139,18 @@ def search_folder(prepared: PreparedExperiment) -> Path:
 
 TrainFn = Callable[..., Any]  # train_and_evaluate's signature: (RunPlan, logger, show_progress=...)
 TrialLogger = Callable[..., Any]  # (strategy label, trial number, seed, params) -> a RunLogger
+OnTrial = Callable[[str], None]  # receives one line per ended trial (trial_line)
+
+
+def trial_line(label: str, trial: optuna.trial.FrozenTrial, n_trials: int) -> str:
+    """``search ewc: trial 3 (of 10): valid_acc 55.0% (ewc_lambda=12.3)``, or pruned or failed, as a trial ends."""
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    state = trial.state.name.lower()
+    if state == "complete" and trial.value is not None and not math.isnan(trial.value):
+        state = f"valid_acc {100 * trial.value:.1f}%"
+    elif state == "pruned":
+        state = f"pruned after step {trial.last_step}" if trial.last_step is not None else "pruned"
+    return f"search {label}: trial {trial.number + 1} (of {n_trials}): {state} ({params})"
 
 
 @dataclass
@@ -165,8 +177,10 @@ def trials_share_prefix(prepared: PreparedExperiment, plan: SearchPlan, spec: St
 
 
 def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.Study, plan: SearchPlan, n_trials: int,
-               train: TrainFn | None = None, trial_logger: TrialLogger | None = None, prefix_root: Path | None = None) -> None:
-    """Run ``n_trials`` more trials of the strategy's study (several processes may do so on one study at once).
+               train: TrainFn | None = None, trial_logger: TrialLogger | None = None, prefix_root: Path | None = None,
+               on_trial: OnTrial | None = None) -> None:
+    """Run ``n_trials`` more trials of the strategy's study (several processes may do so on one study at once);
+    ``on_trial`` gets a line as each ends.
 
     With ``prefix_root`` (the search folder) and ``trials_share_prefix``, each trial seed forks task 1 from the prefix
     of its seed and training values under ``prefix_root/prefixes/``, trained by the first trial that needs it.
@@ -203,7 +217,8 @@ def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.S
 
     if n_trials > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=n_trials, catch=(ValueError, RuntimeError))
+        ended = [lambda _, trial: on_trial(trial_line(spec.label, trial, plan.config.n_trials))] if on_trial else None
+        study.optimize(objective, n_trials=n_trials, catch=(ValueError, RuntimeError), callbacks=ended)
 
 
 def study_result(study: optuna.Study, label: str) -> StrategyResult:
@@ -223,7 +238,8 @@ def searched(prepared: PreparedExperiment, plan: SearchPlan) -> list[StrategySpe
 
 
 def run_search(prepared: PreparedExperiment, plan: SearchPlan, folder: Path, train: TrainFn | None = None,
-               trial_logger: TrialLogger | None = None, on_result: Callable[[StrategyResult], None] | None = None) -> list[StrategyResult]:
+               trial_logger: TrialLogger | None = None, on_result: Callable[[StrategyResult], None] | None = None,
+               on_trial: OnTrial | None = None) -> list[StrategyResult]:
     """Search every strategy named in ``plan`` in this process and write ``best_params.yaml``; one result per strategy.
 
     Trials a killed search left RUNNING are failed first; the missing ones run, so ``n_trials`` finish in all.
@@ -232,7 +248,7 @@ def run_search(prepared: PreparedExperiment, plan: SearchPlan, folder: Path, tra
     for spec in searched(prepared, plan):
         study = open_study(folder, spec.label, plan)
         fail_stale_trials(study)
-        run_trials(prepared, spec, study, plan, remaining_trials(study, plan), train, trial_logger, prefix_root=folder)
+        run_trials(prepared, spec, study, plan, remaining_trials(study, plan), train, trial_logger, prefix_root=folder, on_trial=on_trial)
         results.append(study_result(study, spec.label))
         if on_result is not None:
             on_result(results[-1])

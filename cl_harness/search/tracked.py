@@ -41,7 +41,8 @@ def _open_parent(client, experiment_id: str, folder: Path, prepared: PreparedExp
 
 
 def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str, on_result=None,
-                       parallel: Callable[[SearchSpec], None] | None = None, threads: int | None = None) -> list[StrategyResult]:
+                       parallel: Callable[[SearchSpec], None] | None = None, threads: int | None = None,
+                       on_trial=None) -> list[StrategyResult]:
     """Run the search with every trial an MLflow child run of the ``search`` parent; the best parameters go on the parent.
 
     One process at a time runs a search folder (a second invocation waits). A killed search resumes: its trials left
@@ -64,7 +65,7 @@ def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str,
                                   parent.run_id, str(folder.resolve()), threads)
                 parallel(spec)
                 writer.end_stale_trials(client, experiment_id, parent.run_id, STALE_TRIAL)  # a worker that died
-            results = run_search(prepared, plan, folder, trial_logger=trial_logger, on_result=on_result)  # what is missing
+            results = run_search(prepared, plan, folder, trial_logger=trial_logger, on_result=on_result, on_trial=on_trial)  # what is missing
             writer.log_search_outcome(parent, folder / BEST_PARAMS_FILE, {r.label: (r.best_value, r.best_params) for r in results})
         parent.end("FINISHED")
     return results

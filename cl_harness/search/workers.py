@@ -86,7 +86,8 @@ def search_worker(spec: SearchSpec, shares: dict[str, int], worker: int, own_pro
         for strategy in searched(prepared, plan):
             if shares.get(strategy.label):
                 study = open_study(folder, strategy.label, plan, worker)
-                run_trials(prepared, strategy, study, plan, shares[strategy.label], trial_logger=logger, prefix_root=folder)
+                run_trials(prepared, strategy, study, plan, shares[strategy.label], trial_logger=logger, prefix_root=folder,
+                           on_trial=functools.partial(print, flush=True))
     except KeyboardInterrupt:  # its trial ended (KILLED in MLflow, FAIL in Optuna): exit without a traceback
         raise SystemExit(130) from None
 

@@ -159,3 +159,134 @@ def test_a_csv_text_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
     task = load_task(load_stream(data_stream(tmp_path, "train.csv"), {}), 0)
     assert long_text in task.train_texts + task.test_texts
     assert csv.field_size_limit() == default  # the limit is raised for the read only
+
+
+# -- integers, duplicate keys, YAML 1.1 number forms and --set through a shorthand -----------------------------------
+NINES = "9" * 5000  # past Python's 4,300-digit limit on int <-> str conversion
+
+
+@pytest.mark.parametrize("experiment, flags, key, line", [
+    (EXPERIMENT, [f"training.epochs={NINES}"], None, None),
+    (EXPERIMENT, [f"seeds=[{NINES}]"], None, None),
+    (EXPERIMENT + f"training:\n  epochs: {NINES}\n", [], "training.epochs", 5),
+    (EXPERIMENT + f"training:\n  extra:\n    ? {NINES}\n    : 1\n", [], "training.extra", 6),
+    (EXPERIMENT + f"seeds: [0, 0x{NINES}]\n", [], "seeds[1]", 4),
+], ids=["set-int", "set-list", "file-int", "file-key", "file-hex"])
+def test_an_integer_too_long_to_convert_is_refused_at_its_key(tmp_path, experiment, flags, key, line):
+    err = config_error(write_config(tmp_path, experiment, STREAM), flags)
+    assert "the integer" in err.message and "at most" in err.message and "digits" in err.message, err
+    assert NINES not in str(err)
+    if flags:
+        assert err.origin.startswith(f"--set {flags[0].split('=')[0]}=")
+    else:
+        assert err.key.startswith(key) and err.line == line, err
+
+
+@pytest.mark.parametrize("flag", [f"seeds.{NINES}=1", "seeds.\u00b2=1"], ids=["long", "superscript"])
+def test_a_set_key_path_of_long_or_non_ascii_digits_is_not_a_crash(tmp_path, flag):
+    err = config_error(write_config(tmp_path, EXPERIMENT + "seeds: [0]\n", STREAM), [flag])
+    assert err.origin.startswith("--set seeds.") and "not an index" in err.message, err
+
+
+def test_validate_of_a_set_integer_too_long_to_convert_exits_2_without_a_traceback(tmp_path, capsys):
+    from cl_harness.cli import main
+
+    path = write_config(tmp_path, EXPERIMENT, STREAM)
+    assert main(["validate", str(path), "--set", f"training.epochs={NINES}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "digits" in err and len(err) < 600, err
+
+
+@pytest.mark.parametrize("mapping, first, second", [
+    ("{0: x, 0x0: y, 1: z}", "0", "0x0"),
+    ("{1: x, 1.0: y}", "1", "1.0"),
+    ("{1: x, 01: y}", "1", "01"),
+    ("{'1': x, 1: y}", "'1'", "1"),  # labels are text: the harness reads both as label '1'
+    ("{1: x, '1': y}", "1", "'1'"),
+])
+def test_two_spellings_of_one_label_in_rename_labels_are_a_duplicate_key(tmp_path, mapping, first, second):
+    task = "    rename_labels:\n" + "".join(f"      {item.strip()}\n" for item in mapping.strip("{}").split(","))
+    stream = STREAM.replace("    classes: [sports, business]\n", "    classes: [sports, business]\n" + task, 1)
+    (tmp_path / "stream.yaml").write_text(stream)
+    with pytest.raises(ConfigError) as info:
+        load_stream(tmp_path / "stream.yaml", {})
+    err = info.value
+    assert err.message.startswith(f"duplicate key {second.strip(chr(39))!r}") and "(lines 8 and 9)" in err.message, err
+    assert err.line == 9 and err.key.startswith("tasks[0].rename_labels"), err
+
+
+@pytest.mark.parametrize("body", [
+    "training:\n  <<: {lr: 1.0e-3}\n  <<: {lr: 1.0e-2}\n",
+    "base: &b {lr: 1.0e-3}\ntraining:\n  epochs: 1\n  <<: *b\n  <<: {lr: 1.0e-2}\n",
+])
+def test_a_second_merge_key_in_one_mapping_is_a_duplicate_key(tmp_path, body):
+    err = config_error(write_config(tmp_path, EXPERIMENT + body, STREAM))
+    first, second = [i + 4 for i, line in enumerate(body.splitlines()) if line.strip().startswith("<<")]
+    assert f"duplicate key '<<' (lines {first} and {second})" in err.message and err.line == second, err
+    assert "<<: [" in err.message or "<<: [" in (err.hint or ""), err
+
+
+def test_one_merge_key_and_distinct_keys_still_load(tmp_path):
+    from cl_harness.config.loader import load_experiment
+
+    body = "training:\n  <<: {lr: 1.0e-3, epochs: 2}\n  epochs: 3\n"
+    config = load_experiment(write_config(tmp_path, EXPERIMENT.replace("name: x", "name: 123") + body, STREAM), ["seeds=[0, 1]"]).config
+    assert config.training.lr == 1e-3 and config.training.epochs == 3 and config.name == "123" and config.seeds == [0, 1]
+
+
+@pytest.mark.parametrize("text, number", [("10:30", "630"), ("010", "8"), ("0b101", "5"), ("1_000", "1000"), ("0x1f", "31"),
+                                          ("+7", "7"), ("1.50", "1.5")])
+def test_a_name_written_in_a_yaml_number_form_must_be_quoted(tmp_path, text, number):
+    err = config_error(write_config(tmp_path, EXPERIMENT.replace("name: x", f"name: {text}"), STREAM))
+    assert err.key == "name" and err.line == 1 and text in err.message and number in err.message, err
+    assert "quote" in (err.hint or ""), err
+    err = config_error(write_config(tmp_path, EXPERIMENT, STREAM), [f"name={text}"])
+    assert err.origin == f"--set name={text}" and number in err.message and "quote" in (err.hint or ""), err
+
+
+@pytest.mark.parametrize("replace, key, line", [
+    (("  - name: t2", "  - name: 010"), "tasks[1].name", 7),
+    (("classes: [sports, business]", "classes: [010, 011]"), "tasks[0].classes[0]", 6),
+    (("classes: [sports, business]", "classes: [sports, business]\n    rename_labels: {sports: 10:30}"), "tasks[0].rename_labels.sports", 7),
+    (("classes: [sports, business]", "classes: [sports, business]\n    rename_labels: {0b1: x}"), "tasks[0].rename_labels", 7),
+    (("classes: [sports, business]", "classes: [sports, business]\n    label_names: [1_0, b]"), "tasks[0].label_names[0]", 7),
+    (("name: s", "name: 017"), "name", 1),
+])
+def test_a_task_name_class_or_label_in_a_yaml_number_form_must_be_quoted(tmp_path, replace, key, line):
+    (tmp_path / "stream.yaml").write_text(STREAM.replace(*replace, 1))
+    with pytest.raises(ConfigError) as info:
+        load_stream(tmp_path / "stream.yaml", {})
+    err = info.value
+    assert err.key.startswith(key) and err.line == line and "quote" in (err.hint or ""), err
+
+
+def test_plain_numbers_still_work_where_numbers_or_names_are_expected(tmp_path):
+    from cl_harness.config.loader import load_experiment
+
+    stream = STREAM.replace("name: t2", "name: 2").replace("classes: [sports, business]", "classes: [sports, business]\n    split_seed: 0x10")
+    experiment = EXPERIMENT.replace("name: x", "name: 123") + "training:\n  lr: 1e-3\n  epochs: 1_0\nseeds: [0, 1]\n"
+    loaded = load_experiment(write_config(tmp_path, experiment, stream), ["training.batch_size=0b100", "description=1.5"])
+    config = loaded.config
+    assert config.name == "123" and config.seeds == [0, 1] and config.training.lr == 1e-3 and config.training.epochs == 10
+    assert config.training.batch_size == 4 and config.description == "1.5"
+    assert loaded.stream.config.tasks[1].name == "2" and loaded.stream.config.tasks[0].split_seed == 16
+
+
+def test_a_quoted_number_form_is_kept_as_written(tmp_path):
+    from cl_harness.config.loader import load_experiment
+
+    config = load_experiment(write_config(tmp_path, EXPERIMENT.replace("name: x", "name: '10:30'"), STREAM)).config
+    assert config.name == "10:30"
+
+
+def test_set_below_a_backbone_given_as_a_string_keeps_the_string_as_its_name(tmp_path):
+    from cl_harness.config.loader import load_experiment
+
+    path = write_config(tmp_path, EXPERIMENT + "backbone: some-org/some-model\n", STREAM)
+    config = load_experiment(path, ["backbone.pooling=cls"]).config
+    assert config.backbone.name == "some-org/some-model" and config.backbone.pooling == "cls"
+    config = load_experiment(path, ["backbone=other/model", "backbone.pooling=cls"]).config
+    assert config.backbone.name == "other/model" and config.backbone.pooling == "cls"
+    err = config_error(path, ["backbone.pooling=max"])
+    assert err.key == "backbone.pooling" and err.origin == "--set backbone.pooling=max", err
+

@@ -15,6 +15,11 @@ from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load
 from cl_harness.errors import ConfigError
 
 
+#: Keys whose string value is shorthand for a mapping: ``backbone: path-or-id`` is ``backbone: {name: path-or-id}``
+#: (also below a ``--set`` flag: ``--set backbone.pooling=cls`` keeps the name).
+SHORTHANDS = {("backbone",): "name"}
+
+
 @dataclass
 class LoadedStream:
     """A validated stream and where it came from; relative paths in it resolve against ``base_dir``."""
@@ -85,10 +90,11 @@ def load_experiment(
         data = {}
     if not isinstance(data, dict):
         raise source.error((), "an experiment file must be a mapping with keys name, stream, ...")
-    data = apply_overrides(data, list(overrides), source)
+    data = apply_overrides(data, list(overrides), source, SHORTHANDS)
     data = expand_vars(data, variables, source)
-    if isinstance(data.get("backbone"), str):  # shorthand: `backbone: path-or-id`
-        data["backbone"] = {"name": data["backbone"]}
+    for (key,), name in SHORTHANDS.items():
+        if isinstance(data.get(key), str):
+            data[key] = {name: data[key]}
     check_numbers(data, source)
     config = parse(ExperimentConfig, data, source)
     check_name(config.name, source, ("name",), "experiment name")

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 from cl_harness.config.limits import check_finite, check_seed_key
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import short_repr
+from cl_harness.errors import clip, short_repr
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str | None:
@@ -69,6 +69,37 @@ def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPat
             raise source.error(path, f"must be {word} {meta[key]}, got {short_repr(value)}")
 
 
+def _number_form(text: str) -> str:
+    """Which YAML 1.1 number form ``text`` is written in, in words."""
+    lower = text.lower()
+    if ":" in text:
+        return "a base-60 number"
+    if "0b" in lower or "0x" in lower:
+        return "a binary number" if "0b" in lower else "a hexadecimal number"
+    if "_" in text:
+        return "a number with digit separators"
+    digits = text.lstrip("+-")
+    return "an octal number" if digits.startswith("0") and digits.lstrip("0").isdigit() else "a number"
+
+
+def _check_number_text(value: Any, source: Source, path: KeyPath, key: bool = False) -> None:
+    """Refuse, for a text field (or a text key), a number YAML 1.1 read from another form than its plain decimal one:
+    ``name: 010`` is the octal 8, ``10:30`` the base-60 630, ``1_000`` 1000; ``str()`` of it would silently be another
+    name. Plain numbers (``name: 123``, ``classes: [0, 1]``, ``1.5``) are their own text and pass."""
+    text = source.number_text(path, value, key=key)
+    if text is None:
+        return
+    shown = clip(text, 40)
+    error = source.error(
+        path[:-1] + (shown,) if key else path,
+        f"YAML reads {shown} as {_number_form(text)}, {short_repr(value, 40)}; this {'key' if key else 'value'} is text, "
+        f"so it would become {short_repr(str(value), 40)}",
+        hint=f'quote it to keep it as written: "{shown}"', line=source.line_of(path) if key else None,
+    )
+    error.number_form = True  # type: ignore[attr-defined]  # what a union with str reports (see coerce)
+    raise error
+
+
 def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | None = None) -> Any:
     """Convert ``value`` to type ``tp`` or raise a ConfigError at ``path`` (``example``: a valid value to show)."""
     origin = typing.get_origin(tp)
@@ -88,6 +119,9 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | No
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
+        quote = next((e for e in errors if getattr(e, "number_form", False)), None)
+        if quote is not None:  # `label_names: [010]` for `list[str] | str`: say to quote it, not "expected ..."
+            raise quote
         raise source.error(path, f"expected {_type_name(tp)}, got {short_repr(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -103,10 +137,25 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | No
             raise source.error(path, f"expected {_type_name(tp)}" + (f" (e.g. {shown})" if shown else "") + f", got {short_repr(value)}")
         return [coerce(arg, v, source, path + (i,)) for i, v in enumerate(value)]
     if origin is dict:
-        _, arg = typing.get_args(tp) or (str, Any)
+        key_type, arg = typing.get_args(tp) or (str, Any)
         if not isinstance(value, dict):
             raise source.error(path, f"expected a mapping, got {short_repr(value)}")
-        return {str(k): coerce(arg, v, source, path + (k,)) for k, v in value.items()}
+        out: dict = {}
+        keys: dict[str, Any] = {}
+        for k, v in value.items():
+            if key_type is str:
+                _check_number_text(k, source, path + (k,), key=True)
+            name = str(k)
+            if name in keys:  # `'1': a` and `1: b`: two keys in YAML, one name here (labels are text)
+                first, second = source.line_of(path + (keys[name],)), source.line_of(path + (k,))
+                raise source.error(
+                    path + (name,), f"duplicate key {name!r} (lines {first} and {second}); {short_repr(keys[name], 30)} and "
+                                 f"{short_repr(k, 30)} are the same key here (keys are text); give each key once",
+                    line=second,
+                )
+            keys[name] = k
+            out[name] = coerce(arg, v, source, path + (k,))
+        return out
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, source, path)
     if tp is bool:
@@ -142,6 +191,7 @@ def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | No
                 return check_finite(number, source, path)
         raise source.error(path, f"expected a number, got {short_repr(value)}")
     if tp is str:
+        _check_number_text(value, source, path)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise source.error(path, f"expected a string, got {short_repr(value)}")

@@ -28,6 +28,7 @@ NEEDS = {
 }
 OVERRIDE_FORM = "--set KEY.PATH=VALUE"
 MAX_FLAG_CHARS = 100
+MAX_INDEX_DIGITS = 9  # a key path part of more digits is a name, never a list index
 
 
 @dataclass
@@ -37,6 +38,11 @@ class Source:
     file: str | None = None
     lines: dict[KeyPath, int] = field(default_factory=dict)
     overrides: dict[KeyPath, str] = field(default_factory=dict)  # key paths a --set flag gave (or replaced) -> the flag
+    #: How the text wrote a number that YAML 1.1 reads as other than its plain decimal form (``010`` -> 8, ``10:30`` ->
+    #: 630, ``1_000``): value key path -> text, and (in ``number_keys``) mapping key path -> text. A text field refuses
+    #: such a number (``name: 010`` would silently become "8"), see ``number_text``.
+    numbers: dict[KeyPath, str] = field(default_factory=dict)
+    number_keys: dict[KeyPath, str] = field(default_factory=dict)
 
     def override_of(self, path: KeyPath) -> str | None:
         """The ``--set`` flag that gave the value at ``path`` (or one of its ancestors), if one did."""
@@ -55,6 +61,21 @@ class Source:
                 return self.lines[path]
             path = path[:-1]
         return self.lines.get(())
+
+    def number_text(self, path: KeyPath, value: Any, key: bool = False) -> str | None:
+        """How the text wrote ``value`` (the number at ``path``, or the mapping key ``path[-1]``) where YAML read it as a
+        number that is not written in its plain decimal form; None for a plain number or another value."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        text = (self.number_keys if key else self.numbers).get(tuple(path))
+        return text if text is not None and text != str(value) else None
+
+    def forget_below(self, path: KeyPath) -> None:
+        """Drop what is recorded about the values at ``path`` and below (a ``--set`` flag replaced them)."""
+        path = tuple(path)
+        for table in (self.numbers, self.number_keys):
+            for known in [p for p in table if p[: len(path)] == path]:
+                del table[known]
 
     @contextmanager
     def locating(self) -> Iterator[None]:
@@ -98,17 +119,54 @@ def _key_value(node: yaml.Node) -> Any:
     return node.value
 
 
-def _walk_lines(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = _key_value(key_node)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _walk_lines(value_node, path + (key,), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[path + (index,)] = item.start_mark.line + 1
-            _walk_lines(item, path + (index,), lines)
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _number_form(node: yaml.Node, constructor: SafeConstructor) -> str | None:
+    """The text of a scalar YAML read as a number not written in its plain decimal form (``010``, ``10:30``, ``1_0``)."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMBER_TAGS:
+        return None
+    try:
+        value = constructor.construct_object(node)
+    except Exception:  # noqa: BLE001 - the loader itself reports a number it cannot build
+        return None
+    return node.value if str(value) != node.value else None
+
+
+def _walk(node: yaml.Node, path: KeyPath, source: Source, lines: bool = True,
+          constructor: SafeConstructor | None = None) -> None:
+    """Record the line of every key path under ``node`` (when ``lines``) and the numbers YAML 1.1 read from a form
+    other than their plain decimal one. Run on a composed and constructed tree, whose merges (``<<``) are flattened:
+    a mapping's merged pairs come first and its own keys after them, so the last record of a path is its value's."""
+    constructor = constructor or SafeConstructor()
+    stack: list[tuple[yaml.Node, KeyPath]] = [(node, path)]
+    while stack:  # depth first, in document order, so that a later (winning) value's records overwrite an earlier one's
+        node, path = stack.pop()
+        if lines:
+            source.lines.setdefault(path, node.start_mark.line + 1)
+        text = _number_form(node, constructor)
+        if text is None:
+            source.numbers.pop(path, None)
+        else:
+            source.numbers[path] = text
+        children: list[tuple[yaml.Node, KeyPath]] = []
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = _key_value(key_node)
+                if lines:
+                    source.lines[path + (key,)] = key_node.start_mark.line + 1
+                key_text = _number_form(key_node, constructor)
+                if key_text is None:
+                    source.number_keys.pop(path + (key,), None)
+                else:
+                    source.number_keys[path + (key,)] = key_text
+                children.append((value_node, path + (key,)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                if lines:
+                    source.lines[path + (index,)] = item.start_mark.line + 1
+                children.append((item, path + (index,)))
+        stack.extend(reversed(children))
 
 
 def load_yaml(path: str | Path, what: str = "config") -> tuple[Any, Source]:
@@ -145,9 +203,9 @@ def load_yaml(path: str | Path, what: str = "config") -> tuple[Any, Source]:
     if data is None:  # no document, only comments, or a lone `null`
         line = node.start_mark.line + 1 if node is not None else None
         raise ConfigError(f"the file is empty; {NEEDS.get(what, NEEDS['config'])}", file=path, line=line)
-    lines: dict[KeyPath, int] = {}
-    _walk_lines(node, (), lines)
-    return data, Source(str(path), lines)
+    source = Source(str(path))
+    _walk(node, (), source)
+    return data, source
 
 
 def decode_utf8(raw: bytes, path: Path, what: str = "config") -> str:
@@ -230,22 +288,32 @@ def _override_key(item: str, file: str | None = None) -> tuple[str, list[Any]]:
     if any(not name.strip() or name != name.strip() for name in names):
         raise _override_error(item, f"{key!r} is not a key path (an empty or blank part between dots); the form is {OVERRIDE_FORM}",
                               file=file)
-    return key, [int(p) if p.isdigit() else p for p in names]
+    return key, [int(p) if p.isascii() and p.isdigit() and len(p) <= MAX_INDEX_DIGITS else p for p in names]
 
 
-def apply_overrides(data: dict, overrides: list[str], source: Source) -> dict:
+def _not_an_index(parts: list[Any], length: int) -> str:
+    return (f"{format_path(tuple(parts[:-1]))} is a list of {length} items; {short_repr(parts[-1], 30)} is not an index"
+            + (f" 0..{length - 1}" if length else ""))
+
+
+def apply_overrides(data: dict, overrides: list[str], source: Source,
+                    shorthands: Mapping[KeyPath, str] | None = None) -> dict:
     """Apply ``key.path=value`` overrides; values are parsed as YAML scalars or lists.
 
     ``source.overrides`` records the key paths each flag set (and the mappings it created or replaced), so that a
-    message about one of those values names the flag, not the file's line.
+    message about one of those values names the flag, not the file's line. A flag that sets a key below a plain value
+    puts a mapping in its place, except that a string at a path of ``shorthands`` stands for
+    ``{shorthands[path]: string}`` (``backbone: NAME`` is ``backbone: {name: NAME}``, so ``--set backbone.pooling=cls``
+    keeps the name instead of silently loading the default model).
     """
+    shorthands = shorthands or {}
     budget = MAX_YAML_NODES  # for all the flags together, as for one file
     for item in overrides:
         key, parts = _override_key(item, source.file)
         flag = f"--set {clip(item, MAX_FLAG_CHARS)}"
         raw = item.split("=", 1)[1]
         try:
-            value, _, nodes = parse_yaml(raw, max_nodes=budget) if raw else ("", None, 1)
+            value, tree, nodes = parse_yaml(raw, max_nodes=budget) if raw else ("", None, 1)
             budget -= nodes
         except GuardError as exc:
             raise _override_error(item, f"the value is refused: {exc}", file=source.file,
@@ -256,19 +324,27 @@ def apply_overrides(data: dict, overrides: list[str], source: Source) -> dict:
                                   hint="quote the value for the shell, e.g. --set 'seeds=[0, 1]'", file=source.file) from None
         node: Any = data
         for depth, part in enumerate(parts[:-1]):
-            child = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else (
-                node.get(part) if isinstance(node, dict) else None
-            )
-            if child is None and not isinstance(node, dict):
-                raise _override_error(item, f"{format_path(tuple(parts[: depth + 1]))} is not a mapping", file=source.file)
-            if not isinstance(child, (dict, list)):
+            here = tuple(parts[: depth + 1])
+            if isinstance(node, list):
+                if not isinstance(part, int) or part >= len(node):
+                    raise _override_error(item, _not_an_index(list(here), len(node)), file=source.file)
+                child = node[part]
+            else:
+                child = node.get(part)
+            if isinstance(child, str) and here in shorthands:
+                child = node[part] = {shorthands[here]: child}  # the string's own line (or flag) still names it
+            elif not isinstance(child, (dict, list)):
+                # A mapping this flag made, in place of nothing or of a plain value: the schema then names the flag
+                # where a plain value was expected (`--set name.sub=1`: "name: expected a string").
                 child = node[part] = {}
-                source.overrides[tuple(parts[: depth + 1])] = flag  # a mapping this flag made
+                source.overrides[here] = flag
             node = child
         if isinstance(node, list):
             if not isinstance(parts[-1], int) or parts[-1] >= len(node):
-                raise _override_error(item, f"{format_path(tuple(parts[:-1]))} is a list of {len(node)} items; "
-                                      f"{parts[-1]!r} is not an index 0..{len(node) - 1}", file=source.file)
+                raise _override_error(item, _not_an_index(parts, len(node)), file=source.file)
         node[parts[-1]] = value
         source.overrides[tuple(parts)] = flag
+        source.forget_below(tuple(parts))
+        if tree is not None:
+            _walk(tree, tuple(parts), source, lines=False)
     return data

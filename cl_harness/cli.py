@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="folder for report.html, CSV and plots "
                                        "(default: reports/<experiment>/<first 8 characters of the parent run id>)")
     compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
+    compare.add_argument("--markdown", action="store_true", help="print every column as a Markdown table instead of the terminal table")
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints its address once it answers")
     ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
@@ -300,6 +301,7 @@ def cmd_compare(args) -> int:
     from cl_harness.config.names import file_name
     from cl_harness.grid.input_checks import check_output_folder
     from cl_harness.report.compare import markdown
+    from cl_harness.report.glance import compact_table
     from cl_harness.report.html import write_report
 
     if args.out:
@@ -308,7 +310,8 @@ def cmd_compare(args) -> int:
     comparison = loaded.data
     out = Path(args.out) if args.out else Path("reports") / file_name(comparison.experiment_name) / comparison.parent_run_id[:8]
     check_output_folder(out, "--out" if args.out else "--out (default)")
-    print(markdown(loaded.comparison()))
+    table = loaded.comparison()
+    print(markdown(table) if args.markdown else compact_table(table))
     for problem in comparison.problems():
         print(f"not finished: {problem.name} ({problem.status})" + (f": {problem.error}" if problem.error else ""))
     print(f"\nreport: {write_report(comparison, out)}")

@@ -131,6 +131,9 @@ def test_results_give_runs_matrices_and_the_comparison_table(grown):
 def test_compare_prints_the_table_of_the_results_api(grown, tmp_path, capsys):
     stages, uri = grown
     assert main(["compare", "grow", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out  # the table `run` printed at its end
+    assert out.startswith("strategy  runs") and "* p < 0.05, Holm-corrected" in out and "report: " in out and "|" not in out
+    assert main(["compare", "grow", "--tracking-uri", uri, "--out", str(tmp_path / "report"), "--markdown"]) == 0
     out = capsys.readouterr().out
     assert out.count("| ewc |") == 1 and "| naive |" in out and "| replay |" in out
 

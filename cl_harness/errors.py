@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 MAX_MESSAGE_CHARS = 400  # a message never echoes more than a short excerpt of a user's file
@@ -9,9 +10,17 @@ MAX_KEY_CHARS = 120
 
 
 def clip(text: str, limit: int) -> str:
-    """``text`` on one line, cut to ``limit`` characters (marked with ``...``)."""
+    """``text`` on one line, cut to ``limit`` characters (marked with ``...``); other control characters and lone
+    surrogates escaped (``\\x1b``), so that a user's value quoted in a message cannot drive the terminal."""
     text = " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c == " " or not _unprintable(c) else ascii(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unprintable(char: str) -> bool:
+    """A control character (C0, DEL, C1) or a lone surrogate: what a terminal acts on, or what is not text."""
+    return unicodedata.category(char) in ("Cc", "Cs")
 
 
 def short_repr(value: object, limit: int = 80) -> str:

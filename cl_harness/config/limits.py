@@ -6,6 +6,7 @@ import math
 import re
 from typing import Any
 
+from cl_harness.config.names import NAME_HINT, name_problem
 from cl_harness.config.yaml_io import KeyPath, Source
 
 SEED_LIMIT = 2**32  # numpy's seeds: 0 <= seed < 2**32
@@ -56,5 +57,6 @@ def check_name(value: str, source: Source, path: KeyPath, what: str = "name") ->
         raise source.error(path, f"the {what} is empty", hint="give a short name, e.g. my-experiment")
     if len(value) > MAX_NAME_CHARS:
         raise source.error(path, f"the {what} has {len(value)} characters; at most {MAX_NAME_CHARS} are allowed")
-    if "\x00" in value or any(ord(c) < 32 for c in value):
-        raise source.error(path, f"the {what} holds control characters")
+    problem = name_problem(value)
+    if problem:
+        raise source.error(path, f"the {what} {problem}", hint=NAME_HINT)

@@ -6,7 +6,8 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ class RawSplit:
     class_labels: dict[str, list[str]] = field(default_factory=dict)
     lines: list[int] | None = None  # the file line where each row starts (JSON lines, CSV), for messages
     strings: dict[str, list[str]] = field(default_factory=dict)  # CSV columns turned into ints, as written
+    # finds ``lines`` when a message first needs them (a .json array: one more pass over the text, only then)
+    find_lines: Callable[[], list[int] | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def field_names(self) -> list[str]:
@@ -48,6 +51,8 @@ class RawSplit:
 
     def row(self, index: int) -> str:
         """How a message names row ``index``: ``row 3`` or, when the file's lines are known, ``row 3 (line 5)``."""
+        if self.lines is None and self.find_lines is not None:
+            self.lines, self.find_lines = self.find_lines(), None
         if self.lines is not None and 0 <= index < len(self.lines):
             return f"row {index} (line {self.lines[index]})"
         return f"row {index}"
@@ -263,10 +268,13 @@ def _read_json(path: Path, suffix: str, text: str) -> RawSplit:
     """Rows of a .json file (an array of objects, or JSON lines) or a .jsonl file."""
     if suffix == ".json":
         document = _whole_json(path, text)
+        if document is _NOT_ONE_DOCUMENT and text.lstrip()[:1] == "[":
+            document = _parse_json_array(path, text)
         if document is not _NOT_ONE_DOCUMENT:
-            return rows_to_split(_json_rows(path, document), str(path))
-        if text.lstrip()[:1] == "[":
-            return rows_to_split(_parse_json_array(path, text), str(path))
+            split = rows_to_split(_json_rows(path, document), str(path))
+            if "\n" in text.strip():  # on one line, "line 1" tells nothing
+                split.find_lines = lambda: json_array_item_lines(text)
+            return split
     rows, lines = _parse_json_lines(path, text)
     return rows_to_split(rows, str(path), lines=lines)
 
@@ -285,8 +293,120 @@ def _refuse_constant(name: str) -> object:
 
 
 def _loads(text: str) -> object:
-    """The guarded JSON parse (duplicate keys, depth) that also refuses the NaN and Infinity constants (``_JsonConstant``)."""
-    return parse_json(text, parse_constant=_refuse_constant)
+    """The guarded JSON parse (duplicate keys, depth) that also refuses the NaN and Infinity constants (``_JsonConstant``)
+    and integers longer than Python converts (``IntegerTooLong``)."""
+    try:
+        return parse_json(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        problem = integer_too_long(exc, text)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+class IntegerTooLong(Exception):
+    """An integer in a JSON text with more digits than Python converts (``sys.get_int_max_str_digits``): ``json`` raises
+    a bare ValueError that names neither line nor key. ``str()``: ``line 4: field 'label' is an integer of 5000 digits ...``."""
+
+    hint = "write a number this long as a string, in quotes"
+
+    def __init__(self, digits: int, line: int | None, where: str) -> None:
+        self.detail = f"{where} is an integer of {digits} digits; at most {sys.get_int_max_str_digits()} are allowed"
+        self.line = line
+        super().__init__((f"line {line}: " if line else "") + self.detail)
+
+
+class _LongInteger:
+    """Where a too long integer was, in a parse that goes on past it (to find its key)."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _int_or_marker(text: str) -> int | _LongInteger:
+    try:
+        return int(text)
+    except ValueError:
+        return _LongInteger(len(text.lstrip("-")))
+
+
+# a parse that never fails on a value: too long integers become markers, NaN and Infinity floats
+_LENIENT = json.JSONDecoder(parse_int=_int_or_marker, parse_constant=float)
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def integer_too_long(exc: ValueError, text: str) -> IntegerTooLong | None:
+    """The problem with its line and key when ``exc`` (raised parsing ``text`` as JSON) is Python's limit on the digits
+    of an integer; None for any other error."""
+    if "integer string conversion" not in str(exc):
+        return None
+    limit = sys.get_int_max_str_digits()
+    # a string, or an integer literal with more digits than the limit (not the digits of a fraction or an exponent)
+    match = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![0-9.eE+-])(-?[0-9]{%d,})(?![0-9.eE])' % (limit + 1))
+    found = next((m for m in match.finditer(text) if m.group(1)), None)
+    line = text.count("\n", 0, found.start()) + 1 if found else None
+    digits = len(found.group(1).lstrip("-")) if found else 0
+    for candidate in (text, text.splitlines()[line - 1] if line else None):
+        if candidate is None:
+            continue
+        try:
+            key = _marker_path(_LENIENT.decode(candidate))
+        except (ValueError, RecursionError):
+            continue
+        if key is not None:
+            item = key[0] if key and isinstance(key[0], int) and candidate is text else None
+            return IntegerTooLong(digits, line, _describe_key(key[1:] if item is not None else key, item))
+    return IntegerTooLong(digits, line, "a value")
+
+
+def _marker_path(data: object) -> tuple | None:
+    """The key path of the first too long integer in parsed data (document order), None if none."""
+    stack: list[tuple[object, tuple]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _LongInteger):
+            return path
+        if isinstance(value, dict):
+            stack.extend(reversed([(v, path + (k,)) for k, v in value.items()]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(v, path + (i,)) for i, v in enumerate(value)]))
+    return None
+
+
+def _describe_key(key: tuple, item: int | None) -> str:
+    """How a message names a value in a JSON text: ``item 5, field 'meta.n'``, ``field 'label'`` or ``item 1``."""
+    parts = [f"item {item}"] if item is not None else []
+    if key:
+        name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in key).lstrip(".")
+        parts.append(f"field {clip(repr(name), 80)}")
+    return ", ".join(parts) or "the value"
+
+
+def json_array_item_lines(text: str) -> list[int] | None:
+    """The line where each item of the JSON array that is ``text`` starts; None when ``text`` is not one array."""
+    i = _WHITESPACE.match(text).end()
+    if text[i : i + 1] != "[":
+        return None
+    i = _WHITESPACE.match(text, i + 1).end()
+    lines: list[int] = []
+    line, counted = 1, 0
+    if text[i : i + 1] == "]":
+        return lines
+    while True:
+        line += text.count("\n", counted, i)
+        counted = i
+        lines.append(line)
+        try:
+            _, end = _LENIENT.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            return None
+        i = _WHITESPACE.match(text, end).end()
+        if text[i : i + 1] == ",":
+            i = _WHITESPACE.match(text, i + 1).end()
+            continue
+        return lines if text[i : i + 1] == "]" else None
 
 
 def _constant_problem(path: Path, text: str, name: str, line: int | None = None) -> _FileProblem:
@@ -306,6 +426,8 @@ def _whole_json(path: Path, text: str) -> object:
         return _NOT_ONE_DOCUMENT
     except _JsonConstant as constant:
         raise _constant_problem(path, text, str(constant)) from None
+    except IntegerTooLong as problem:
+        raise _FileProblem(f"{path}: {problem}", hint=problem.hint) from None
 
 
 def json_type_name(value: object) -> str:
@@ -316,6 +438,8 @@ def json_type_name(value: object) -> str:
         return "an array"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
     if isinstance(value, bool):
         return "true/false"
     if isinstance(value, (int, float)):
@@ -338,15 +462,16 @@ def _check_row(path: Path, row: Any, where: str) -> dict:
     return row
 
 
-def _parse_json_array(path: Path, text: str) -> list[dict]:
-    """Rows of a file holding one JSON array of objects."""
+def _parse_json_array(path: Path, text: str) -> object:
+    """The document of a file holding one JSON array (of objects, checked by ``_json_rows``)."""
     try:
-        data = _loads(text)
+        return _loads(text)
     except json.JSONDecodeError as exc:
         raise _FileProblem(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except _JsonConstant as constant:
         raise _constant_problem(path, text, str(constant)) from None
-    return _json_rows(path, data)
+    except IntegerTooLong as problem:
+        raise _FileProblem(f"{path}: {problem}", hint=problem.hint) from None
 
 
 def _json_rows(path: Path, data: object) -> list[dict]:
@@ -369,6 +494,8 @@ def _parse_json_lines(path: Path, text: str) -> tuple[list[dict], list[int]]:
             raise _FileProblem(f"{path}: invalid JSON at line {number}, column {exc.colno}: {exc.msg}") from None
         except _JsonConstant as constant:
             raise _constant_problem(path, line, str(constant), number) from None
+        except IntegerTooLong as problem:
+            raise _FileProblem(f"{path}: line {number}: {problem.detail}", hint=problem.hint) from None
         except GuardError as exc:
             exc.line = number
             raise

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 from cl_harness.config.guard import MAX_YAML_BYTES, GuardError, parse_json
 from cl_harness.config.loader import LoadedStream
+from cl_harness.config.names import NAME_HINT, name_problem
 from cl_harness.config.schema import did_you_mean
 from cl_harness.config.stream import TaskConfig
-from cl_harness.data.sources import RawSplit, json_type_name, read_source
+from cl_harness.data.sources import RawSplit, integer_too_long, json_array_item_lines, json_type_name, read_source
 from cl_harness.errors import ConfigError, clip, short_repr
 
 _EMPTY_HINT = "check classes, drop_unknown_labels, *_per_class and the source's splits"
@@ -100,6 +101,7 @@ class _TaskCutter:
         if task.type == "mlm":
             return self.cut_texts()
         raw = self.read()
+        self.check_label_values(raw)
         declared, inferred = self.label_names(raw)
         if inferred:  # declared names make an int an index and a string a name; inferred ones need one type
             self.check_label_types(raw)
@@ -143,15 +145,49 @@ class _TaskCutter:
             hint="all labels of a task must be of one type: all strings or all integers",
         )
 
+    def check_label_values(self, raw: dict[str, RawSplit | None]) -> None:
+        """A label read from the data becomes a name that is printed and logged: no control characters, no lone
+        surrogates (``config.names.name_problem``); the first such label is refused at its row."""
+        field = self.task.label_field
+        for split_name, split in raw.items():
+            if split is None or field not in split.columns:
+                continue  # a missing field is reported where the labels are read
+            values = split.columns[field]
+            bad = {value for value in {v for v in values if isinstance(v, str)} if name_problem(value)}
+            if bad:
+                row = next(i for i, v in enumerate(values) if isinstance(v, str) and v in bad)
+                raise self.fail(
+                    ("label_field",),
+                    f"{split.row(row)} of the {split_name} split ({split.origin}): the label {short_repr(values[row], 60)} "
+                    f"in {field!r} {name_problem(values[row])}",
+                    hint=NAME_HINT,
+                )
+
+    def check_names(self, names: list[str], keys: tuple, where: str = "", lines: list[int] | None = None) -> None:
+        """Every label name must pass ``name_problem``: the first that does not is refused at ``keys + (index,)`` (a list
+        in the stream file) or at ``keys`` naming ``where`` (a file, with ``lines`` of its items) and the item."""
+        for index, name in enumerate(names):
+            problem = name_problem(str(name))
+            if problem is None:
+                continue
+            if not where:
+                raise self.fail(keys + (index,), f"the label name {short_repr(name, 60)} {problem}", hint=NAME_HINT)
+            line = f"line {lines[index]}: " if lines is not None and index < len(lines) else ""
+            raise self.fail(keys, f"{where}: {line}item {index}: the label name {short_repr(name, 60)} {problem}", hint=NAME_HINT)
+
     def label_names(self, raw: dict[str, RawSplit | None]) -> tuple[list[str], bool]:
         """The label names (list, JSON file, ClassLabel or inferred from the data) and whether they were inferred."""
         declared, field = self.task.label_names, self.task.label_field
         if isinstance(declared, list):
             names = declared
+            self.check_names(names, ("label_names",))
         elif isinstance(declared, str):
             names = self.label_names_file(declared)
         else:
-            names = next((s.class_labels[field] for s in raw.values() if s and field in s.class_labels), None)
+            split = next((s for s in raw.values() if s and field in s.class_labels), None)
+            names = split.class_labels[field] if split is not None else None
+            if split is not None:
+                self.check_names(names, ("label_field",), f"the ClassLabel names of {field!r} in {split.origin}")
         if names is None:
             values = [
                 v for name, s in raw.items() if s is not None for v in self.column(s, field, ("label_field",), name)
@@ -170,19 +206,29 @@ class _TaskCutter:
                 raise self.fail(("label_names",), f"expected a list of names or a path to a JSON file; got {clip(name, 80)}",
                                 hint="label_names: [neg, pos], or label_names: labels.json")
             raise self.fail(("label_names",), f"label names file not found: {path}", hint="give a list, or a JSON file")
+        text = ""
         try:
             if path.stat().st_size > MAX_YAML_BYTES:
                 raise GuardError(f"the file has {path.stat().st_size} bytes; a label names file may hold at most {MAX_YAML_BYTES}")
-            data = parse_json(path.read_text(encoding="utf-8-sig"), max_chars=MAX_YAML_BYTES)
+            text = path.read_text(encoding="utf-8-sig")
+            data = parse_json(text, max_chars=MAX_YAML_BYTES)
         except (OSError, UnicodeDecodeError) as exc:
             raise self.fail(("label_names",), f"cannot read label names file {path}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise self.fail(("label_names",), f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         except GuardError as exc:
             raise self.fail(("label_names",), f"{path}: " + (f"line {exc.line}: " if exc.line else "") + str(exc)) from None
+        except ValueError as exc:  # an integer longer than Python converts: json names no line
+            problem = integer_too_long(exc, text)
+            if problem is None:
+                raise
+            raise self.fail(("label_names",), f"{path}: {problem}", hint=problem.hint) from None
         if not isinstance(data, list) or not data or not all(isinstance(v, (str, int)) for v in data):
             raise self.fail(("label_names",), f"{path} must hold a JSON array of label names (strings)")
-        return [str(v) for v in data]
+        names = [str(v) for v in data]
+        if any(name_problem(name) for name in names):
+            self.check_names(names, ("label_names",), str(path), json_array_item_lines(text))
+        return names
 
     # -- one split ---------------------------------------------------------------------------------
 
@@ -261,7 +307,16 @@ class _TaskCutter:
                 keys,
                 f"{len(not_text)} rows of the {split_name} split ({split.origin}) hold {json_type_name(first)} instead "
                 f"of text in {name!r} (first: {split.row(not_text[0])}: {short_repr(first)})",
-                hint='a text must be a string: write "42", not 42',
+                hint="decode the column to strings (UTF-8) when writing the file" if isinstance(first, (bytes, bytearray))
+                else 'a text must be a string: write "42", not 42',
+            )
+        broken = next((row for row, value in enumerate(values) if value is not None and _has_lone_surrogate(value)), None)
+        if broken is not None:
+            raise self.fail(
+                keys,
+                f"{split.row(broken)} of the {split_name} split ({split.origin}) holds a lone surrogate "
+                f"({_first_lone_surrogate(values[broken])}) in {name!r}, which is not text",
+                hint="an escape such as \\ud800 must be one of a valid pair (\\ud83d\\ude00); fix or remove that row",
             )
         for row, value in enumerate(values):
             if value is None and not self.task.drop_empty_texts:
@@ -324,6 +379,10 @@ class _TaskCutter:
                     f"{old!r} is not a label of this task; labels: {', '.join(names)}",
                     hint=did_you_mean(old, names),
                 )
+        for old, new in renames.items():
+            problem = name_problem(new)
+            if problem is not None:
+                raise self.fail(("rename_labels", old), f"the new label name {short_repr(new, 60)} {problem}", hint=NAME_HINT)
         new_names = [renames.get(name, name) for name in names]
         for i, new in enumerate(new_names):
             if new in new_names[:i]:
@@ -454,6 +513,23 @@ def inferred_names(raw_labels: list) -> list[str]:
     except TypeError:
         ordered = sorted(values, key=str)
     return list(dict.fromkeys(str(v) for v in ordered))
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (a ``\\ud800`` escape without its pair), which no tokenizer takes; fast on
+    long texts."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _first_lone_surrogate(text: str) -> str:
+    """``U+D800``: the first lone surrogate of a text known to hold one."""
+    return next(f"U+{ord(c):04X}" for c in text if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 def _label_kind(value: Any) -> str:

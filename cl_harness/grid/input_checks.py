@@ -6,7 +6,6 @@ from pathlib import Path
 
 from cl_harness.config.loader import LoadedExperiment
 from cl_harness.errors import ConfigError, clip
-from cl_harness.tracking.schema import metric_key
 from cl_harness.tracking.store import choose_tracking_uri
 from cl_harness.tracking.store_guard import UriSource, can_create_in, check_database_driver, check_store_uri, uri_source
 
@@ -55,24 +54,6 @@ def check_max_length(loaded: LoadedExperiment, model_config, tokenizer=None) -> 
             f"{max_length} is more than the backbone takes ({limit} positions, from its config)",
             hint=f"set max_length to at most {limit}; longer texts are cut (or chunked)",
         )
-
-
-def check_metric_keys(loaded: LoadedExperiment) -> None:
-    """Every task's per-step MLflow key (``acc/<task>``) must differ from the others' once sanitised."""
-    seen: dict[str, int] = {}
-    for index, task in enumerate(loaded.stream.config.tasks):
-        try:
-            key = metric_key(f"acc/{task.name}")
-        except ValueError:
-            key = ""
-        if key in seen or key in ("", "acc/seen_avg"):
-            other = f"task {seen[key]}" if key in seen else "the seen-tasks average"
-            raise loaded.stream.source.error(
-                ("tasks", index, "name"),
-                f"task name {clip(task.name, 60)!r} gives the MLflow key {key!r}, as {other} does",
-                hint="give the tasks names that differ in letters, digits, '-', '_' or '.'",
-            )
-        seen[key] = index
 
 
 def folder_obstacle(folder: Path) -> tuple[Path, str | None] | None:

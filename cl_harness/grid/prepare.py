@@ -9,18 +9,22 @@ from dataclasses import dataclass, field
 
 from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
+from cl_harness.config.names import NAME_HINT, name_problem
+from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.data.benchmark import EncodedTask, LabelSpace
 from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, check_shared_labels, load_stream_tasks, load_task, sample_per_class
 from cl_harness.data.token_cache import TokenCache
-from cl_harness.errors import ConfigError, HubUnreachableError
+from cl_harness.errors import ConfigError, HubUnreachableError, short_repr
 from cl_harness.data.instruction import EncodedInstructionTask, InstructionSettings, encode_instruction_tasks
 from cl_harness.grid.plan import PlannedRun, plan_runs, resolve_orders
 from cl_harness.models.generative import GenerativeModelFactory, context_length, load_generative_config, load_generative_tokenizer
 from cl_harness.models.head_init import init_heads_from_label_names
 from cl_harness.models.backbone import check_tokenizer_covers, check_tokenizer_matches, load_model_config, load_tokenizer
 from cl_harness.runner.run import ModelFactory, RunPlan
-from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, check_metric_keys, position_limit
+from cl_harness.grid.input_checks import check_checkpoint_dir, check_device, check_max_length, position_limit
+from cl_harness.report.glance import SUMMARY_MEASURES
+from cl_harness.tracking.schema import RUN_METRICS, best_valid_acc_metric, summary_key, task_metric_keys
 from cl_harness.strategies import default_registry
 from cl_harness.strategies.common.lora import resolve_targets
 from cl_harness.strategies.registry import StrategyRegistry, StrategySpec
@@ -170,9 +174,80 @@ class CheckedStream:
         return LabelSpace.build(self.loaded.config.scenario, [t for t in self.tasks if t is not None])
 
 
+def check_printed_name(value: str, source: Source, path: KeyPath, what: str) -> None:
+    """A name that is printed and logged (experiment, stream, task, strategy): ``config.names.name_problem``'s rule."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise source.error(path, f"the {what} {short_repr(value, 60)} {problem}", hint=NAME_HINT)
+
+
+def check_task_names(stream: LoadedStream) -> None:
+    """Each task name is a printable name, and its per-task MLflow keys (``acc/<task>``, ``valid_acc/<task>``, ... from
+    ``tracking.schema``) are its own: not another task's once sanitised, not a run metric (task ``""`` gives ``acc``)."""
+    source = stream.source
+    check_printed_name(stream.config.name, source, ("name",), "stream name")
+    owners: dict[str, int] = {}
+    for index, task in enumerate(stream.config.tasks):
+        path = ("tasks", index, "name")
+        check_printed_name(task.name, source, path, "task name")
+        for key in dict.fromkeys(task_metric_keys(task.name).values()):
+            if key in RUN_METRICS:
+                raise source.error(
+                    path, f"task name {short_repr(task.name, 60)} gives the MLflow key {key!r}, a metric of the whole run: "
+                    "the task's scores would be logged into it",
+                    hint="per-task keys are <metric>/<task name>: give the task a name of letters or digits, other than seen_avg",
+                )
+            if key in owners and owners[key] != index:
+                other = stream.config.tasks[owners[key]].name
+                raise source.error(
+                    path, f"task name {short_repr(task.name, 60)} gives the MLflow key {key!r}, as task {owners[key]} does "
+                    f"(named {short_repr(other, 60)})",
+                    hint="give the tasks names that differ in letters, digits, '-', '_' or '.'",
+                )
+            owners[key] = index
+
+
+def check_experiment_names(loaded: LoadedExperiment) -> None:
+    """The experiment's names, its strategy entries' ``name`` labels and its stream's task names are printable names,
+    the tasks' MLflow keys their own (``check_task_names``): checked before any of them is used."""
+    config = loaded.config
+    check_printed_name(config.name, loaded.source, ("name",), "experiment name")
+    if config.tracking.experiment is not None:
+        check_printed_name(config.tracking.experiment, loaded.source, ("tracking", "experiment"), "MLflow experiment name")
+    for index, entry in enumerate(config.strategies):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            check_printed_name(entry["name"], loaded.source, ("strategies", index, "name"), "strategy label")
+    check_task_names(loaded.stream)
+
+
+def strategy_keys(label: str) -> list[str]:
+    """The parent run's MLflow keys that carry a strategy's label: ``summary/<measure>/<label>`` and the search's
+    ``best_valid_acc.<label>``."""
+    return [summary_key(measure, label) for measure in SUMMARY_MEASURES] + [best_valid_acc_metric(label)]
+
+
+def check_strategy_labels(loaded: LoadedExperiment, strategies: list[StrategySpec]) -> None:
+    """Each strategy label is a printable name whose parent-run keys are its own: two labels that differ only in
+    characters a key drops (``naive`` and ``naive/``) would share ``summary/acc/naive``, one strategy's mean lost."""
+    owners: dict[str, int] = {summary_key(measure, ""): -1 for measure in SUMMARY_MEASURES}  # a label of no usable part
+    for index, spec in enumerate(strategies):
+        check_printed_name(spec.label, loaded.source, ("strategies", index), "strategy label")
+        for key in strategy_keys(spec.label):
+            if key in owners and owners[key] != index:
+                owner = ("the measure's key without a strategy" if owners[key] < 0
+                         else f"strategy {owners[key]} does (labelled {short_repr(strategies[owners[key]].label, 60)})")
+                raise loaded.source.error(
+                    ("strategies", index),
+                    f"strategy label {short_repr(spec.label, 60)} gives the parent run's MLflow key {key!r}, as {owner}",
+                    hint="give each strategy a `name` that differs in letters, digits, '-', '_' or '.'",
+                )
+            owners[key] = index
+
+
 def check_stream(path, data_root=None) -> CheckedStream:
     """Validate a stream file and read its tasks; once the hub is found unreachable, its other tasks are not tried."""
     loaded = load_stream(path, make_variables(data_root))
+    check_task_names(loaded)
     tasks: list[TaskData | None] = []
     unreachable = None
     for index, task in enumerate(loaded.config.tasks):
@@ -280,12 +355,11 @@ def shares_prefix(loaded: LoadedExperiment) -> bool:
 
 
 def plan_and_read(loaded: LoadedExperiment, strategies: list[StrategySpec], kinds: TaskKindRegistry) -> tuple[list[PlannedRun], list[TaskData]]:
-    """The planned runs, the machine and naming checks, then every task read and cut (encoder and generative alike)."""
+    """The planned runs, the machine checks, then every task read and cut (encoder and generative alike)."""
     config = loaded.config
     orders = resolve_orders(config, [t.name for t in loaded.stream.config.tasks], loaded.source)
     runs = plan_runs(strategies, config.seeds, orders, share_prefix=shares_prefix(loaded))
     check_device(loaded)
-    check_metric_keys(loaded)
     check_checkpoint_dir(loaded)
     tasks = [cap_test_per_class(t, config.training.eval_per_class, kinds) for t in load_stream_tasks(loaded.stream)]
     return runs, tasks
@@ -339,7 +413,9 @@ def check_experiment(loaded: LoadedExperiment, registry: StrategyRegistry | None
     kinds = default_kinds()
     config = loaded.config
     scenario = loaded.stream.config.scenario
+    check_experiment_names(loaded)
     strategies = registry.parse_strategies(config.strategies, scenario, loaded.source, backbone_kind=config.backbone.kind)
+    check_strategy_labels(loaded, strategies)
     check_prompt_settings(loaded, strategies)
     check_peft_composition(config.backbone.peft.method, strategies, loaded)
     runs, tasks = plan_and_read(loaded, strategies, kinds)

@@ -142,6 +142,14 @@ COST_METRICS = (
     "wall_time_s", "train_examples_per_s", "peak_memory_mb", "extra_memory_mb", "train_time_per_task_s",
     TRAINABLE_PARAMS_METRIC, "total_params", "fp16_skipped_steps",
 )
+#: The per-task metrics, ``<prefix>/<task>`` at each step (``task_metric``).
+TASK_METRIC_PREFIXES = (TASK_ACC_PREFIX, VALID_ACC_PREFIX, PROBE_ACC_PREFIX, PENALTY_SHARE_PREFIX, PPPL_PREFIX, EM_PREFIX)
+#: Every metric of a run (per step or final) or of the parent that is not per task: a per-task key must be none of them.
+RUN_METRICS = frozenset({
+    SEEN_AVG_METRIC, VALID_SEEN_AVG_METRIC, VALID_ACC_METRIC, NFR_STEP_METRIC, NFR_METRIC, PENALTY_SHARE_METRIC,
+    TRAIN_TIME_METRIC, EVAL_TIME_METRIC, TOKENISE_TIME_METRIC, TRAIN_TIME_SAVED_METRIC, RUNS_FINISHED_METRIC,
+    RUNS_TOTAL_METRIC, *FINAL_METRICS, *PROBE_METRICS, *COST_METRICS,
+})
 
 
 def _key_part(part: str) -> str:
@@ -197,6 +205,12 @@ def pppl_metric(task: str) -> str:
 def em_metric(task: str) -> str:
     """``em/<task>``: the per-step exact match of an instruction task's generated answers."""
     return task_metric(EM_PREFIX, task)
+
+
+def task_metric_keys(task: str) -> dict[str, str]:
+    """Every per-task key of ``task``, by prefix: ``{"acc": "acc/<task>", "valid_acc": "valid_acc/<task>", ...}``; a
+    task name is usable when these differ from other tasks' keys and from ``RUN_METRICS`` (``""`` gives ``acc`` itself)."""
+    return {prefix: task_metric(prefix, task) for prefix in TASK_METRIC_PREFIXES}
 
 
 def parse_task_metric(key: str) -> tuple[str, str] | None:

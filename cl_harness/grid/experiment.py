@@ -243,7 +243,11 @@ def run_child(prepared: PreparedExperiment, planned: PlannedRun, client, experim
 
 
 def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client, experiment_id: str, parent_id: str, tags: dict, show_progress: bool, folder: Path) -> RunResult:
-    state = load_state(folder)
+    try:
+        state = load_state(folder)
+    except ConfigError as exc:  # a damaged state.json: the child a kill left RUNNING is ended, with the refusal as its error
+        close_stale_child(client, experiment_id, parent_id, planned.name, str(exc))
+        raise
     if state and state.status == FINISHED:
         note = f"already finished in {folder}: skipped (--restart runs the grid again)"
         return RunResult(
@@ -278,6 +282,14 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
             writer.record_error(logger, result.error)
     logger.end(result.status)
     return result
+
+
+def close_stale_child(client, experiment_id: str, parent_id: str, name: str, error: str) -> None:
+    """End FAILED (with ``error``) the child ``name`` of ``parent_id`` that a killed process left RUNNING; a store failure is ignored."""
+    try:
+        writer.close_lost_child(client, experiment_id, parent_id, name, error)
+    except Exception:  # noqa: BLE001 - the store's failure must not hide the refusal on its way up
+        pass
 
 
 def run_experiment(

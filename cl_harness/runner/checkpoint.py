@@ -14,6 +14,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -36,6 +37,7 @@ PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 DIGEST_SUFFIX = ".json"  # checkpoint.pt.json: {"size": bytes, "sha256": hex, "step": k}
 RESTART_HINT = "run the same command with --restart to start this grid over (the old run folder is kept, renamed)"
 STATE_FILE = "state.json"
+RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 
 
 @dataclass
@@ -55,9 +57,77 @@ class RunState:
     error: str | None = None
     train_time_saved_s: float = 0.0  # task 1 taken from a shared prefix: its training seconds, not spent by this run
     probe_rows: dict[int, list[float]] = field(default_factory=dict)  # step -> linear-probe accuracy per task (NaN: not probed)
+    data_sha256: dict[str, str] = field(default_factory=dict)  # task -> sha256 of its tokenised splits (empty: written before)
 
     def __post_init__(self) -> None:
         self.probe_rows = {int(step): row for step, row in self.probe_rows.items()}  # JSON keeps the steps as text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_fraction(value: Any, nan: bool = False) -> bool:
+    """Whether ``value`` is an accuracy, a number in [0, 1] (or NaN where ``nan``)."""
+    return _is_number(value) and (0.0 <= value <= 1.0 or (nan and math.isnan(value)))
+
+
+def _row_problem(name: str, row: Any, width: int, nan_at: Any = (), empty: bool = False) -> str | None:
+    """What is wrong with a row of ``width`` accuracies (NaN allowed at the indices in ``nan_at``, ``empty`` rows where allowed)."""
+    if not isinstance(row, list):
+        return f"{name} is {short_repr(row, 30)}, not a list"
+    if empty and not row:
+        return None
+    if len(row) != width:
+        return f"{name} has {len(row)} value{'' if len(row) == 1 else 's'} for {width} tasks"
+    bad = next((j for j, value in enumerate(row) if not _is_fraction(value, nan=nan_at is True or j in nan_at)), None)
+    return None if bad is None else f"{name}[{bad}] is {short_repr(row[bad], 30)}, not an accuracy in [0, 1]"
+
+
+def _rows_problem(name: str, rows: Any, width: int, nan_at: Any = (), empty: bool = False) -> str | None:
+    """The first problem of a list of rows (``_row_problem``), or None."""
+    if not isinstance(rows, list):
+        return f"{name} is {short_repr(rows, 30)}, not a list of rows"
+    return next((p for i, row in enumerate(rows) if (p := _row_problem(f"{name}[{i}]", row, width, nan_at, empty))), None)
+
+
+def state_problem(state: RunState, tasks: list[str] | None = None) -> str | None:
+    """What makes ``state`` not a run's state (of ``tasks`` when given): types, lengths, accuracies outside [0, 1], steps; None if nothing."""
+    if not isinstance(state.tasks, list) or not all(isinstance(t, str) for t in state.tasks):
+        return f"tasks is {short_repr(state.tasks, 40)}, not a list of task names"
+    if tasks is not None and state.tasks and state.tasks != tasks:
+        return f"its tasks {short_repr(state.tasks, 60)} are not this run's {short_repr(tasks, 60)}"
+    width = len(tasks if tasks is not None and not state.tasks else state.tasks)
+    if state.status not in RUN_STATUSES or not (state.run_id is None or isinstance(state.run_id, str)):
+        return f"status {short_repr(state.status, 20)} or run_id {short_repr(state.run_id, 40)} is not a run's"
+    if not isinstance(state.error, (str, type(None))) or not _is_number(state.train_time_saved_s):
+        return "error is not text, or train_time_saved_s not a number"
+    untested = [j for j, v in enumerate(state.initial) if isinstance(v, float) and math.isnan(v)] if isinstance(state.initial, list) else []
+    # NaN only where the untrained model could not be scored either (a column without a scorable example), else [0, 1]
+    problem = (_row_problem("initial", state.initial, width, untested, empty=True)
+               or _rows_problem("matrix", state.matrix, width, untested)
+               or _row_problem("valid_initial", state.valid_initial, width, True, empty=True)  # NaN: no validation split
+               or _rows_problem("valid_matrix", state.valid_matrix, width, True, empty=True))
+    if problem:
+        return problem
+    rows = len(state.matrix)
+    if rows > width or (rows and not state.initial) or len(state.valid_matrix) > rows:
+        return f"matrix has {rows} rows (valid_matrix {len(state.valid_matrix)}) for {width} tasks and {len(state.initial)} initial values"
+    steps = state.steps_done
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= rows:
+        return f"steps_done is {short_repr(steps, 20)}, not a whole number of tasks from 0 to the {rows} rows of matrix"
+    correct = state.correct
+    if not isinstance(correct, list) or len(correct) > rows + 1 or not all(
+            isinstance(r, list) and len(r) == width and all(isinstance(c, (str, type(None))) for c in r) for r in correct):
+        return f"correct is not a list of up to {rows + 1} rows of {width} packed results"
+    if not isinstance(state.metrics, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in state.metrics.items()):
+        return "metrics is not a mapping of names to numbers"
+    probe = next((s for s, row in state.probe_rows.items() if not 0 <= s <= width or _row_problem("", row, width, True)), None)
+    if probe is not None:
+        return f"probe_rows holds a bad row for step {probe} of {width} tasks"
+    if not isinstance(state.data_sha256, dict) or not all(isinstance(v, str) for v in state.data_sha256.values()):
+        return "data_sha256 is not a mapping of task names to hashes"
+    return None
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -102,15 +172,47 @@ def save_state(folder: Path, state: RunState) -> None:
     write_run_file(folder / STATE_FILE, state.__dict__)
 
 
-def load_state(folder: Path) -> RunState | None:
+def load_state(folder: Path, tasks: list[str] | None = None) -> RunState | None:
+    """The run state in ``folder`` (None without one), checked (``state_problem``): a ConfigError naming the file and ``--restart``."""
     path = folder / STATE_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
     data = read_run_file(path)
     try:
-        return RunState(**data)
+        state = RunState(**data)
     except (TypeError, ValueError, AttributeError):
         raise ConfigError("the file is damaged (it is not a run's state)", file=path, hint=RESTART_HINT) from None
+    problem = state_problem(state, tasks)
+    if problem:
+        raise ConfigError(f"the file is damaged (not a consistent run state: {problem})", file=path, hint=RESTART_HINT)
+    return state
+
+
+def data_fingerprints(tasks: list) -> dict[str, str]:
+    """Per task (an EncodedTask), the sha256 of its tokenised splits' tensors (inputs and targets, train/test/valid)."""
+    fingerprints = {}
+    for task in tasks:
+        digest = hashlib.sha256()
+        for name in ("train_inputs", "train_targets", "test_inputs", "test_targets", "valid_inputs", "valid_targets"):
+            tensor = getattr(task, name, None)
+            if tensor is None:
+                digest.update(f"{name}:none;".encode())
+                continue
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(flat.view(torch.uint8).numpy().data)  # the bytes as they are: no copy
+        fingerprints[task.name] = digest.hexdigest()
+    return fingerprints
+
+
+def check_same_data(state: RunState, fingerprints: dict[str, str], path: Path) -> None:
+    """Refuse a run state whose tasks' data (``state.data_sha256``) differ from ``fingerprints``; an older state without them passes."""
+    changed = [name for name, sha in state.data_sha256.items() if name in fingerprints and fingerprints[name] != sha]
+    if changed:
+        tasks = ", ".join(repr(name) for name in changed)
+        raise ConfigError(f"the data of task {clip(tasks, 160)} changed since this run was checkpointed (its tokenised examples "
+                          "differ), and resuming would mix scores of the old and the new data; restore the files as they were "
+                          "to resume", file=path, hint=RESTART_HINT)
 
 
 def load_model_state(model: torch.nn.Module, weights: dict, where: Path | None = None) -> None:
@@ -300,9 +402,19 @@ def _try_load(path: Path) -> tuple[dict | None, str | None]:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError... on a damaged file
         return None, f"it cannot be read ({type(exc).__name__})"
-    if not isinstance(payload, dict) or "step" not in payload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("step"), int) or payload["step"] < 1:
         return None, "it holds no checkpoint"
     return payload, None
+
+
+def check_checkpoint_files(folder: Path) -> None:
+    """Refuse a run folder where a checkpoint or its digest is a folder or another non-file (the next write would fail)."""
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        for path in (folder / name, digest_path(folder / name)):
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                what = "a folder" if path.is_dir() else "not a file (a link to nothing, or a special file)"
+                raise ConfigError(f"the checkpoint's place holds {what}; the run cannot be resumed or checkpointed",
+                                  file=path, hint=RESTART_HINT)
 
 
 def load_intact(path: Path) -> dict | None:
@@ -311,16 +423,23 @@ def load_intact(path: Path) -> dict | None:
     return payload if problem is None and digest_path(path).exists() else None
 
 
-def load_checkpoint(folder: Path) -> dict | None:
+def load_checkpoint(folder: Path, scored: int | None = None) -> dict | None:
     """The run folder's checkpoint, verified; a damaged one falls back to the previous one; None when there is none.
 
-    Raises ConfigError (naming the file and ``--restart``) when checkpoints exist but none is intact.
+    Raises ConfigError (naming the file and ``--restart``) when checkpoints exist but none is intact. With ``scored``
+    (the steps state.json holds rows for), a checkpoint past them, written just before a kill that left its row
+    unsaved, gives way to the previous one.
     """
+    check_checkpoint_files(folder)
     path = folder / CHECKPOINT_FILE
     payload, problem = _try_load(path)
-    if payload is not None:
+    if payload is not None and (scored is None or payload["step"] <= scored):
         return payload
     previous, previous_problem = _try_load(folder / PREVIOUS_CHECKPOINT_FILE)
+    if previous is not None and scored is not None and previous["step"] > scored:
+        previous = None
+    if payload is not None:  # ahead of state.json: its step was never recorded
+        return previous
     if previous is not None:
         if problem:
             print(f"warning: {path} is damaged ({problem}); resuming from the previous checkpoint (after task "

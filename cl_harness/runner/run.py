@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ from cl_harness.models.backbone import load_encoder
 from cl_harness.models.classifier import TextClassifier
 from cl_harness.models.peft_backbone import apply_peft
 from cl_harness.runner.checkpoint import (
+    STATE_FILE,
     PendingCheckpoint,
     RunState,
+    check_checkpoint_files,
+    check_same_data,
+    data_fingerprints,
     load_checkpoint,
     load_model_state,
     load_state,
@@ -186,6 +191,11 @@ class RunPlan:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    @cached_property
+    def data_sha256(self) -> dict[str, str]:
+        """Per task, the sha256 of its tokenised splits (``data_fingerprints``), hashed once per plan."""
+        return data_fingerprints(self.tasks)
+
     def context(self, model, device) -> BuildContext:
         """What the strategy's builders may read."""
         return BuildContext(self.scenario, len(self.tasks), self.training.batch_size, self.training.eval_batch_size, device, model)
@@ -296,9 +306,14 @@ class TrainingRun:
     def execute(self) -> RunResult:
         """Train and score the run; a TrainingError ends it FAILED with its partial matrix."""
         plan, folder = self.plan, self.folder
-        state = (load_state(folder) if folder else None) or RunState(run_id=self.logger.run_id if self.logger else None)
+        state = (load_state(folder, plan.task_names) if folder else None) or RunState(run_id=self.logger.run_id if self.logger else None)
+        if folder:  # a damaged folder or edited data are refused here, before any training
+            check_checkpoint_files(folder)
+            check_same_data(state, plan.data_sha256, folder / STATE_FILE)
         state.tasks = plan.task_names
-        checkpoint = load_checkpoint(folder) if folder and state.steps_done else None
+        if folder or plan.prefix is not None:  # a state that is saved keeps its data's fingerprint
+            state.data_sha256 = plan.data_sha256
+        checkpoint = load_checkpoint(folder, len(state.matrix)) if folder and state.steps_done else None
         forking = plan.prefix is not None and not plan.prefix.save and not checkpoint and not state.steps_done
         if forking:
             self.fork = plan.prefix.saved or load_checkpoint(plan.prefix.folder)
@@ -424,6 +439,7 @@ class TrainingRun:
                 state.valid_initial = self.validate(self.model, 0) if self.validate else []
             return None
         shared = self.prefix_state = load_state(self.plan.prefix.folder)
+        check_same_data(shared, self.plan.data_sha256, self.plan.prefix.folder / STATE_FILE)  # a prefix of the data as it was
         state.initial, state.correct, state.valid_initial = shared.initial, shared.correct[:1], shared.valid_initial
         state.train_time_saved_s = shared.metrics[schema.TRAIN_TIME_METRIC]
         if self.logger:

@@ -14,7 +14,15 @@ from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError, TrackingStoreError
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER
-from cl_harness.tracking.store_guard import UriSource, can_create_in, probe_store, sqlite_db_path, store_creation_lock
+from cl_harness.tracking.store_guard import (
+    UriSource,
+    can_create_in,
+    parse_uri,
+    probe_store,
+    sqlite_db_path,
+    store_creation_lock,
+    uri_source,
+)
 from cl_harness.tracking.store_guard import check_tracking_reachable as check_tracking_reachable  # its home is store_guard
 
 T = TypeVar("T")
@@ -55,9 +63,12 @@ def retry_if_raced(write: Callable[[], T], attempts: int = 5) -> T:
     return write()
 
 
-def choose_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: explicit > $MLFLOW_TRACKING_URI > DEFAULT_TRACKING_URI (nothing created)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+def choose_tracking_uri(uri: str | None = None, source: UriSource | None = None) -> str:
+    """The tracking URI to use, explicit (even empty) > $MLFLOW_TRACKING_URI > the default, parsed (``parse_uri``); nothing created."""
+    chosen = uri if uri is not None else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    where = source or uri_source(uri)
+    parse_uri(chosen, where.key or "tracking.uri", where.file, where.line)  # before anything else parses it
+    return chosen
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -112,7 +123,7 @@ def open_store(uri: str | None, source: UriSource | None = None, create: bool = 
     opened under its creation lock, so that processes opening one fresh store at once take turns (the first creates
     it, the others find it made). A store in a folder this process cannot write to is opened without the lock.
     """
-    chosen = choose_tracking_uri(uri)
+    chosen = choose_tracking_uri(uri, source)
     # a local store that is read-only, damaged, someone else's or in the way, or a server that does not answer, fails here
     probe_store(chosen, source or UriSource(), writes=create)
     resolved = resolve_tracking_uri(chosen) if create else chosen

@@ -15,13 +15,14 @@ import os
 import re
 import sqlite3
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse, urlunparse
+from urllib.parse import ParseResult, parse_qs, urlparse, urlunparse
 
 from cl_harness.errors import ConfigError, TrackingStoreError, clip
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER, MLFLOW_CORE_TABLES
@@ -35,6 +36,8 @@ STORE_LOCK_TIMEOUT_S = 120.0
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_PREFIX = re.compile(r"sqlite(\+[A-Za-z0-9_]+)?:///", re.IGNORECASE)
 _MAX_TABLES_NAMED = 5
+_UNPRINTABLE = ("Cc", "Zl", "Zp")  # control characters and line or paragraph separators: a message would lose or split them
+URI_HINT = "e.g. sqlite:///mlruns/mlflow.db (a local file), or http://host:5000 (a tracking server)"
 
 
 class StoreUnavailableError(TrackingStoreError):
@@ -97,26 +100,39 @@ def sqlite_db_path(uri: str) -> Path | None:
 
 def public_uri(uri: str) -> str:
     """The tracking URI without any user:password part."""
-    parts = urlparse(uri)
+    parts = parse_uri(uri)
     if not parts.netloc or "@" not in parts.netloc:
         return uri
     return urlunparse(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def uri_error(uri: str, message: str, key: str, file: str | None = None, line: int | None = None) -> ConfigError:
-    return ConfigError(
-        f"{message} (got {clip(uri, 120)!r})", file=file, line=line, key=key,
-        hint="e.g. sqlite:///mlruns/mlflow.db (a local file), or http://host:5000 (a tracking server)",
-    )
+    return ConfigError(f"{message} (got {clip(uri, 120)!r})", file=file, line=line, key=key, hint=URI_HINT)
+
+
+def parse_uri(uri: str, key: str = "tracking.uri", file: str | None = None, line: int | None = None) -> ParseResult:
+    """A user's tracking URI parsed (the one way to): empty, control characters or unparsable (bad IPv6 host, port) is a ConfigError at ``key``."""
+    if not uri or not uri.strip():
+        raise ConfigError(f"the tracking URI is empty (got {uri!r}); leave it out for the default store ($MLFLOW_TRACKING_URI, "
+                          "else sqlite:///mlruns/mlflow.db)", file=file, line=line, key=key, hint=URI_HINT)
+    bad = next(((i, c) for i, c in enumerate(uri) if unicodedata.category(c) in _UNPRINTABLE), None)
+    if bad is not None:  # urlparse drops tabs and newlines, and a message would print them raw
+        raise uri_error(uri, f"the tracking URI holds the control character {bad[1]!r} (character {bad[0] + 1}); remove it",
+                        key, file, line)
+    try:
+        parsed = urlparse(uri)
+        if parsed.scheme.lower() in ("http", "https"):
+            parsed.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise uri_error(uri, f"the tracking URI is not a valid URI ({clip(exc, 80)})", key, file, line) from None
+    return parsed
 
 
 def check_store_uri(uri: str, key: str = "tracking.uri", file: str | None = None, line: int | None = None) -> None:
-    """Refuse a tracking URI no store accepts: an unknown scheme, a bare path, or a sqlite URI without ``sqlite:///``."""
-    if not uri or not uri.strip():
-        raise uri_error(uri, "the tracking URI is empty", key, file, line)
+    """Refuse a tracking URI no store accepts: unparsable (``parse_uri``), an unknown scheme, a bare path, or sqlite without ``sqlite:///``."""
+    parsed = parse_uri(uri, key, file, line)
     if uri.strip().lower() in ("databricks", "databricks-uc", "uc"):  # a profile from the environment
         return
-    parsed = urlparse(uri)
     scheme = parsed.scheme.lower().split("+", 1)[0]
     if scheme == "file":
         raise uri_error(uri, "MLflow 3 no longer writes to a file store; use a database store", key, file, line)
@@ -252,7 +268,7 @@ def sqlite_tables(db: Path, source: UriSource = UriSource()) -> set[str]:
 
 def check_tracking_reachable(uri: str, timeout: float = SERVER_TIMEOUT_S, source: UriSource = UriSource()) -> None:
     """Raise StoreUnavailableError if an http(s) tracking server does not answer ``<uri>/health``; no-op for other stores."""
-    if urlparse(uri).scheme.lower() not in ("http", "https"):
+    if parse_uri(uri, source.key or "tracking.uri", source.file, source.line).scheme.lower() not in ("http", "https"):
         return
     url = uri.rstrip("/") + "/health"
     try:
@@ -284,7 +300,7 @@ def probe_store(uri: str, source: UriSource = UriSource(), writes: bool = True) 
 
 def check_database_driver(uri: str, source: UriSource = UriSource()) -> None:
     """Refuse a database URI whose SQLAlchemy dialect or driver package is not installed (StoreUnavailableError)."""
-    scheme = urlparse(uri).scheme.lower()
+    scheme = parse_uri(uri, source.key or "tracking.uri", source.file, source.line).scheme.lower()
     if scheme.split("+", 1)[0] not in DATABASE_SCHEMES:
         return
     from sqlalchemy.engine import make_url

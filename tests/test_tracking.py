@@ -284,3 +284,24 @@ def test_a_tag_write_that_lost_an_insert_race_is_retried_and_other_failures_are_
     with pytest.raises(MlflowException, match="locked"):
         retry_if_raced(broken)
     assert len(calls) == 1
+
+
+def test_a_child_left_empty_by_a_stopped_open_is_discarded_before_the_run_opens_again(store: Store) -> None:
+    """A process stopped while it opened a child leaves a run its folder never learnt the id of; the next open deletes it
+    (it holds no metric), so the parent keeps one child of that name. Children that logged something are kept."""
+    from cl_harness.tracking.writer import discard_empty_children
+
+    client, experiment = store.client, store.experiment_id
+    parent = RunLogger(client, experiment, "grid")
+    name = "naive/seed7/order0"
+    empty = RunLogger(client, experiment, name, parent_run_id=parent.run_id)
+    empty.end("KILLED")
+    logged = RunLogger(client, experiment, name, parent_run_id=parent.run_id)
+    logged.log_step(0, {schema.SEEN_AVG_METRIC: 0.5})
+    logged.end("KILLED")
+    other = RunLogger(client, experiment, "naive/seed8/order0", parent_run_id=parent.run_id)  # another run: left alone
+    other.end("KILLED")
+    assert discard_empty_children(client, experiment, parent.run_id, name) == 1
+    assert client.get_run(empty.run_id).info.lifecycle_stage == "deleted"
+    assert client.get_run(logged.run_id).info.lifecycle_stage == client.get_run(other.run_id).info.lifecycle_stage == "active"
+    parent.end("FINISHED")

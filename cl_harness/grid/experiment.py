@@ -256,6 +256,7 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
         )
     logger = writer.reopen_run(client, state.run_id) if state else None
     if logger is None:
+        writer.discard_empty_children(client, experiment_id, parent_id, planned.name)  # stopped while it was opened
         config = prepared.checked.resolved_config()
         config["strategies"] = [entry for entry in config["strategies"] if entry["name"] == planned.strategy.label]  # its own
         config["run"] = {"strategy": planned.strategy.label, "seed": planned.seed, "order": [prepared.task_names[i] for i in planned.order]}

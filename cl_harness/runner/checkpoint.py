@@ -210,7 +210,7 @@ def check_same_data(state: RunState, fingerprints: dict[str, str], path: Path) -
     changed = [name for name, sha in state.data_sha256.items() if name in fingerprints and fingerprints[name] != sha]
     if changed:
         tasks = ", ".join(repr(name) for name in changed)
-        raise ConfigError(f"the data of task {clip(tasks, 160)} changed since this run was checkpointed (its tokenised examples "
+        raise ConfigError(f"the data of {'task' if len(changed) == 1 else 'tasks'} {clip(tasks, 160)} changed since this run was checkpointed (its tokenised examples "
                           "differ), and resuming would mix scores of the old and the new data; restore the files as they were "
                           "to resume", file=path, hint=RESTART_HINT)
 

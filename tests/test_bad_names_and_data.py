@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_data_inputs import OTHER, write_jsonl
 
 from cl_harness.cli import main
 from cl_harness.config.loader import load_experiment, load_stream
@@ -21,17 +22,8 @@ from cl_harness.tracking import schema
 
 LIMIT = sys.get_int_max_str_digits() or 4300
 HUGE = "9" * (LIMIT + 700)
-OTHER = {"name": "other", "source": {"type": "demo", "seed": 1, "train_examples_per_class": 4, "test_examples_per_class": 2},
-         "classes": ["music", "weather"]}
-
-
 def rows(n: int = 10, labels=("pos", "neg")) -> list[dict]:
     return [{"text": f"a song about the {('rain', 'album', 'airport')[i % 3]} {i}", "label": labels[i % len(labels)]} for i in range(n)]
-
-
-def write_jsonl(path: Path, items: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return path
 
 
 def files_task(train: str = "train.jsonl", name: str = "first", **extra) -> dict:

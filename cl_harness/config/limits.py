@@ -8,6 +8,7 @@ from typing import Any
 
 from cl_harness.config.names import NAME_HINT, name_problem
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.errors import short_repr
 
 SEED_LIMIT = 2**32  # numpy's seeds: 0 <= seed < 2**32
 MAX_NAME_CHARS = 200  # experiment and stream names: MLflow names and folder names (255 bytes) must hold them
@@ -57,6 +58,11 @@ def check_name(value: str, source: Source, path: KeyPath, what: str = "name") ->
         raise source.error(path, f"the {what} is empty", hint="give a short name, e.g. my-experiment")
     if len(value) > MAX_NAME_CHARS:
         raise source.error(path, f"the {what} has {len(value)} characters; at most {MAX_NAME_CHARS} are allowed")
+    check_printed_name(value, source, path, what)
+
+
+def check_printed_name(value: str, source: Source, path: KeyPath, what: str) -> None:
+    """A name that is printed and logged (experiment, stream, task, strategy): ``config.names.name_problem``'s rule."""
     problem = name_problem(value)
-    if problem:
-        raise source.error(path, f"the {what} {problem}", hint=NAME_HINT)
+    if problem is not None:
+        raise source.error(path, f"the {what} {short_repr(value, 60)} {problem}", hint=NAME_HINT)

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 from cl_harness.config.experiment import BackboneConfig, ExperimentConfig, TrainingConfig
 from cl_harness.config.loader import LoadedExperiment, LoadedStream, load_stream, make_variables
-from cl_harness.config.names import NAME_HINT, name_problem
-from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.config.limits import check_printed_name
 from cl_harness.data.benchmark import EncodedTask, LabelSpace
 from cl_harness.data.encoding import encode_texts
 from cl_harness.data.tasks import TaskData, check_shared_labels, load_stream_tasks, load_task, sample_per_class
@@ -174,13 +173,6 @@ class CheckedStream:
         return LabelSpace.build(self.loaded.config.scenario, [t for t in self.tasks if t is not None])
 
 
-def check_printed_name(value: str, source: Source, path: KeyPath, what: str) -> None:
-    """A name that is printed and logged (experiment, stream, task, strategy): ``config.names.name_problem``'s rule."""
-    problem = name_problem(value)
-    if problem is not None:
-        raise source.error(path, f"the {what} {short_repr(value, 60)} {problem}", hint=NAME_HINT)
-
-
 def check_task_names(stream: LoadedStream) -> None:
     """Each task name is a printable name, and its per-task MLflow keys (``acc/<task>``, ``valid_acc/<task>``, ... from
     ``tracking.schema``) are its own: not another task's once sanitised, not a run metric (task ``""`` gives ``acc``)."""
@@ -208,12 +200,9 @@ def check_task_names(stream: LoadedStream) -> None:
 
 
 def check_experiment_names(loaded: LoadedExperiment) -> None:
-    """The experiment's names, its strategy entries' ``name`` labels and its stream's task names are printable names,
-    the tasks' MLflow keys their own (``check_task_names``): checked before any of them is used."""
+    """The strategy entries' ``name`` labels and the stream's task names are printable names, the tasks' MLflow keys
+    their own (``check_task_names``): checked before any of them is used (the loader checks the experiment's names)."""
     config = loaded.config
-    check_printed_name(config.name, loaded.source, ("name",), "experiment name")
-    if config.tracking.experiment is not None:
-        check_printed_name(config.tracking.experiment, loaded.source, ("tracking", "experiment"), "MLflow experiment name")
     for index, entry in enumerate(config.strategies):
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             check_printed_name(entry["name"], loaded.source, ("strategies", index, "name"), "strategy label")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
+#: Unicode categories of characters that are not text to print: control characters (C0, DEL, C1; ESC starts an ANSI
+#: sequence), lone surrogates, and the line and paragraph separators (they break a printed line).
+UNPRINTABLE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
 MAX_MESSAGE_CHARS = 400  # a message never echoes more than a short excerpt of a user's file
 MAX_KEY_CHARS = 120
 
@@ -19,8 +22,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def _unprintable(char: str) -> bool:
-    """A control character (C0, DEL, C1) or a lone surrogate: what a terminal acts on, or what is not text."""
-    return unicodedata.category(char) in ("Cc", "Cs")
+    """A character of ``UNPRINTABLE_CATEGORIES``: what a terminal acts on, or what is not text."""
+    return unicodedata.category(char) in UNPRINTABLE_CATEGORIES
 
 
 def short_repr(value: object, limit: int = 80) -> str:

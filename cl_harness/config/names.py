@@ -8,6 +8,8 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from cl_harness.errors import UNPRINTABLE_CATEGORIES
+
 MAX_FILE_NAME = 120  # file systems allow 255 bytes; longer names keep a readable start and a hash of the whole
 
 
@@ -34,10 +36,9 @@ def first_collision(names: Sequence[str]) -> tuple[int, int] | None:
     return None
 
 
-# Control characters (C0, DEL, C1) and the line and paragraph separators: they break a printed table or line, or drive
-# the terminal (ESC starts an ANSI sequence). Lone surrogates are no text at all: Python holds a byte that is not UTF-8
-# (in a ${VAR} value) or a JSON/YAML escape such as \ud800 as one, and neither UTF-8, a tokenizer nor MLflow takes it.
-_NOT_IN_NAMES = frozenset(("Cc", "Cs", "Zl", "Zp"))
+# Names hold none of errors.UNPRINTABLE_CATEGORIES: control characters and separators break a printed table or line, or
+# drive the terminal. Lone surrogates are no text at all: Python holds a byte that is not UTF-8 (in a ${VAR} value) or a
+# JSON/YAML escape such as \ud800 as one, and neither UTF-8, a tokenizer nor MLflow takes it.
 NAME_HINT = "names are printed and logged to MLflow: use letters, digits, spaces and punctuation"
 
 
@@ -45,7 +46,7 @@ def name_problem(text: str) -> str | None:
     """Why ``text`` cannot be a name that is printed or logged (``holds a control character (U+001B)``), or None."""
     if text.isascii() and text.isprintable():
         return None
-    bad = next((c for c in text if unicodedata.category(c) in _NOT_IN_NAMES), None)
+    bad = next((c for c in text if unicodedata.category(c) in UNPRINTABLE_CATEGORIES), None)
     if bad is None:
         return None
     if unicodedata.category(bad) == "Cs":

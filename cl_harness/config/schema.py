@@ -69,7 +69,7 @@ def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPat
             raise source.error(path, f"must be {word} {meta[key]}, got {short_repr(value)}")
 
 
-def _number_form(text: str) -> str:
+def _describe_number_form(text: str) -> str:
     """Which YAML 1.1 number form ``text`` is written in, in words."""
     lower = text.lower()
     if ":" in text:
@@ -92,7 +92,7 @@ def _check_number_text(value: Any, source: Source, path: KeyPath, key: bool = Fa
     shown = clip(text, 40)
     error = source.error(
         path[:-1] + (shown,) if key else path,
-        f"YAML reads {shown} as {_number_form(text)}, {short_repr(value, 40)}; this {'key' if key else 'value'} is text, "
+        f"YAML reads {shown} as {_describe_number_form(text)}, {short_repr(value, 40)}; this {'key' if key else 'value'} is text, "
         f"so it would become {short_repr(str(value), 40)}",
         hint=f'quote it to keep it as written: "{shown}"', line=source.line_of(path) if key else None,
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import ParseResult, parse_qs, urlparse, urlunparse
 
-from cl_harness.errors import ConfigError, TrackingStoreError, clip
+from cl_harness.errors import UNPRINTABLE_CATEGORIES, ConfigError, TrackingStoreError, clip
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER, MLFLOW_CORE_TABLES
 
 # Schemes MLflow's tracking stores accept (a ``+driver`` suffix is allowed on database schemes).
@@ -36,7 +36,6 @@ STORE_LOCK_TIMEOUT_S = 120.0
 SERVER_TIMEOUT_S = 3.0
 _SQLITE_PREFIX = re.compile(r"sqlite(\+[A-Za-z0-9_]+)?:///", re.IGNORECASE)
 _MAX_TABLES_NAMED = 5
-_UNPRINTABLE = ("Cc", "Zl", "Zp")  # control characters and line or paragraph separators: a message would lose or split them
 URI_HINT = "e.g. sqlite:///mlruns/mlflow.db (a local file), or http://host:5000 (a tracking server)"
 
 
@@ -115,7 +114,7 @@ def parse_uri(uri: str, key: str = "tracking.uri", file: str | None = None, line
     if not uri or not uri.strip():
         raise ConfigError(f"the tracking URI is empty (got {uri!r}); leave it out for the default store ($MLFLOW_TRACKING_URI, "
                           "else sqlite:///mlruns/mlflow.db)", file=file, line=line, key=key, hint=URI_HINT)
-    bad = next(((i, c) for i, c in enumerate(uri) if unicodedata.category(c) in _UNPRINTABLE), None)
+    bad = next(((i, c) for i, c in enumerate(uri) if unicodedata.category(c) in UNPRINTABLE_CATEGORIES), None)
     if bad is not None:  # urlparse drops tabs and newlines, and a message would print them raw
         raise uri_error(uri, f"the tracking URI holds the control character {bad[1]!r} (character {bad[0] + 1}); remove it",
                         key, file, line)

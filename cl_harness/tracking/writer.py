@@ -347,13 +347,16 @@ def record_error(logger: RunLogger, error: str) -> None:
     logger.set_tags({schema.ERROR_TAG: error[: schema.ERROR_TAG_CHARS]})
 
 
+def children_named(client: MlflowClient, experiment_id: str, parent_run_id: str, name: str) -> list:
+    """The (not deleted) child runs of ``parent_run_id`` named ``name``."""
+    quoted = name.replace("'", "\\'")
+    return client.search_runs([experiment_id], f"tags.{PARENT_RUN_TAG} = '{parent_run_id}' and attributes.run_name = '{quoted}'")
+
+
 def discard_empty_children(client: MlflowClient, experiment_id: str, parent_run_id: str, name: str) -> int:
     """Delete the unfinished children ``name`` of ``parent_run_id`` that hold no metric: what a process stopped while it
     opened the run left (its run folder never learnt their id), before the run is opened again. Returns how many."""
-    quoted = name.replace("'", "\\'")
-    found = client.search_runs(
-        [experiment_id], f"tags.{PARENT_RUN_TAG} = '{parent_run_id}' and attributes.run_name = '{quoted}'"
-    )
+    found = children_named(client, experiment_id, parent_run_id, name)
     empty = [run for run in found if run.info.status != schema.FINISHED and not run.data.metrics]
     for run in empty:
         client.delete_run(run.info.run_id)
@@ -362,10 +365,7 @@ def discard_empty_children(client: MlflowClient, experiment_id: str, parent_run_
 
 def close_lost_child(client: MlflowClient, experiment_id: str, parent_run_id: str, name: str, error: str) -> str | None:
     """A child whose worker gave up or died: marked FAILED if still RUNNING, with its error tag; returns its run id."""
-    quoted = name.replace("'", "\\'")
-    found = client.search_runs(
-        [experiment_id], f"tags.{PARENT_RUN_TAG} = '{parent_run_id}' and attributes.run_name = '{quoted}'"
-    )
+    found = children_named(client, experiment_id, parent_run_id, name)
     if not found:
         return None
     run_id = found[0].info.run_id

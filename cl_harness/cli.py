@@ -142,10 +142,11 @@ def cmd_validate(args) -> int:
         return validate_stream(args)
     checked = check_experiment(load_experiment(args.experiment, args.overrides, args.data_root))
     check_tracking_uri(checked.loaded, None)
+    search = None
     if checked.config.search is not None:
         from cl_harness.search.cli_hooks import check_search, describe_search
 
-        check_search(checked)
+        search = check_search(checked)
     config = checked.config
     print(f"experiment {config.name!r}: OK")
     print(f"  stream   {checked.stream_name!r} ({checked.scenario}), {len(checked.tasks)} tasks")
@@ -159,8 +160,8 @@ def cmd_validate(args) -> int:
     peft = config.backbone.peft
     print(f"  backbone {config.backbone.name} ({config.backbone.kind}" + (f", peft: {peft.method})" if peft.method != "none" else ")"))
     print(f"  strategies {', '.join(s.label for s in checked.strategies)}; seeds {config.seeds}; {count(len(checked.runs), 'run')}")
-    if config.search is not None:
-        print("  " + "\n  ".join(describe_search(checked)))
+    if search is not None:
+        print("  " + "\n  ".join(describe_search(search)))
     return EXIT_OK
 
 
@@ -214,20 +215,21 @@ def cmd_run(args) -> int:
     if checked.config.search is None and (args.search_only or args.skip_search):
         raise ConfigError(f"applies to an experiment with a `search:` block; {args.experiment} has none",
                           key="--search-only" if args.search_only else "--skip-search", hint="add a search: block, or drop the flag")
+    search = None
     if checked.config.search is not None:
         from cl_harness.search.cli_hooks import check_search
 
-        check_search(checked)
+        search = check_search(checked)
     uri, source = tracking_uri_source(checked.loaded, args.tracking_uri)
     executor = make_executor(options, uri)
     status = grid_status(checked)
     if status.note:
         print(f"note: {status.note}", file=sys.stderr)
     if args.dry_run:
-        if checked.config.search is not None:
+        if search is not None:
             from cl_harness.search.cli_hooks import describe_search
 
-            print("\n".join(describe_search(checked, args.skip_search, args.search_only)))
+            print("\n".join(describe_search(search, args.skip_search, args.search_only)))
         runs = share_pending_prefixes(checked.runs, status.done)
         print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(status.done)} already done "
               f"(comparison folder {status.folder}):")

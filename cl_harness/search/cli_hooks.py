@@ -10,7 +10,7 @@ from pathlib import Path
 from cl_harness.config.names import file_name
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
-from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, read_best_params, search_folder
+from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, format_params, read_best_params, search_folder
 from cl_harness.search.tracked import apply_best, run_tracked_search
 from cl_harness.search.workers import run_in_workers, run_on_ray
 
@@ -20,12 +20,12 @@ def check_search(checked: CheckedExperiment) -> SearchPlan | None:
     return parse_search(checked.config.search, checked.strategies, checked.loaded.source, any(t.valid_labels for t in checked.tasks))
 
 
-def describe_search(checked: CheckedExperiment, skip: bool = False, only: bool = False) -> list[str]:
+def describe_search(plan: SearchPlan, skip: bool = False, only: bool = False) -> list[str]:
     """What ``run`` does before the runs (``validate``, ``--dry-run``): the trials per strategy, the parameters each tunes;
     ``skip`` and ``only``: ``--skip-search`` and ``--search-only``."""
     if skip:
         return ["search: skipped (--skip-search); the runs use the best parameters of an earlier search, else the config's own"]
-    config, spaces = (plan := check_search(checked)).config, plan.spaces
+    config, spaces = plan.config, plan.spaces
     lines = [f"search first: {config.n_trials} trials per strategy on seed(s) {', '.join(map(str, config.seeds))}, "
              f"maximising {config.objective} ({config.pruner} pruner):"]
     lines += [f"  {label:<40} tunes {', '.join(params)}" for label, params in spaces.items()]
@@ -37,7 +37,7 @@ def _print_result(result: StrategyResult) -> None:
     if result.best_value is None:
         print(f"search {result.label}: no trial finished ({result.n_pruned} pruned)", flush=True)
         return
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    params = format_params(result.best_params)
     print(f"search {result.label}: best valid_acc {100 * result.best_value:.1f}% (trial {result.best_trial}; "
           f"{result.n_complete} finished, {result.n_pruned} pruned): {params}", flush=True)
 

@@ -142,9 +142,14 @@ TrialLogger = Callable[..., Any]  # (strategy label, trial number, seed, params)
 OnTrial = Callable[[str], None]  # receives one line per ended trial (trial_line)
 
 
+def format_params(params: dict[str, Any]) -> str:
+    """``ewc_lambda=12.3, mode=online``: a trial's parameters as a line shows them (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def trial_line(label: str, trial: optuna.trial.FrozenTrial, n_trials: int) -> str:
     """``search ewc: trial 3 (of 10): valid_acc 55.0% (ewc_lambda=12.3)``, or pruned or failed, as a trial ends."""
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    params = format_params(trial.params)
     state = trial.state.name.lower()
     if state == "complete" and trial.value is not None and not math.isnan(trial.value):
         state = f"valid_acc {100 * trial.value:.1f}%"

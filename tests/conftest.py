@@ -20,6 +20,19 @@ from cl_harness.testing import build_tiny_bert, demo_words, write_demo_stream, w
 REPO = Path(__file__).resolve().parents[1]
 
 
+def local_ray_cluster(*import_paths: Path):
+    """A local Ray cluster with 2 CPUs whose workers import this checkout, tests/ and ``import_paths`` (a generator for a
+    module fixture: ``yield from local_ray_cluster(...)``); skipped without the ray extra."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cl-harness[ray]')")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(str(p) for p in (REPO, REPO / "tests", *import_paths)))  # workers inherit it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
 def shared_data_dir() -> Path:
     """The real task data beside the repository (``../shared/data/cl_benchmark``), or $CL_BENCHMARK_DIR."""
     return Path(os.environ.get("CL_BENCHMARK_DIR", REPO.parent / "shared" / "data" / "cl_benchmark"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_demo_stream, write_experiment
+from conftest import local_ray_cluster, write_demo_stream, write_experiment
 
 from cl_harness.cli import main
 from cl_harness.tracking import schema
@@ -196,18 +196,7 @@ def test_a_tracking_outage_in_a_worker_stops_the_grid_with_exit_3_and_the_rerun_
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster with 2 CPUs whose workers import this checkout and the test plugins."""
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cl-harness[ray]')")
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])  # the workers inherit it
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield ray
-    finally:
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    yield from local_ray_cluster()
 
 
 @pytest.fixture(scope="module")

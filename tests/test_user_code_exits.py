@@ -4,17 +4,14 @@ In a worker process or a Ray task it fails that run only, with the same message,
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import textwrap
-from pathlib import Path
 
 import pytest
-from conftest import write_demo_stream, write_experiment
+from conftest import local_ray_cluster, write_demo_stream, write_experiment
 
 from cl_harness.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 MODULES = {
     "exits_on_import": """
         import sys
@@ -106,17 +103,10 @@ def test_in_a_worker_process_the_exit_fails_that_run_naming_the_module(workplace
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A local Ray cluster with 2 CPUs (as in test_executors) whose workers import this checkout and the modules above."""
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cl-harness[ray]')")
+    """A local Ray cluster with 2 CPUs whose workers import this checkout and the modules above."""
     modules = tmp_path_factory.mktemp("ray-modules")
     write_modules(modules)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(modules)]))  # the workers inherit it
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
+    yield from local_ray_cluster(modules)
 
 
 @pytest.mark.slow

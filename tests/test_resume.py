@@ -100,6 +100,7 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, ki
     client, run = child_run(uri, "resume")
     assert run.info.status == "FINISHED"
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # a finished run keeps its results, not its weights
+    assert not list((tmp_path / "runs").rglob("probe_features.step*.npz"))  # nor the probes' features (they are in MLflow)
     for key in (schema.SEEN_AVG_METRIC, "acc/t1", "acc/t2", "acc/t3", schema.probe_acc_metric("t1")):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2, 3], key
 
@@ -122,6 +123,13 @@ def test_interrupted_run_resumes_to_the_same_matrix_with_every_step_once(how, ki
         assert [v for v in row if v is not None] == pytest.approx([v for v in expected if v is not None], abs=1e-6)
     for key in ("probe_acc", "probe_forgetting"):
         assert run.data.metrics[key] == pytest.approx(reference_run.data.metrics[key], abs=1e-6)
+    import numpy as np  # and the features every probe was fitted on, those of the steps before the kill included
+
+    features = [np.load(client.download_artifacts(r.info.run_id, schema.PROBE_FEATURES_ARTIFACT, str(tmp_path / f"f{i}")))
+                for i, r in enumerate((run, reference_run))]
+    assert sorted(features[0].files) == sorted(features[1].files) and schema.probe_features_key(0, "t1", "train", "x") in features[0]
+    for name in features[1].files:
+        assert features[0][name] == pytest.approx(features[1][name], abs=1e-5), name
 
 
 def test_a_finished_grid_is_skipped_and_restart_runs_it_again(tmp_path, tiny_bert, capsys):

@@ -13,12 +13,15 @@ from cl_harness.runner.checkpoint import atomic_write_bytes
 from cl_harness.tracking import schema
 
 
+STEP_FILE = "probe_features.step{step}.npz"  # in the run folder: one step's features, until the run finishes
+
+
 class LinearProbing:
     """Called after the run scores a step: a linear probe per labelled task on the model's frozen features, every task at
     step 0 (the untrained model), the tasks trained so far after each step. Draws nothing from the random stream.
 
-    The rows live in the run's state (``state.json``) and, with a run folder, the features in ``probe_features.npz``
-    beside it, so a resumed run ends with the whole probing matrix. ``finish`` logs ``probe_accuracy_matrix.json``,
+    The rows live in the run's state (``state.json``) and, with a run folder, each step's features in a file beside it
+    (``STEP_FILE``, written once), so a resumed run ends with the whole probing matrix. ``finish`` logs ``probe_accuracy_matrix.json``,
     ``probe_features.npz`` (what every probe was fitted and scored on) and ``probe_acc``, ``probe_bwt``,
     ``probe_forgetting``."""
 
@@ -27,11 +30,17 @@ class LinearProbing:
         self.probed = probed  # per task: whether its kind has class labels to probe
         self.env = env  # the run's KindEnv
         self.rows = rows  # step -> probe accuracy per task (NaN: not probed); the run state's own dict
-        self.file = folder / schema.PROBE_FEATURES_ARTIFACT if folder else None
-        self.saved: dict[str, np.ndarray] = dict(np.load(self.file)) if self.file and self.file.is_file() and rows else {}
+        self.folder = folder
+        self.saved: dict[str, np.ndarray] = {}  # probe_features.npz
+        for step in rows if folder is not None else ():  # a resumed run: the features of the steps it keeps
+            path = folder / STEP_FILE.format(step=step)
+            if path.is_file():
+                with np.load(path) as arrays:
+                    self.saved.update(arrays)
 
     def __call__(self, model, step: int) -> None:
         row = [math.nan] * len(self.tasks)
+        arrays: dict[str, np.ndarray] = {}
         for j, task in enumerate(self.tasks[: step or len(self.tasks)]):
             if not self.probed[j]:
                 continue
@@ -40,11 +49,17 @@ class LinearProbing:
                                                      ("test", task.test_inputs, task.test_targets))}
             row[j] = probe_accuracy(*splits["train"], *splits["test"])
             for split, (x, y) in splits.items():
-                self.saved[schema.probe_features_key(step, task.name, split, "x")] = x.numpy()
-                self.saved[schema.probe_features_key(step, task.name, split, "y")] = y.numpy()
+                arrays[schema.probe_features_key(step, task.name, split, "x")] = x.numpy()
+                arrays[schema.probe_features_key(step, task.name, split, "y")] = y.numpy()
+        self.saved.update(arrays)
         self.rows[step] = row
-        if self.file is not None:
-            atomic_write_bytes(self.file, lambda handle: np.savez(handle, **self.saved))  # rewritten each step: not compressed
+        if self.folder is not None:
+            atomic_write_bytes(self.folder / STEP_FILE.format(step=step), lambda handle: np.savez(handle, **arrays))
+
+    def remove_files(self) -> None:
+        """Delete the steps' feature files from the run folder (a finished run's features are in MLflow)."""
+        for path in self.folder.glob(STEP_FILE.format(step="*")) if self.folder is not None else ():
+            path.unlink(missing_ok=True)
 
     def step_metrics(self, step: int) -> dict[str, float]:
         """``probe_acc/<task>`` of the tasks probed after ``step`` (empty where the step was not probed)."""

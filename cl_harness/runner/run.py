@@ -575,8 +575,8 @@ class TrainingRun:
         save_state(self.folder, state)
         if result.status == "FINISHED":
             remove_checkpoints(self.folder)
-            if self.probe and self.probe.file:
-                self.probe.file.unlink(missing_ok=True)
+            if self.probe:
+                self.probe.remove_files()
 
 
 def train_and_evaluate(plan: RunPlan, logger: RunLogger | None = None, show_progress: bool = True, folder: Path | None = None) -> RunResult:

@@ -142,7 +142,7 @@ def strength_hint(spec, shares: dict[int, float] | None = None) -> str | None:
         text = f"raise {plugin.name}'s {name} (now {value:g}" + (f"; {acted}" if acted else "")
         if observed > 0 and value > 0:
             text += f"; its terms reach {ACTING_SHARE:.0%} of the loss from about {value * ACTING_SHARE / (1 - ACTING_SHARE) * (1 - observed) / observed:.0e} on"
-        elif shares:
+        elif shares and observed == 0:
             text += "; its terms were below the loss's float32 resolution, so by orders of magnitude"
         parts.append(text + ")")
     return "; ".join(parts) or None

@@ -17,6 +17,7 @@ from cl_harness.grid.experiment import grid_folder, run_experiment
 from cl_harness.grid.plan import prefix_units
 from cl_harness.grid.prefix import ensure_prefix, prefix_folder, prefix_ready
 from cl_harness.grid.prepare import check_experiment, prepare_experiment
+from cl_harness.runner.hooks import strength_hint
 from cl_harness.runner.checkpoint import CHECKPOINT_FILE, STATE_FILE
 from cl_harness.runner.prefix import SharedPrefix
 from cl_harness.runner.run import train_and_evaluate
@@ -131,6 +132,11 @@ def test_a_resumed_grid_forks_its_saved_prefix_into_the_unshared_matrices_valida
     child = client.get_run(shared[0].run_id)
     assert child.data.tags[schema.SHARED_PREFIX_TASKS_TAG] == "1"
     assert child.data.metrics[schema.TRAIN_TIME_SAVED_METRIC] == shared[0].metrics[schema.TRAIN_TIME_SAVED_METRIC]
+    first = schema.penalty_share_metric(prepared.run_plan(prepared.runs[0]).task_names[0])
+    for planned, result in zip(prepared.runs, shared, strict=True):
+        # task 1's share of the strategy's terms (none: naive's epochs), logged by a fork where an unshared run logs it
+        metrics = client.get_run(result.run_id).data.metrics
+        assert metrics.get(first) == (0.0 if strength_hint(planned.strategy) else None), result.run_name
     parent = client.get_run(child.data.tags[schema.PARENT_RUN_TAG])
     seconds = shared[0].metrics[schema.TRAIN_TIME_SAVED_METRIC]  # one prefix: each run saved its training time
     assert parent.data.tags[schema.SHARED_PREFIX_TASKS_TAG] == "1"

@@ -176,6 +176,10 @@ class AddedLossShare(SupervisedPlugin):
             pair = torch.stack([terms, base.abs()])  # (2,)
             self.sums = pair if self.sums is None else self.sums + pair
 
+    def trained_as_naive(self) -> None:
+        """The current task's epochs were taken over from a naive run (a forked prefix): none of the strategy's terms."""
+        self.sums = torch.zeros(2)
+
     def after_training_exp(self, strategy, **kwargs):
         if self.sums is None:  # trained outside the loop (an mlm task)
             return

@@ -539,7 +539,11 @@ class TrainingRun:
             return at_training_end(strategy, save)
         if self.fork is None:  # resumed after task 1: nothing to fork
             return nullcontext()
-        return at_training_end(strategy, lambda: fork_prefix(self.fork, strategy, self.meter, self.loss_scale), train=False)
+        def fork() -> None:
+            fork_prefix(self.fork, strategy, self.meter, self.loss_scale)
+            self.loss_share.trained_as_naive()
+
+        return at_training_end(strategy, fork, train=False)
 
     def _metrics(self, result: RunResult, tasks_trained: int) -> dict[str, float]:
         """The summary metrics of the matrix and the run's cost metrics."""

@@ -166,8 +166,10 @@ def test_a_bad_set_value_names_the_flag_not_the_files_line(tmp_path):
     assert str(err).startswith(f"{path}: --set backbone={{name: x, pooling: max}}: backbone.pooling: must be cls or mean")
     err = error_of(path, ["training.epochs=1", "seeds=[1, 1]"])
     assert str(err).startswith(f"{path}: --set seeds=[1, 1]: seeds: lists a seed twice")
-    err = error_of(path, ["name.sub=1"])  # a mapping the flag put where a string was
-    assert str(err).startswith(f"{path}: --set name.sub=1: name: expected a string")
+    err = error_of(path, ["name.sub=1"])  # a key below a string
+    assert str(err).startswith(f"{path}: --set name.sub=1: name is 'e', a plain value: no key can be set below it")
+    err = error_of(path, ["description.sub=1"])  # a mapping the flag put where nothing was, and a string is expected
+    assert str(err).startswith(f"{path}: --set description.sub=1: description: expected a string")
     err = error_of(path, ["training.lr=0"])
     assert (err.file, err.origin, err.line, err.key) == (str(path), "--set training.lr=0", None, "training.lr")
 

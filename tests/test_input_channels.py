@@ -290,3 +290,12 @@ def test_set_below_a_backbone_given_as_a_string_keeps_the_string_as_its_name(tmp
     err = config_error(path, ["backbone.pooling=max"])
     assert err.key == "backbone.pooling" and err.origin == "--set backbone.pooling=max", err
 
+
+
+@pytest.mark.parametrize("flag, path, value", [("strategies.0.ewc_lambda=3", "strategies[0]", "'naive'"),
+                                               ("training.lr.x=1", "training.lr", "0.001")])
+def test_set_below_a_plain_value_is_refused_naming_the_value_not_replaced_by_a_mapping(tmp_path, flag, path, value):
+    # Replaced by {ewc_lambda: 3}, the strategy entry was reported as "unknown strategy 'ewc_lambda'".
+    config = EXPERIMENT + "training: {lr: 0.001}\n"
+    err = config_error(write_config(tmp_path, config, STREAM), [flag])
+    assert err.origin == f"--set {flag}" and f"{path} is {value}, a plain value: no key can be set below it" in err.message, err

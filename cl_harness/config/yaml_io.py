@@ -301,8 +301,8 @@ def apply_overrides(data: dict, overrides: list[str], source: Source,
     """Apply ``key.path=value`` overrides; values are parsed as YAML scalars or lists.
 
     ``source.overrides`` records the key paths each flag set (and the mappings it created or replaced), so that a
-    message about one of those values names the flag, not the file's line. A flag that sets a key below a plain value
-    puts a mapping in its place, except that a string at a path of ``shorthands`` stands for
+    message about one of those values names the flag, not the file's line. A flag that sets a key below nothing puts a
+    mapping there; one below a plain value is refused, except that a string at a path of ``shorthands`` stands for
     ``{shorthands[path]: string}`` (``backbone: NAME`` is ``backbone: {name: NAME}``, so ``--set backbone.pooling=cls``
     keeps the name instead of silently loading the default model).
     """
@@ -333,9 +333,13 @@ def apply_overrides(data: dict, overrides: list[str], source: Source,
                 child = node.get(part)
             if isinstance(child, str) and here in shorthands:
                 child = node[part] = {shorthands[here]: child}  # the string's own line (or flag) still names it
-            elif not isinstance(child, (dict, list)):
-                # A mapping this flag made, in place of nothing or of a plain value: the schema then names the flag
-                # where a plain value was expected (`--set name.sub=1`: "name: expected a string").
+            elif child is not None and not isinstance(child, (dict, list)):
+                dotted = ".".join(str(p) for p in here)
+                raise _override_error(item, f"{format_path(here)} is {short_repr(child, 40)}, a plain value: no key can be set below it",
+                                      hint=f"set it whole, e.g. --set '{dotted}=...' (docs/reference gives its form)", file=source.file)
+            elif child is None:
+                # A mapping this flag made in place of nothing: the schema names the flag where a plain value was
+                # expected (`--set name.sub=1` with no name: "name: expected a string").
                 child = node[part] = {}
                 source.overrides[here] = flag
             node = child

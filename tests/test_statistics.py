@@ -10,6 +10,7 @@ from scipy import stats
 from cl_harness.report.statistics import (
     BOOTSTRAP,
     DEGENERATE,
+    IDENTICAL,
     MAX_SEEDS,
     NO_INTERVAL,
     NO_TEST,
@@ -99,7 +100,12 @@ def test_different_seeds_give_welch():
 
 def test_degenerate_pairs():
     same = {(0, 0): 0.5, (1, 0): 0.6, (2, 0): 0.7}
-    assert compare_pair("a", same, "b", dict(same)).p == 1.0
+    equal = compare_pair("a", same, "b", dict(same))
+    assert (equal.p, equal.test) == (1.0, IDENTICAL)  # no test ran: not labelled with one
+    constant = {(seed, 0): 0.5 for seed in range(3)}
+    unpaired = compare_pair("a", constant, "b", {(seed, 0): 0.5 for seed in range(3, 6)})
+    assert (unpaired.p, unpaired.test) == (1.0, IDENTICAL)
+    assert compare_pair("a", constant, "b", {(seed, 0): 0.4 for seed in range(3, 6)}).test == WELCH
     shifted = {k: v - 0.1 for k, v in same.items()}
     assert compare_pair("a", same, "b", shifted).p == 0.0  # constant non-zero difference
     assert compare_pair("a", {(0, 0): 0.5}, "b", {(1, 0): 0.4, (2, 0): 0.3}).test == NO_TEST

@@ -47,6 +47,7 @@ MAX_SEEDS = 1000  # seeds searched for that number; more is reported as "> MAX_S
 
 T_INTERVAL, BOOTSTRAP, DEGENERATE, NO_INTERVAL = "t", "bootstrap", "degenerate", "none"
 WILCOXON, PAIRED_T, WELCH, NO_TEST = "wilcoxon", "paired_t", "welch", "none"
+IDENTICAL = "identical"  # the same value in every run on both sides: p = 1 with no test run
 NO_TEST_CELL = f"no test (< {MIN_RUNS} runs)"
 
 
@@ -105,9 +106,9 @@ def compare_pair(a: str, a_runs: Mapping[Hashable, float], b: str, b_runs: Mappi
         keys = sorted(left, key=repr)
         x, y = np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
         diff = x - y
-        test = WILCOXON if np.count_nonzero(diff) >= WILCOXON_FROM else PAIRED_T  # the signed-rank test drops zero differences
         if np.all(diff == 0):
-            return PairTest(a, b, test, len(keys), 0.0, 1.0)
+            return PairTest(a, b, IDENTICAL, len(keys), 0.0, 1.0)
+        test = WILCOXON if np.count_nonzero(diff) >= WILCOXON_FROM else PAIRED_T  # the signed-rank test drops zero differences
         if test == PAIRED_T and np.all(diff == diff[0]):  # constant non-zero difference: zero variance, t infinite
             return PairTest(a, b, test, len(keys), math.copysign(math.inf, diff[0]), 0.0)
         with warnings.catch_warnings():
@@ -118,8 +119,9 @@ def compare_pair(a: str, a_runs: Mapping[Hashable, float], b: str, b_runs: Mappi
     if len(x) < MIN_RUNS or len(y) < MIN_RUNS:
         return PairTest(a, b, NO_TEST, 0, math.nan, math.nan)
     if np.ptp(x) == 0 and np.ptp(y) == 0:
-        p = 1.0 if x[0] == y[0] else 0.0
-        return PairTest(a, b, WELCH, 0, 0.0 if p == 1.0 else math.copysign(math.inf, x[0] - y[0]), p)
+        if x[0] == y[0]:
+            return PairTest(a, b, IDENTICAL, 0, 0.0, 1.0)
+        return PairTest(a, b, WELCH, 0, math.copysign(math.inf, x[0] - y[0]), 0.0)
     result = stats.ttest_ind(x, y, equal_var=False)
     return PairTest(a, b, WELCH, 0, float(result.statistic), float(result.pvalue))
 
@@ -258,7 +260,8 @@ STAT_DEFINITIONS = {
     "p vs best / p vs naive": (
         "two-sided p-value of the final accuracy against the best strategy / naive, Holm-Bonferroni corrected over all pairs "
         f"in the table; paired (Wilcoxon signed-rank with {WILCOXON_FROM}+ pairs that differ, paired t-test with fewer) when both "
-        f"strategies ran the same seeds and orders, Welch's t-test otherwise; '*' marks p < {ALPHA}; '{NO_TEST_CELL}' "
+        f"strategies ran the same seeds and orders, Welch's t-test otherwise, none (p = 1) where both sides score the same in "
+        f"every run; '*' marks p < {ALPHA}; '{NO_TEST_CELL}' "
         f"where a side has fewer than {MIN_RUNS} runs."
     ),
     "MDD vs best": (

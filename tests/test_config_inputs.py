@@ -278,6 +278,23 @@ def test_a_directory_is_not_reported_as_missing(tmp_path, capsys):
     assert err.key == "stream" and err.line == 2 and "is a directory; give a YAML stream file" in err.message
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_device_or_pipe_is_not_reported_as_missing(tmp_path, capsys, kind):
+    import os
+
+    from cl_harness.cli import main
+
+    if kind == "fifo":
+        special = tmp_path / "pipe.yaml"
+        os.mkfifo(special)
+    else:
+        special = Path(os.devnull)
+    assert main(["validate", str(special)]) == 2  # refused before any read: a pipe with no writer would block
+    assert f"{special} is not a regular file (a device, pipe or socket); give a YAML config file" in capsys.readouterr().err
+    err = error_of(write(tmp_path, f"name: e\nstream: {special}\n"))
+    assert err.key == "stream" and err.line == 2 and "is not a regular file" in err.message
+
+
 # -- 8. no Python type names in messages -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "key", "expected"), [

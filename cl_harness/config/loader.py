@@ -11,7 +11,7 @@ from cl_harness.config.experiment import ExperimentConfig
 from cl_harness.config.limits import check_name, check_numbers
 from cl_harness.config.schema import parse, to_dict
 from cl_harness.config.stream import StreamConfig
-from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load_yaml
+from cl_harness.config.yaml_io import Source, apply_overrides, expand_vars, load_yaml, not_a_file
 from cl_harness.errors import ConfigError
 
 
@@ -106,10 +106,9 @@ def load_experiment(
     stream_path = Path(config.stream).expanduser()
     if not stream_path.is_absolute():
         stream_path = Path(path).resolve().parent / stream_path
-    if stream_path.is_dir():
-        raise source.error(("stream",), f"{stream_path} is a directory; give a YAML stream file")
-    if not stream_path.is_file():
-        raise source.error(("stream",), f"stream file not found: {stream_path}")
+    problem = not_a_file(stream_path, "stream")
+    if problem is not None:
+        raise source.error(("stream",), problem)
     stream = load_stream(stream_path, variables)
     root = variables.get("DATA_ROOT") if data_root is not None else None
     return LoadedExperiment(config, source, Path(path).resolve(), stream, variables, tuple(overrides), root)

@@ -169,12 +169,24 @@ def _walk(node: yaml.Node, path: KeyPath, source: Source, lines: bool = True,
         stack.extend(reversed(children))
 
 
+def not_a_file(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be read as a YAML ``what`` file (missing, a directory, a device, pipe or socket), or None."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a directory; give a YAML {what} file"
+    if path.exists():
+        return f"{path} is not a regular file (a device, pipe or socket); give a YAML {what} file"
+    return f"{what} file not found: {path}"
+
+
 def load_yaml(path: str | Path, what: str = "config") -> tuple[Any, Source]:
     """Parse ``path`` with the safe loader; syntax errors name the line and column."""
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give a YAML {what} file")
-    if not path.is_file():
+    problem = not_a_file(path, what)
+    if problem is not None:
+        if path.exists():
+            raise ConfigError(problem)
         raise ConfigError(f"{what} file not found", file=path, hint=f"check the path (cwd is {Path.cwd()})")
     try:
         size = path.stat().st_size

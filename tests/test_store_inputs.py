@@ -346,3 +346,32 @@ def test_a_default_report_folder_in_the_way_names_the_default(work, capsys):
     (work / "reports").write_text("a file\n")
     assert main(["search-report", "tiny"]) == 2
     assert "error: --out (default): " in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("where", ["another store", "child deleted", "parent deleted"])
+def test_a_finished_run_missing_from_the_store_is_refused_not_skipped_out_of_the_table(where, work, experiment, capsys):
+    # Skipped as finished, the run was missing from the new parent's table while the command exited 0.
+    from mlflow import MlflowClient
+
+    db = work / "mlflow.db"  # absolute: MLflow caches a store by its URI, and a relative one would outlive this test's cwd
+    argv = ["run", str(experiment), "--tracking-uri", f"sqlite:///{db}"]
+    assert main(argv) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (child,) = [r for r in client.search_runs(client.get_experiment_by_name("tiny").experiment_id) if schema.PARENT_RUN_TAG in r.data.tags]
+    if where == "another store":
+        argv[-1] = f"sqlite:///{work / 'other.db'}"
+    elif where == "child deleted":
+        client.delete_run(child.info.run_id)
+    else:
+        client.delete_run(child.data.tags[schema.PARENT_RUN_TAG])
+    capsys.readouterr()
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "1 finished run(s) of this comparison whose results are not in" in err and "--restart" in err, err
+    want = {"another store": "its parent: run {parent} is not in this store", "parent deleted": "its parent: run {parent} is deleted",
+            "child deleted": "naive/seed0/order0: run {child} is deleted"}[where]
+    assert want.format(parent=child.data.tags[schema.PARENT_RUN_TAG], child=child.info.run_id) in err, err
+    other = work / ("other.db" if where == "another store" else "mlflow.db")
+    assert "RUNNING" not in run_statuses(other)
+    assert len(run_statuses(other)) == (0 if where == "another store" else 2)  # no new parent opened
+    assert main(argv + ["--restart"]) == 0  # trained again, into this store

@@ -29,7 +29,8 @@ from cl_harness.tracking.schema import (
     TRAIN_TIME_SAVED_METRIC,
     strategy_param,
 )
-from cl_harness.tracking.store import absolute_uri, experiment_for, open_store
+from cl_harness.tracking.store import absolute_uri, experiment_for, logged_run_problem, open_store
+from cl_harness.tracking.store_guard import StoreUnavailableError
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
 from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
 from cl_harness.tracking.writer import closed_on_failure
@@ -318,6 +319,7 @@ def run_experiment(
         if restart and grid.exists():  # keep the old folder, out of the way
             grid.rename(grid.with_name(f"{grid.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"))
         done = {p.name for p in prepared.runs if finished_in(run_folder(grid, p))}
+        check_finished_runs_logged(client, uri, experiment_id, grid, [p for p in prepared.runs if p.name in done])
         prepared = prepared.with_runs(share_pending_prefixes(prepared.runs, done))
         parent = open_parent(client, experiment_id, prepared, grid, tags)
     context = GridContext(prepared, client, uri, experiment_id, parent.run_id, tags, grid, show_progress)
@@ -341,6 +343,24 @@ def run_experiment(
     if on_finish is not None:
         on_finish(glance)
     return results
+
+
+def check_finished_runs_logged(client, uri: str, experiment_id: str, grid: Path, finished: list[PlannedRun]) -> None:
+    """Refuse (exit 3), before anything is written to the store, a comparison whose finished runs are not logged in it
+    under its parent run (another store, or deleted there): skipped as finished, they would be missing from its table."""
+    if not finished:
+        return
+    parent_id = read_marker(grid).get("parent_run_id")
+    parent_problem = logged_run_problem(client, parent_id, experiment_id) if parent_id else None
+    problems = [f"its parent: {parent_problem}"] if parent_problem else [
+        f"{planned.name}: {why}" for planned in finished
+        if (why := logged_run_problem(client, load_state(run_folder(grid, planned)).run_id, experiment_id, parent_id))]
+    if problems:
+        listed = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
+        raise StoreUnavailableError(
+            f"{grid} holds {len(finished)} finished run(s) of this comparison whose results are not in {uri} ({listed})\n"
+            "  hint: use the store they were logged to (--tracking-uri), restore deleted runs (`mlflow runs restore --run-id "
+            "ID`), or train again with --restart")
 
 
 def open_parent(client, experiment_id: str, prepared: PreparedExperiment, grid: Path, tags: dict) -> RunLogger:

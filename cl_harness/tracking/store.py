@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from cl_harness.config.experiment import DEFAULT_TRACKING_URI
 from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError, TrackingStoreError
+from cl_harness.tracking import schema
 from cl_harness.tracking.schema import ARTIFACTS_FOLDER
 from cl_harness.tracking.store_guard import (
     UriSource,
@@ -158,6 +159,25 @@ def experiment_for(client: MlflowClient, uri: str, name: str) -> str:
     """The id of experiment ``name``, created with the store's default artifact location when missing."""
     with store_creation_lock(sqlite_db_path(uri)):  # concurrent first writers of a new SQLite store take turns creating it
         return get_or_create_experiment(client, name, default_artifact_location(uri, name))
+
+
+def logged_run_problem(client: MlflowClient, run_id: str | None, experiment_id: str, parent_id: str | None = None) -> str | None:
+    """Why run ``run_id`` is not usable in experiment ``experiment_id`` of this store (under parent run ``parent_id`` when
+    given): not in the store, deleted, in another experiment, or under another parent; None when it is."""
+    try:
+        run = client.get_run(run_id) if run_id else None
+    except MlflowException:
+        run = None
+    if run is None:
+        return f"run {run_id or '(none)'} is not in this store"
+    if run.info.lifecycle_stage != "active":
+        return f"run {run_id} is deleted"
+    if run.info.experiment_id != experiment_id:
+        return f"run {run_id} is in another experiment (id {run.info.experiment_id})"
+    logged_parent = run.data.tags.get(schema.PARENT_RUN_TAG)
+    if parent_id is not None and logged_parent != parent_id:
+        return f"run {run_id} is a child of run {logged_parent}, not of this comparison's parent {parent_id}"
+    return None
 
 
 def run_exists(client: MlflowClient, run_id: str) -> bool:

@@ -75,6 +75,23 @@ class HubUnreachableError(ConfigError):
     """A stream task that reads the Hugging Face hub while the hub cannot be reached (offline or no network)."""
 
 
+def raised_at(exc: BaseException) -> str | None:
+    """Where ``exc`` was raised: ``file:line in function`` of its innermost frame, or None without a traceback."""
+    traceback = exc.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return None
+    code = traceback.tb_frame.f_code
+    return f"{clip(code.co_filename, 160)}:{traceback.tb_lineno} in {clip(code.co_name, 60)}"
+
+
+def error_line(exc: BaseException) -> str:
+    """An unexpected error on one line: its type, its message and where it was raised."""
+    where = raised_at(exc)
+    return f"{type(exc).__name__}: {clip(exc, 300)}" + (f" (raised at {where})" if where else "")
+
+
 class TrainingError(Exception):
     """A run that failed while training (for example a non-finite loss); other runs may go on."""
 

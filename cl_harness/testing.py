@@ -19,6 +19,7 @@ from typing import Any
 
 from avalanche.core import SupervisedPlugin
 
+from cl_harness.errors import error_line
 from cl_harness.strategies.registry import PluginSpec, StrategyInfo, info_problem
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -282,7 +283,11 @@ def _check_on_kind(info: StrategyInfo, params: dict, folder: Path, registry, kin
         return train_and_evaluate(prepared.run_plan(replace(planned, strategy=strategy)), None, False, run_folder)
 
     naive_run, strategy_run = TrainingRun(prepared.run_plan(naive), None, False), TrainingRun(prepared.run_plan(planned), None, False)
-    reference, result = naive_run.execute(), strategy_run.execute()
+    reference = naive_run.execute()
+    try:
+        result = strategy_run.execute()
+    except Exception as exc:  # noqa: BLE001 - whatever the strategy's code raises is the finding
+        raise _fail(name, f"its run on a tiny {kind} model raised {error_line(exc)}") from exc
     if result.status != "FINISHED":
         raise _fail(name, f"its run on a tiny {kind} model failed: {result.error}")
     steps = 1 if info.train_data in ("joint", "none") else len(prepared.task_names)
@@ -300,10 +305,14 @@ def _check_on_kind(info: StrategyInfo, params: dict, folder: Path, registry, kin
     stop = PluginSpec(_STOP.name, _StopConfig(str(folder / "stopped")), _STOP)
     stopping = replace(planned.strategy, plugins=[*planned.strategy.plugins, stop])
     try:
-        run(stopping, run_folder)
+        stopped = run(stopping, run_folder)
     except _Stopped:
-        pass
-    else:
+        stopped = None
+    except Exception as exc:  # noqa: BLE001 - whatever the strategy's code raises is the finding
+        raise _fail(name, f"its run with a checkpoint after each task raised {error_line(exc)}") from exc
+    if stopped is not None and stopped.status != "FINISHED":  # e.g. state that cannot be pickled into the checkpoint
+        raise _fail(name, f"its run with a checkpoint after each task failed: {stopped.error}")
+    if stopped is not None:
         raise _fail(name, "the run meant to stop before task 2 went on (does the strategy train tasks in its own loop?)")
     try:
         resumed = run(stopping, run_folder)

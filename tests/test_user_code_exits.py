@@ -44,6 +44,19 @@ MODULES = {
                         out.write("attempt\\n")
                 sys.exit()
         """,
+    "raises_in_a_hook": """
+        import os
+        from avalanche.core import SupervisedPlugin
+
+        class Plugin(SupervisedPlugin):
+            def __init__(self, fail_while=None):
+                super().__init__()
+                self.fail_while = fail_while
+
+            def after_training_exp(self, strategy, **kwargs):
+                if os.path.exists(self.fail_while):
+                    raise ValueError("anchor shape mismatch")
+        """,
 }
 
 
@@ -151,3 +164,29 @@ def test_a_task_wrapper_turns_only_an_exit_into_an_error_naming_where_it_came_fr
             exits_as_errors(fail, error)
     assert task_error(ValueError("bad value")) == "ValueError: bad value"
     assert exits_as_errors(max, 2, 5) == 5
+
+
+def test_an_error_in_a_hook_fails_that_run_with_one_line_and_the_grid_goes_on(workplace, tiny_bert, capsys):
+    # It stopped the whole comparison with a traceback, and the runs after it never trained.
+    flag = workplace / "broken"
+    flag.touch()
+    mine = {"name": "mine", "plugins": ["naive", {"raises_in_a_hook:Plugin": {"fail_while": str(flag)}}]}
+    experiment = write_experiment(workplace, tiny_bert, [mine, "naive"])
+    db = workplace / "mlflow.db"
+    command = ["run", str(experiment), "--no-progress", "--tracking-uri", f"sqlite:///{db}"]
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "== mine/seed0/order0: FAILED" in out and "1 of 2 runs finished" in out and "Traceback" not in out, out
+    line = next(line for line in out.splitlines() if "anchor shape mismatch" in line)
+    assert f"ValueError: anchor shape mismatch (raised at {workplace / 'raises_in_a_hook.py'}:" in line, line
+    assert "in after_training_exp); traceback in " in line, line
+    (saved,) = workplace.glob("runs/*/*/mine-*/error.txt")
+    assert "Traceback (most recent call last)" in saved.read_text() and "anchor shape mismatch" in saved.read_text()
+    with sqlite3.connect(db) as connection:
+        statuses = dict(connection.execute("select name, status from runs where name like '%/seed0/order0'"))
+    connection.close()
+    assert statuses == {"mine/seed0/order0": "FAILED", "naive/seed0/order0": "FINISHED"}, statuses
+    flag.unlink()  # the user fixes the hook: the same command trains the failed run, the finished one is skipped
+    assert main(command) == 0
+    assert "2 of 2 runs finished" in capsys.readouterr().out

@@ -166,6 +166,36 @@ def test_the_checks_fail_a_strategy_that_does_nothing_or_whose_state_a_checkpoin
         check_strategy(forgetful, folder=tmp_path / "forgetful")
 
 
+class RaisesAfterTask:
+    """A plugin whose hook raises, as a bug in a user's strategy would."""
+
+    def after_training_exp(self, strategy, **kwargs):
+        raise ValueError("anchor shape mismatch")
+
+
+class KeepsAGenerator:
+    """A plugin that takes on state a checkpoint cannot pickle once it has trained a task."""
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.pending = (step for step in range(3))
+
+
+def test_the_checks_fail_a_strategy_that_raises_or_whose_state_cannot_be_saved(l2anchor, tmp_path):
+    # Both got through check_strategy as the raw ValueError and torch.save's TypeError.
+    from avalanche.core import SupervisedPlugin
+
+    info = l2anchor.L2_ANCHOR
+    for mixin, finding in ((RaisesAfterTask, r"its run on a tiny encoder model raised ValueError: anchor shape mismatch "
+                                             r"\(raised at .*test_user_strategies.py:\d+ in after_training_exp\)"),
+                           (KeepsAGenerator, r"its run with a checkpoint after each task failed: cannot save the checkpoint: "
+                                             r"KeepsAGeneratorPlugin.pending holds a generator, which cannot be pickled")):
+        plugin = type(f"{mixin.__name__}Plugin", (mixin, SupervisedPlugin), {"__module__": __name__})
+        globals()[plugin.__name__] = plugin  # pickled by reference, as a module-level class is
+        broken = dataclasses.replace(info, name=mixin.__name__.lower(), build=lambda config, context, plugin=plugin: [*info.build(config, context), plugin()])
+        with pytest.raises(StrategyCheckError, match=finding):
+            check_strategy(broken, folder=tmp_path / mixin.__name__)
+
+
 def test_strategy_info_is_the_public_definition():
     import cl_harness.strategies as public
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from cl_harness.config.names import file_name
-from cl_harness.errors import ConfigError
+from cl_harness.errors import ConfigError, error_line
 from cl_harness.grid.plan import PlannedRun, settings_key, share_pending_prefixes
 from cl_harness.grid.prefix import ensure_prefix, remove_spent_prefixes, train_time_saved
 from cl_harness.grid.prepare import PreparedExperiment
 from cl_harness.report.plots import plot_accuracy_matrix
-from cl_harness.runner.checkpoint import RunState, load_state, read_run_file, save_state, write_run_file
+from cl_harness.runner.checkpoint import ERROR_FILE, RunState, load_state, read_run_file, save_state, write_run_file
 from cl_harness.runner.run import RunResult, train_and_evaluate
 from cl_harness.runner.prefix import PREFIX_TASKS
 from cl_harness.tracking import writer
@@ -29,7 +30,7 @@ from cl_harness.tracking.schema import (
     TRAIN_TIME_SAVED_METRIC,
     strategy_param,
 )
-from cl_harness.tracking.store import absolute_uri, experiment_for, logged_run_problem, open_store
+from cl_harness.tracking.store import absolute_uri, experiment_for, is_disk_failure, is_store_failure, logged_run_problem, open_store
 from cl_harness.tracking.store_guard import StoreUnavailableError
 from cl_harness.tracking.writer import RunLogger, default_tags, end_quietly
 from cl_harness.grid.locks import RunBusy, grid_lock, run_lock
@@ -275,6 +276,11 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
     except KeyboardInterrupt:
         end_quietly(logger, KILLED)
         raise
+    except Exception as exc:  # a bug in a strategy's code, say: this run fails, the grid goes on (as in a worker process)
+        if stops_the_grid(exc):
+            end_quietly(logger, FAILED)
+            raise
+        return failed_run(planned, state.tasks or [prepared.task_names[i] for i in planned.order], logger, folder, exc)
     except BaseException:
         end_quietly(logger, FAILED)
         raise
@@ -284,6 +290,23 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
             writer.record_error(logger, result.error)
     logger.end(result.status)
     return result
+
+
+def stops_the_grid(exc: Exception) -> bool:
+    """Whether an error in a run stops the whole grid: a refused input, or a failing store or disk (every run would meet it)."""
+    return isinstance(exc, ConfigError) or is_store_failure(exc) or is_disk_failure(exc)
+
+
+def failed_run(planned: PlannedRun, tasks: list[str], logger: RunLogger, folder: Path, exc: Exception) -> RunResult:
+    """A run ended FAILED by an unexpected error: one line (type, message, where raised) as its error, the traceback in
+    the run folder; the folder's checkpoint stays, so the same command resumes the run once the code is fixed."""
+    path = folder / ERROR_FILE
+    path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    error = f"{error_line(exc)}; traceback in {path}"
+    with closed_on_failure(logger):
+        writer.record_error(logger, error)
+    end_quietly(logger, FAILED)
+    return RunResult(planned.strategy.label, planned.seed, tasks, [], planned.order_index, status=FAILED, error=error, run_id=logger.run_id)
 
 
 def close_stale_child(client, experiment_id: str, parent_id: str, name: str, error: str) -> None:

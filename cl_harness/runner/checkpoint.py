@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -30,13 +31,14 @@ import torch
 import yaml
 
 from cl_harness.config.guard import GuardError, parse_json, parse_yaml
-from cl_harness.errors import ConfigError, clip, short_repr
+from cl_harness.errors import ConfigError, TrainingError, clip, error_line, short_repr
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 DIGEST_SUFFIX = ".json"  # checkpoint.pt.json: {"size": bytes, "sha256": hex, "step": k}
 RESTART_HINT = "run the same command with --restart to start this grid over (the old run folder is kept, renamed)"
 STATE_FILE = "state.json"
+ERROR_FILE = "error.txt"  # the traceback of the error that ended the run FAILED
 RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 
 
@@ -317,7 +319,22 @@ def serialize(folder: Path, payload: dict) -> memoryview:
         torch.save(payload, buffer)
     except RuntimeError as exc:
         raise _as_os_error(exc, folder) from exc
+    except (TypeError, AttributeError, pickle.PicklingError) as exc:  # a plugin took on state that cannot be pickled
+        raise TrainingError(f"cannot save the checkpoint: {unpicklable_state(payload.get('plugins', [])) or error_line(exc)}; "
+                            "keep only picklable state on a plugin (no generators, open files, locks or lambdas), or leave "
+                            "it out in __getstate__") from exc
     return buffer.getbuffer()
+
+
+def unpicklable_state(plugins: list) -> str | None:
+    """The first plugin attribute that cannot be pickled, as ``Plugin.attribute holds a <type>``; None if none is found."""
+    for plugin in plugins:
+        for attribute, value in getattr(plugin, "__dict__", {}).items():
+            try:
+                pickle.dumps(value)
+            except Exception:  # noqa: BLE001 - pickling raises TypeError, PicklingError, AttributeError...
+                return f"{type(plugin).__name__}.{attribute} holds a {type(value).__name__}, which cannot be pickled"
+    return None
 
 
 def file_digest(path: Path) -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 from cl_harness.config.schema import did_you_mean
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import ConfigError, clip, short_repr
+from cl_harness.errors import ConfigError, clip, raised_at, short_repr
 
 EXIT_HINT = "a plugin reports a problem by raising an exception; it must not end the process (sys.exit, os._exit)"
 
@@ -23,8 +23,7 @@ def process_exit(exc: BaseException) -> str:
         traceback = traceback.tb_next
     if traceback is None:
         return what
-    frame = traceback.tb_frame
-    return f"{what} in module {clip(str(frame.f_globals.get('__name__')), 80)!r} ({clip(frame.f_code.co_filename, 160)}:{traceback.tb_lineno})"
+    return f"{what} in module {clip(str(traceback.tb_frame.f_globals.get('__name__')), 80)!r} ({raised_at(exc)})"
 
 
 ENTRY_POINT_GROUP = "cl_harness.strategies"  # installed packages register their StrategyInfo objects here

@@ -39,6 +39,13 @@ def is_store_failure(exc: BaseException) -> bool:
     return isinstance(exc, (MlflowException, RequestException, TrackingStoreError, SQLAlchemyError, sqlite3.Error))
 
 
+def is_disk_failure(exc: BaseException) -> bool:
+    """Whether an exception means the disk failed (full, read-only, over quota, or an I/O error)."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT)
+
+
 def is_duplicate_key(exc: BaseException) -> bool:
     """Whether a store write failed because another writer inserted the same key first (SQL unique constraint)."""
     text = str(exc)

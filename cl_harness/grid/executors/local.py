@@ -37,6 +37,7 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
     The experiment is loaded and tokenised once, for the first run, and serves every later run of this worker.
     """
     from cl_harness.grid.worker import prepare_in_worker, run_planned
+    from cl_harness.errors import error_line
     from cl_harness.strategies.user_plugins import process_exit
     from cl_harness.tracking.store import is_store_failure
 
@@ -56,7 +57,7 @@ def worker_main(spec: RunSpec, conn: Connection) -> None:
             conn.send(("interrupted", None))
             return
         except BaseException as exc:  # noqa: BLE001 - an ordinary error (or user code's sys.exit) fails this run only, not retried
-            text = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else f"ended by {process_exit(exc)}"
+            text = error_line(exc) if isinstance(exc, Exception) else f"ended by {process_exit(exc)}"
             outcome = ("store" if is_store_failure(exc) else "error", text)
         conn.send(outcome)
 

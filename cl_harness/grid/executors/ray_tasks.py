@@ -77,7 +77,9 @@ def exits_as_errors(function, *args):
 
 def task_error(exc: Exception) -> str:
     """How a failed task's error is reported: a user's exit as its own text, else the type and the message."""
-    return str(exc) if isinstance(exc, UserCodeExit) else f"{type(exc).__name__}: {exc}"
+    from cl_harness.errors import error_line
+
+    return str(exc) if isinstance(exc, UserCodeExit) else error_line(exc)
 
 
 class RayExecutor:

@@ -189,4 +189,4 @@ def test_an_error_in_a_hook_fails_that_run_with_one_line_and_the_grid_goes_on(wo
     assert statuses == {"mine/seed0/order0": "FAILED", "naive/seed0/order0": "FINISHED"}, statuses
     flag.unlink()  # the user fixes the hook: the same command trains the failed run, the finished one is skipped
     assert main(command) == 0
-    assert "2 of 2 runs finished" in capsys.readouterr().out
+    assert "2 of 2 runs finished" in capsys.readouterr().out and not saved.exists()

@@ -268,6 +268,7 @@ def _run_child_locked(prepared: PreparedExperiment, planned: PlannedRun, client,
         state = state or RunState()
         state.run_id = logger.run_id  # a checkpoint from another store is continued in this new run
         save_state(folder, state)
+    (folder / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's traceback
     try:
         plan = prepared.run_plan(planned)
         if planned.prefix is not None and not state.steps_done:  # task 1 not trained yet: fork the shared prefix

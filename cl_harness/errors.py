@@ -27,7 +27,10 @@ def _unprintable(char: str) -> bool:
 
 
 def short_repr(value: object, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: what a message may quote of a user's value."""
+    """``repr(value)`` cut to ``limit`` characters: what a message may quote of a user's value (true, false and null
+    spelt as YAML and JSON write them)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, (str, bytes)) and len(value) > 4 * limit:
         value = value[: 4 * limit]  # never repr a whole file
     elif isinstance(value, (list, dict)) and len(value) > limit:

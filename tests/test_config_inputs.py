@@ -382,7 +382,7 @@ def test_quoted_numbers_are_accepted_and_booleans_and_words_are_not(tmp_path):
     path = write(tmp_path, 'name: e\nstream: stream.yaml\nseeds: ["0", "2"]\ntraining: {epochs: "2", lr: "1e-4"}\n')
     config = load_experiment(path).config
     assert config.seeds == [0, 2] and config.training.epochs == 2 and config.training.lr == 1e-4
-    for body, fragment in [("training: {epochs: true}", "expected an integer, got True"),
+    for body, fragment in [("training: {epochs: true}", "expected an integer, got true"),
                            ('training: {epochs: "2.5"}', "expected an integer, got '2.5'"),
                            ('training: {lr: "fast"}', "expected a number, got 'fast'"),
                            ('seeds: ["0", "0"]', "lists a seed twice")]:

@@ -19,6 +19,7 @@ from cl_harness.config.yaml_io import Source
 from cl_harness.errors import ConfigError
 from cl_harness.search.config import parse_search
 from cl_harness.strategies import StrategyInfo, default_registry
+from cl_harness.strategies.registry import info_problem
 from cl_harness.strategies.user_plugins import ENTRY_POINT_GROUP
 from cl_harness.testing import StrategyCheckError, check_strategy
 
@@ -81,6 +82,27 @@ def test_an_installed_strategy_that_cannot_be_used_is_refused_where_it_is_named(
     assert info.value.line == 9
     assert parse(registry, ["naive", "replay"])  # the others are unaffected
     assert any(re.search(message, problem) for problem in registry.load_installed())
+
+
+@dataclasses.dataclass
+class ExoticConfig:
+    """Config field types no YAML value is read into (validate crashed on them with a TypeError)."""
+
+    layers: tuple = (1, 2)
+
+
+@dataclasses.dataclass
+class MappingConfig:
+    weights: dict = dataclasses.field(default_factory=dict)
+
+
+@pytest.mark.parametrize("config_cls, named", [(ExoticConfig, "tuple (field 'layers')"), (MappingConfig, "dict (field 'weights')")])
+def test_a_config_field_no_value_can_be_read_into_is_refused_where_the_strategy_is_named(l2anchor, config_cls, named):
+    info = dataclasses.replace(l2anchor.L2_ANCHOR, name="exotic", config_cls=config_cls)
+    registry = default_registry(installed=False)
+    with pytest.raises(ValueError, match=re.escape(f"its config_cls has a field of type {named}, which a config value cannot")):
+        registry.register(info)
+    assert all(not info_problem(built_in) for built_in in registry)  # every built-in config is readable
 
 
 def test_an_import_failure_says_what_was_looked_for_and_how_to_make_it_importable(l2anchor):

@@ -100,6 +100,28 @@ def _check_number_text(value: Any, source: Source, path: KeyPath, key: bool = Fa
     raise error
 
 
+SUPPORTED_TYPES = "bool, int, float, str, Literal[...], list[T], dict[str, T], T | None, unions of these, Any, or a dataclass"
+
+
+def unsupported_type(tp: Any) -> str | None:
+    """The part of type ``tp`` that ``coerce`` cannot read a config value into (e.g. a bare ``tuple``), or None."""
+    origin = typing.get_origin(tp)
+    if tp in (Any, bool, int, float, str, type(None)) or origin is Literal:
+        return None
+    if origin in (Union, types.UnionType, list, tuple):
+        return next((bad for arg in typing.get_args(tp) if arg is not Ellipsis and (bad := unsupported_type(arg))), None)
+    if origin is dict:
+        key, arg = typing.get_args(tp)
+        return unsupported_type(arg) if key is str else repr(tp)
+    if dataclasses.is_dataclass(tp):
+        for name, hint in typing.get_type_hints(tp).items():
+            bad = unsupported_type(hint)
+            if bad:
+                return f"{bad} (field {name!r})"
+        return None
+    return getattr(tp, "__name__", None) or repr(tp)
+
+
 def coerce(tp: Any, value: Any, source: Source, path: KeyPath, example: str | None = None) -> Any:
     """Convert ``value`` to type ``tp`` or raise a ConfigError at ``path`` (``example``: a valid value to show)."""
     origin = typing.get_origin(tp)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from cl_harness.config.experiment import BACKBONE_KINDS
 from cl_harness.config.names import file_name, first_collision
-from cl_harness.config.schema import did_you_mean, parse, to_dict
+from cl_harness.config.schema import SUPPORTED_TYPES, did_you_mean, parse, to_dict, unsupported_type
 from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.errors import ConfigError, clip, short_repr
 from cl_harness.strategies.user_plugins import ENTRY_POINT_GROUP, check_user_plugin, entry_point_origin, import_object
@@ -160,6 +160,12 @@ def info_problem(info: Any) -> str | None:
         return f"its name {short_repr(info.name)} is not a name: a letter, then letters, digits, _ or - (at most 64)"
     if not (isinstance(info.config_cls, type) and dataclasses.is_dataclass(info.config_cls)):
         return "its config_cls is not a dataclass"
+    try:
+        unsupported = unsupported_type(info.config_cls)
+    except Exception as exc:  # noqa: BLE001 - annotations naming what the module does not define, say
+        return f"the types of its config_cls fields cannot be read ({type(exc).__name__}: {clip(exc, 120)})"
+    if unsupported:
+        return f"its config_cls has a field of type {unsupported}, which a config value cannot be read into; use {SUPPORTED_TYPES}"
     if not callable(info.build):
         return "its build is not callable"
     if not info.backbone_kinds or set(info.backbone_kinds) - set(BACKBONE_KINDS):

@@ -388,3 +388,13 @@ def test_quoted_numbers_are_accepted_and_booleans_and_words_are_not(tmp_path):
                            ('seeds: ["0", "0"]', "lists a seed twice")]:
         err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
         assert fragment in err.message, (body, str(err))
+
+
+@pytest.mark.parametrize(("body", "key", "expected"), [
+    ("strategies: []", "strategies", "list at least one strategy"),
+    ("seeds: []", "seeds", "list at least one seed"),
+    ("orders: []", "orders", "list at least one order"),  # validated as "0 runs" and ran an empty comparison
+])
+def test_an_empty_list_of_what_the_grid_is_made_of_is_refused(tmp_path, body, key, expected):
+    err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
+    assert err.key == key and expected in err.message and err.line == 3, str(err)

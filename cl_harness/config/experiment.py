@@ -139,5 +139,7 @@ class ExperimentConfig:
             raise source.error(path + ("seeds",), "list at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise source.error(path + ("seeds",), "lists a seed twice")
+        if self.orders == []:
+            raise source.error(path + ("orders",), "list at least one order, or leave `orders` out to train in the stream's order")
         if self.orders is not None and self.permutations is not None:
             raise source.error(path + ("permutations",), "give either `orders` or `permutations`, not both")

@@ -416,3 +416,19 @@ def test_unknown_replay_policy_gets_a_suggestion():
     with pytest.raises(ConfigError, match="must be one of reservoir, class_balanced, experience_balanced") as info:
         REGISTRY.parse_strategies([{"replay": {"policy": "class_balance"}}], "class_incremental", Source())
     assert "class_balanced" in (info.value.hint or "")
+
+
+def test_mir_refuses_fewer_candidates_than_it_replays_and_caps_its_default_at_them():
+    # subsample 1 with replay_batch_size 8 validated, ran with 8 candidates and logged 1.
+    from cl_harness.config.yaml_io import Source
+    from cl_harness.errors import ConfigError
+    from cl_harness.strategies import default_registry
+    from cl_harness.strategies.mir import MIRConfig, build
+
+    registry = default_registry(installed=False)
+    with pytest.raises(ConfigError, match=r"must be at least replay_batch_size \(8\), got 1") as info:
+        registry.parse_strategies([{"mir": {"subsample": 1, "replay_batch_size": 8}}], "class_incremental", Source("e.yaml", {}))
+    assert info.value.key.endswith("mir.subsample"), info.value
+    context = type("Context", (), {"batch_size": 8, "scenario": "class_incremental"})()
+    (plugin,) = build(MIRConfig(subsample=3), context)
+    assert (plugin.subsample, plugin.batch_size_mem) == (3, 3)  # the default replays at most the candidates it scored

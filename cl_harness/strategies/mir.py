@@ -9,6 +9,7 @@ from avalanche.training.plugins.mir import cycle
 from torch.utils.data import DataLoader
 
 from cl_harness.strategies.common.buffers import make_storage_policy
+from cl_harness.config.yaml_io import KeyPath, Source
 from cl_harness.strategies.registry import ENCODER_ONLY, BuildContext, StrategyInfo
 
 
@@ -21,8 +22,14 @@ class MIRConfig:
         default=50, metadata={"help": "memory candidates scored by interference each step (at least replay_batch_size)", "ge": 1}
     )
     replay_batch_size: int | None = field(
-        default=None, metadata={"help": "most-interfered candidates replayed each step (default: the training batch size)", "ge": 1}
+        default=None, metadata={"help": "most-interfered candidates replayed each step (default: the training batch size, "
+                                        "at most subsample)", "ge": 1}
     )
+
+    def check(self, source: Source, path: KeyPath) -> None:
+        if self.replay_batch_size is not None and self.subsample < self.replay_batch_size:
+            raise source.error(path + ("subsample",), f"must be at least replay_batch_size ({self.replay_batch_size}), got "
+                               f"{self.subsample}: the replayed examples are the most interfered of the candidates scored")
 
 
 class HarnessMIRPlugin(MIRPlugin):
@@ -36,7 +43,7 @@ class HarnessMIRPlugin(MIRPlugin):
     """
 
     def __init__(self, batch_size_mem: int, mem_size: int, subsample: int, scenario: str) -> None:
-        super().__init__(batch_size_mem=batch_size_mem, mem_size=mem_size, subsample=max(subsample, batch_size_mem))
+        super().__init__(batch_size_mem=batch_size_mem, mem_size=mem_size, subsample=subsample)
         self.storage_policy = make_storage_policy("class_balanced", mem_size, scenario)
 
     def after_training_exp(self, strategy, **kwargs):
@@ -61,7 +68,7 @@ class HarnessMIRPlugin(MIRPlugin):
 
 
 def build(config: MIRConfig, context: BuildContext) -> list:
-    replay_batch_size = config.replay_batch_size or context.batch_size
+    replay_batch_size = config.replay_batch_size or min(context.batch_size, config.subsample)
     return [HarnessMIRPlugin(replay_batch_size, config.mem_size, config.subsample, context.scenario)]
 
 

@@ -398,3 +398,13 @@ def test_quoted_numbers_are_accepted_and_booleans_and_words_are_not(tmp_path):
 def test_an_empty_list_of_what_the_grid_is_made_of_is_refused(tmp_path, body, key, expected):
     err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
     assert err.key == key and expected in err.message and err.line == 3, str(err)
+
+
+@pytest.mark.parametrize("body, key", [
+    ("backbone: {name: 'bundled:smollm2-135m-instruct', kind: causal_lm, gguf_file: nope.gguf}", "backbone.gguf_file"),
+    ("backbone: {name: 'bundled:smollm2-135m-instruct', kind: causal_lm, revision: main}", "backbone.revision"),
+    ("backbone: {name: 'bundled:all-MiniLM-L6-v2', revision: v1}", "backbone.revision"),
+])
+def test_a_weights_choice_for_a_bundled_backbone_is_refused_not_ignored(tmp_path, body, key):
+    err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
+    assert err.key == key and "comes with its own weights; leave" in err.message, str(err)

@@ -64,6 +64,11 @@ class BackboneConfig:
             raise source.error(path + ("head_init",), f"applies to encoder backbones only (backbone.kind is {self.kind})")
         if self.gguf_file is not None and self.kind == "encoder":
             raise source.error(path + ("gguf_file",), "GGUF weights load as causal_lm backbones; set backbone.kind: causal_lm")
+        if self.name in (BUNDLED_MINILM, BUNDLED_SMOLLM2):  # their weights ship in a package: nothing to choose
+            for key in ("gguf_file", "revision"):
+                if getattr(self, key) is not None:
+                    raise source.error(path + (key,), f"the bundled backbone {self.name} comes with its own weights; leave {key} out",
+                                       hint="name a folder or a hub id to choose a weights file or revision")
         if self.kind != "encoder" and self.peft.method != "none":
             raise source.error(
                 path + ("peft", "method"), "generative backbones take LoRA through the seq_lora / inc_lora / o_lora strategies",

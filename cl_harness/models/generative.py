@@ -69,7 +69,7 @@ def check_gguf(path: Path) -> None:
 
 def _load(loader, config: BackboneConfig, what: str, **extra):
     name, gguf = resolve_generative(config)
-    kwargs = {**({"gguf_file": gguf} if gguf else {"revision": config.revision}), **extra}
+    kwargs = {"revision": config.revision, **({"gguf_file": gguf} if gguf else {}), **extra}  # a hub repo's GGUF file has revisions too
     try:
         return loader.from_pretrained(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here

@@ -69,8 +69,10 @@ def _check_bounds(value: Any, meta: typing.Mapping, source: Source, path: KeyPat
             raise source.error(path, f"must be {word} {meta[key]}, got {short_repr(value)}")
 
 
-def _describe_number_form(text: str) -> str:
-    """Which YAML 1.1 number form ``text`` is written in, in words."""
+def _describe_number_form(text: str, value: Any) -> str:
+    """Which YAML 1.1 number form ``text`` is written in (or that it is a boolean word), in words."""
+    if isinstance(value, bool):
+        return "a boolean"  # a word: yes, off
     lower = text.lower()
     if ":" in text:
         return "a base-60 number"
@@ -85,15 +87,17 @@ def _describe_number_form(text: str) -> str:
 def _check_number_text(value: Any, source: Source, path: KeyPath, key: bool = False) -> None:
     """Refuse, for a text field (or a text key), a number YAML 1.1 read from another form than its plain decimal one:
     ``name: 010`` is the octal 8, ``10:30`` the base-60 630, ``1_000`` 1000; ``str()`` of it would silently be another
-    name. Plain numbers (``name: 123``, ``classes: [0, 1]``, ``1.5``) are their own text and pass."""
+    name. Likewise a word read as a boolean or null (``classes: [yes, no]``). Plain numbers (``name: 123``,
+    ``classes: [0, 1]``, ``1.5``) are their own text and pass."""
     text = source.number_text(path, value, key=key)
     if text is None:
         return
     shown = clip(text, 40)
     error = source.error(
         path[:-1] + (shown,) if key else path,
-        f"YAML reads {shown} as {_describe_number_form(text)}, {short_repr(value, 40)}; this {'key' if key else 'value'} is text, "
-        f"so it would become {short_repr(str(value), 40)}",
+        f"YAML reads {shown} as {_describe_number_form(text, value)}, {short_repr(value, 40)}"
+        + (f", not as the text {shown!r}" if isinstance(value, bool) and not key else
+           f"; this {'key' if key else 'value'} is text, so it would become {short_repr(str(value), 40)}"),
         hint=f'quote it to keep it as written: "{shown}"', line=source.line_of(path) if key else None,
     )
     error.number_form = True  # type: ignore[attr-defined]  # what a union with str reports (see coerce)

@@ -20,6 +20,7 @@ SOURCE_KEYS: dict[str, set[str]] = {
 }
 
 
+
 @dataclass
 class SourceConfig:
     """Where a task's rows come from: a hub dataset, local files, a saved dataset or the demo generator."""
@@ -54,6 +55,10 @@ class SourceConfig:
             raise source.error(path, "a files source needs `train_file`, `test_file` or both")
         if self.type in ("hub", "saved") and not (self.train_split or self.test_split):
             raise source.error(path, "at least one of train_split and test_split must be set")
+        if self.type in ("hub", "saved") and self.train_split and self.train_split == self.test_split:
+            raise source.error(path + ("test_split",), f"test_split {self.test_split!r} is also train_split; the task would "
+                               "be tested on its training rows", hint="name a held-out split, or set test_split: null to "
+                               "carve test_fraction of the training split")
 
 
 @dataclass
@@ -117,6 +122,10 @@ class TaskConfig:
             for key in ("train_examples", "test_examples"):
                 if getattr(self, key) is not None:
                     raise source.error(path + (key,), "applies only to type: mlm; use train_per_class / test_per_class")
+            self.check_fields(source, path)
+            if self.label_names == []:
+                raise source.error(path + ("label_names",), "lists no label names",
+                                   hint="list the names, or leave label_names out to read them from the data")
         if self.valid_per_class is not None and self.valid_fraction is not None:
             raise source.error(path + ("valid_fraction",), "give valid_per_class or valid_fraction, not both")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
@@ -124,6 +133,17 @@ class TaskConfig:
         for old, new in (self.rename_labels or {}).items():
             if not new.strip():
                 raise source.error(path + ("rename_labels", old), "a new label name must not be empty")
+
+    def check_fields(self, source: Source, path: KeyPath) -> None:
+        """The text fields and the label field are different columns (a label read from the text makes every text a class)."""
+        fields = self.text_fields
+        if len(fields) == 2 and fields[0] == fields[1]:
+            raise source.error(path + ("text_field", 1), f"text_field[1] {fields[1]!r} is text_field[0] again; "
+                               "a sentence pair reads two different fields")
+        if self.label_field in fields:
+            which = "text_field" if len(fields) == 1 else f"text_field[{fields.index(self.label_field)}]"
+            raise source.error(path + ("label_field",), f"label_field {self.label_field!r} is also {which}; the label and "
+                               "the text must come from different fields", hint="set label_field to the column of the labels")
 
     @property
     def text_fields(self) -> list[str]:

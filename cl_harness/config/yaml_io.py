@@ -39,8 +39,9 @@ class Source:
     lines: dict[KeyPath, int] = field(default_factory=dict)
     overrides: dict[KeyPath, str] = field(default_factory=dict)  # key paths a --set flag gave (or replaced) -> the flag
     #: How the text wrote a number that YAML 1.1 reads as other than its plain decimal form (``010`` -> 8, ``10:30`` ->
-    #: 630, ``1_000``): value key path -> text, and (in ``number_keys``) mapping key path -> text. A text field refuses
-    #: such a number (``name: 010`` would silently become "8"), see ``number_text``.
+    #: 630, ``1_000``), or a word it reads as a boolean (``yes`` -> True): value key path -> text, and (in
+    #: ``number_keys``) mapping key path -> text. A text field refuses them (``name: 010`` would silently become "8",
+    #: a label ``no`` "False"), see ``number_text``.
     numbers: dict[KeyPath, str] = field(default_factory=dict)
     number_keys: dict[KeyPath, str] = field(default_factory=dict)
 
@@ -63,9 +64,9 @@ class Source:
         return self.lines.get(())
 
     def number_text(self, path: KeyPath, value: Any, key: bool = False) -> str | None:
-        """How the text wrote ``value`` (the number at ``path``, or the mapping key ``path[-1]``) where YAML read it as a
-        number that is not written in its plain decimal form; None for a plain number or another value."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        """How the text wrote ``value`` (the value at ``path``, or the mapping key ``path[-1]``) where YAML read it as a
+        number not written in its plain decimal form, or as a boolean from a word (``yes``, ``off``); None else."""
+        if not isinstance(value, (int, float)):
             return None
         text = (self.number_keys if key else self.numbers).get(tuple(path))
         return text if text is not None and text != str(value) else None
@@ -120,11 +121,13 @@ def _key_value(node: yaml.Node) -> Any:
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_WORD_TAGS = ("tag:yaml.org,2002:bool",)  # an unquoted yes, no, on or off
 
 
 def _number_form(node: yaml.Node, constructor: SafeConstructor) -> str | None:
-    """The text of a scalar YAML read as a number not written in its plain decimal form (``010``, ``10:30``, ``1_0``)."""
-    if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMBER_TAGS:
+    """The text of a scalar YAML read as a number not written in its plain decimal form (``010``, ``10:30``, ``1_0``),
+    or as a boolean (``yes``, ``off``): what ``str()`` of the value would not give back."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMBER_TAGS + _WORD_TAGS or not node.value:
         return None
     try:
         value = constructor.construct_object(node)

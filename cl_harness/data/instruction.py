@@ -17,7 +17,7 @@ from torch import Tensor
 from cl_harness.config.instruction import InstructionConfig
 from cl_harness.config.yaml_io import Source
 from cl_harness.data.benchmark import LabelSpace, PackedDataset
-from cl_harness.data.tasks import TaskData
+from cl_harness.data.tasks import TaskData, lookalike, not_a_label
 
 IGNORE = -100
 DEMONSTRATION_SEPARATOR = "\n\n"
@@ -68,6 +68,8 @@ def label_texts(task: TaskData, config: InstructionConfig | None, source: Source
             )
         return [t.strip() for t in given]
     unknown = [name for name in given if name not in task.label_names]
+    if unknown and lookalike(unknown[0], task.label_names) is not None:
+        raise source.error(path + ("label_texts", unknown[0]), *not_a_label(unknown[0], task.label_names))
     if unknown:
         raise source.error(path + ("label_texts", unknown[0]), f"no such label; labels: {', '.join(task.label_names)}")
     return [given.get(name, name).strip() for name in task.label_names]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -97,6 +98,18 @@ class SourceReader:
         """A path from the stream file, relative to the stream's directory."""
         path = Path(name).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def check_distinct_files(self) -> None:
+        """A files source's test_file is not its train_file: the task would be tested on its training rows."""
+        train, test = self.config.train_file, self.config.test_file
+        if self.config.type != "files" or not train or not test:
+            return
+        if _same_file(self.resolve(train), self.resolve(test)):
+            raise self.fail(
+                "test_file", f"test_file is the same file as train_file ({self.resolve(test)}); the task would be tested "
+                "on its training rows", hint="give a held-out test file, or leave test_file out to carve test_fraction of "
+                "the training file",
+            )
 
     def read(self, split: Split) -> RawSplit | None:
         """The rows of ``split``, or None when the source does not have it."""
@@ -252,6 +265,14 @@ def read_file(path: Path) -> RawSplit:
         return _read_json(path, suffix, text)
     except GuardError as exc:
         raise _FileProblem(f"{path}: " + (f"line {exc.line}: " if exc.line else "") + str(exc)) from None
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (a link or another spelling of the same path included)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # a missing file: compare the paths (reading it reports it)
+        return first.resolve() == second.resolve()
 
 
 def _first_missing_folder(path: Path) -> tuple[Path, bool] | None:
@@ -617,4 +638,5 @@ def _read_parquet(path: Path) -> RawSplit:
 def read_source(config: SourceConfig, base_dir: Path, source: Source, path: KeyPath) -> dict[str, RawSplit | None]:
     """The train and test splits of a source (None for a split it does not have)."""
     reader = SourceReader(config, base_dir, source, path)
+    reader.check_distinct_files()
     return {"train": reader.read("train"), "test": reader.read("test")}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from cl_harness.config.guard import MAX_YAML_BYTES, GuardError, parse_json
 from cl_harness.config.loader import LoadedStream
@@ -17,6 +19,12 @@ from cl_harness.data.sources import RawSplit, integer_too_long, json_array_item_
 from cl_harness.errors import ConfigError, clip, short_repr
 
 _EMPTY_HINT = "check classes, drop_unknown_labels, *_per_class and the source's splits"
+LOOKALIKE_HINT = "normalise the labels (Unicode NFC, no surrounding whitespace) so that each is written one way"
+OVERLAP_WARN_SHARE = 0.1  # more of a task's test texts than this among its train texts: a warning on stderr
+_LABEL_TYPE_HINTS = {
+    "true/false values": 'write the labels as strings ("yes", "no") or integers (1, 0) in the data',
+    "numbers": 'write the labels as integers (1, not 1.0) or as strings ("1.5") in the data',
+}
 
 
 @dataclass
@@ -105,6 +113,7 @@ class _TaskCutter:
         declared, inferred = self.label_names(raw)
         if inferred:  # declared names make an int an index and a string a name; inferred ones need one type
             self.check_label_types(raw)
+        self.check_lookalikes(raw, declared, inferred)
         by_value = inferred or self.labels_are_names(raw, declared)
         splits = {
             name: self.examples(split, declared, by_value, name) for name, split in raw.items() if split is not None
@@ -115,6 +124,7 @@ class _TaskCutter:
         train = self.sample(train, names, task.train_per_class, "train")
         test = self.sample(test, names, task.test_per_class, "test")
         self.check_result(names, train, test)
+        self.warn_overlap(train, test)
         names = self.renamed(names)  # after sampling: the same examples as without renaming
         return TaskData(task.name, names, train.texts, train.labels, test.texts, test.labels,
                         valid_texts=valid.texts, valid_labels=valid.labels)
@@ -127,13 +137,15 @@ class _TaskCutter:
         field = self.task.label_field
         found: dict[str, list[tuple[str, RawSplit, int]]] = {}  # kind -> (split name, split, row) of each label
         for split_name, split in raw.items():
-            if split is None or field not in split.columns:
-                continue  # a missing field is reported where the labels are read
+            if split is None or field not in split.columns or field in split.strings:
+                continue  # a missing field is reported where read; CSV digits (ints only as read) match either type
             for row, value in enumerate(split.columns[field]):
                 if value is not None:
                     found.setdefault(_label_kind(value), []).append((split_name, split, row))
         if not found or (len(found) == 1 and next(iter(found)) in ("strings", "integers")):
             return
+        if len(found) == 1:
+            raise self.one_label_type_error(field, *found.items())
         usual = max(found, key=lambda kind: (kind in ("strings", "integers"), len(found[kind])))
         odd = next(kind for kind in found if kind != usual) if len(found) > 1 else usual
         split_name, split, row = found[odd][0]
@@ -144,6 +156,46 @@ class _TaskCutter:
             f"{split_name} split ({split.origin}): {short_repr(split.columns[field][row])}",
             hint="all labels of a task must be of one type: all strings or all integers",
         )
+
+    def one_label_type_error(self, field: str, found: tuple[str, list[tuple[str, RawSplit, int]]]) -> ConfigError:
+        """The error for labels all of one kind that is neither strings nor integers (true/false values, numbers)."""
+        kind, rows = found
+        split_name, split, row = rows[0]
+        return self.fail(
+            ("label_field",),
+            f"the labels in {field!r} are {kind} ({len(rows)} row{'s' if len(rows) != 1 else ''}), not strings or integers; "
+            f"first: {split.row(row)} of the {split_name} split ({split.origin}): {short_repr(split.columns[field][row])}",
+            hint=_LABEL_TYPE_HINTS.get(kind, "a label must be a string or an integer"),
+        )
+
+    def check_lookalikes(self, raw: dict[str, RawSplit | None], names: list[str], inferred: bool) -> None:
+        """No two labels of the task read alike but are written differently (``café`` composed and decomposed, ``pos``
+        and ``pos ``): they would be two classes that every message prints the same."""
+        pair = lookalike_pair(names)
+        if pair is None:
+            return
+        first, second = pair
+        if inferred:
+            raise self.fail(
+                ("label_field",),
+                f"the labels {clip(ascii(first), 60)} in {self.where_label(raw, first)} and {clip(ascii(second), 60)} in "
+                f"{self.where_label(raw, second)} read alike but are written differently; they would be two classes",
+                hint=LOOKALIKE_HINT,
+            )
+        declared = self.task.label_names
+        keys = ("label_field",) if declared is None else ("label_names", names.index(second)) if isinstance(declared, list) else ("label_names",)
+        raise self.fail(keys, f"the label names {shown_apart(first, second)} read alike but are written differently",
+                        hint=LOOKALIKE_HINT)
+
+    def where_label(self, raw: dict[str, RawSplit | None], name: str) -> str:
+        """Where the label ``name`` first occurs: ``row 3 (line 4) of the train split (path)``."""
+        field = self.task.label_field
+        for split_name, split in raw.items():
+            if split is not None and field in split.columns:
+                row = next((i for i, v in enumerate(split.columns[field]) if v is not None and str(v) == name), None)
+                if row is not None:
+                    return f"{split.row(row)} of the {split_name} split ({split.origin})"
+        return "the data"
 
     def check_label_values(self, raw: dict[str, RawSplit | None]) -> None:
         """A label read from the data becomes a name that is printed and logged: no control characters, no lone
@@ -340,11 +392,16 @@ class _TaskCutter:
     def unknown_labels_error(self, split: RawSplit, split_name: str, unknown: list, names: list[str]) -> ConfigError:
         """The error for rows whose label is not declared."""
         keys = ("label_names",) if self.task.label_names is not None else ("label_field",)
+        where = f"{len(unknown)} rows of the {split_name} split ({split.origin}) have a label outside the declared labels"
+        alike = next(((v, other) for v in dict.fromkeys(unknown[:1000]) if isinstance(v, str)
+                      for other in [lookalike(v, names)] if other is not None), None)
+        if alike is not None:
+            return self.fail(keys, f"{where}: {clip(ascii(alike[0]), 60)} reads like the label {clip(ascii(alike[1]), 60)} "
+                             "but is written differently", hint=LOOKALIKE_HINT)
         examples = ", ".join(dict.fromkeys(repr(v) for v in unknown[:1000]))
         return self.fail(
             keys,
-            f"{len(unknown)} rows of the {split_name} split ({split.origin}) have a label outside the declared "
-            f"labels, e.g. {examples[:120]}; allowed: {', '.join(names)}",
+            f"{where}, e.g. {examples[:120]}; allowed: {', '.join(names) or '(no label is declared)'}",
             hint="set drop_unknown_labels: true to drop those rows",
         )
 
@@ -357,11 +414,7 @@ class _TaskCutter:
             return names, splits
         for j, name in enumerate(classes):
             if name not in names:
-                raise self.fail(
-                    ("classes", j),
-                    f"{name!r} is not a label of this task; labels: {', '.join(names)}",
-                    hint=did_you_mean(name, names),
-                )
+                raise self.fail(("classes", j), *not_a_label(name, names))
         new_id = {names.index(name): i for i, name in enumerate(classes)}
         out = {}
         for split_name, ex in splits.items():
@@ -374,11 +427,7 @@ class _TaskCutter:
         renames = self.task.rename_labels or {}
         for old in renames:
             if old not in names:
-                raise self.fail(
-                    ("rename_labels", old),
-                    f"{old!r} is not a label of this task; labels: {', '.join(names)}",
-                    hint=did_you_mean(old, names),
-                )
+                raise self.fail(("rename_labels", old), *not_a_label(old, names))
         for old, new in renames.items():
             problem = name_problem(new)
             if problem is not None:
@@ -391,6 +440,12 @@ class _TaskCutter:
                     ("rename_labels",),
                     f"{first!r} and {names[i]!r} would both be called {new!r}; a task's labels must stay distinct",
                 )
+        pair = lookalike_pair(new_names)
+        if pair is not None:
+            old = names[new_names.index(pair[1])]
+            raise self.fail(("rename_labels", old if old in renames else names[new_names.index(pair[0])]),
+                            f"the new label names {shown_apart(*pair)} read alike but are written differently",
+                            hint=LOOKALIKE_HINT)
         return new_names
 
     def carve(self, splits: dict[str, _Examples], names: list[str]) -> tuple[_Examples, _Examples]:
@@ -438,13 +493,58 @@ class _TaskCutter:
                 hint="fix the splits, keep only trained classes with `classes`, or set allow_test_only_labels: true",
             )
         present = len(set(train.labels))
-        if self.stream.config.scenario == "class_incremental" and present < 2:
+        scenario = self.stream.config.scenario
+        if scenario in ("class_incremental", "task_incremental") and present < 2:  # task_incremental: a one-unit head
             raise self.fail(
                 ("classes",) if self.task.classes is not None else (),
-                f"a class_incremental task needs at least 2 classes; its train split has {present} "
+                f"a {scenario} task needs at least 2 classes; its train split has {present} "
                 f"({', '.join(sorted({names[i] for i in train.labels}))})",
                 hint="give the task two or more classes",
             )
+
+    def warn_overlap(self, train: _Examples, test: _Examples) -> None:
+        """One line on stderr when more than ``OVERLAP_WARN_SHARE`` of the test texts are also train texts of the task."""
+        seen = set(train.texts)
+        shared = sum(text in seen for text in test.texts)
+        if test.texts and shared > OVERLAP_WARN_SHARE * len(test.texts):
+            share = f"{shared} of {len(test.texts)} test texts ({shared / len(test.texts):.0%})"
+            warning = self.fail((), f"{share} are also train texts of the task; its accuracy partly measures memorisation")
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def label_key(name: str) -> str:
+    """How a label reads: NFC-normalised, surrounding whitespace stripped."""
+    return unicodedata.normalize("NFC", name).strip()
+
+
+def lookalike(name: str, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that reads like ``name`` (``label_key``) but is written differently, or None."""
+    key = label_key(name)
+    return next((other for other in names if other != name and label_key(other) == key), None)
+
+
+def lookalike_pair(names: Iterable[str]) -> tuple[str, str] | None:
+    """The first two of ``names`` that read alike but are written differently, or None."""
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(label_key(name), name)
+        if first != name:
+            return first, name
+    return None
+
+
+def shown_apart(first: str, second: str) -> str:
+    """Two labels that read alike, escaped so that their difference shows: ``'caf\\xe9' and 'cafe\\u0301'``."""
+    return f"{clip(ascii(first), 60)} and {clip(ascii(second), 60)}"
+
+
+def not_a_label(name: str, names: list[str]) -> tuple[str, str | None]:
+    """The message and hint for ``name`` (from the stream file) that is not one of the task's labels ``names``."""
+    other = lookalike(name, names)
+    if other is not None:
+        return (f"{clip(ascii(name), 60)} is not a label of this task; the label {clip(ascii(other), 60)} reads the same "
+                "but is written differently", LOOKALIKE_HINT)
+    return f"{name!r} is not a label of this task; labels: {', '.join(names)}", did_you_mean(name, names)
 
 
 def sample_per_class(labels: list[int], names: list[str], per_class: int, seed: str) -> list[int]:
@@ -563,14 +663,24 @@ def check_shared_labels(stream: LoadedStream, tasks: list[TaskData | None]) -> N
     """Refuse a task of a domain-incremental stream that shares no label with the stream's first classification task.
 
     ``tasks``: the stream's tasks in order (None: not read). Partial overlap is allowed (the one head holds the union
-    of the names); no overlap at all is class-incremental in effect.
+    of the names); no overlap at all is class-incremental in effect. Under one shared head (class- and
+    domain-incremental) no two tasks' labels may read alike but be written differently, and a domain-incremental stream
+    must train two classes at least.
     """
-    if stream.config.scenario != "domain_incremental":
-        return
     labelled = [(index, task) for index, task in enumerate(tasks) if task is not None and task.kind == "classification"]
-    if not labelled:
+    if stream.config.scenario != "task_incremental":
+        check_lookalikes_across(stream, labelled)
+    if stream.config.scenario != "domain_incremental" or not labelled:
         return
     first_index, first = labelled[0]
+    trained = {task.label_names[label] for _, task in labelled for label in set(task.train_labels)}
+    if len(trained) < 2 and all(task is not None for task in tasks):
+        raise stream.source.error(
+            ("tasks", first_index),
+            f"the tasks of a domain_incremental stream train {len(trained)} class in all ({', '.join(sorted(trained))}); "
+            "a model that always answers it is right before any training",
+            hint="give the tasks two or more classes",
+        )
     for index, task in labelled[1:]:
         if not set(first.label_names) & set(task.label_names):
             raise stream.source.error(
@@ -580,6 +690,21 @@ def check_shared_labels(stream: LoadedStream, tasks: list[TaskData | None]) -> N
                 hint="map the labels onto common names with rename_labels (e.g. {music: first, weather: second}), "
                 "or use scenario: class_incremental",
             )
+
+
+def check_lookalikes_across(stream: LoadedStream, labelled: list[tuple[int, TaskData]]) -> None:
+    """Refuse labels of two tasks that read alike but are written differently: one shared head gives them two units."""
+    seen: dict[str, tuple[str, str]] = {}  # label_key -> (task name, label)
+    for index, task in labelled:
+        for name in task.label_names:
+            other_task, other = seen.setdefault(label_key(name), (task.name, name))
+            if other != name:
+                raise stream.source.error(
+                    ("tasks", index),
+                    f"the label {clip(ascii(name), 60)} of task {task.name!r} reads like the label {clip(ascii(other), 60)} "
+                    f"of task {other_task!r} but is written differently; the shared head would give them two units",
+                    hint=LOOKALIKE_HINT,
+                )
 
 
 def load_stream_tasks(stream: LoadedStream) -> list[TaskData]:

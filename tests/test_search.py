@@ -211,7 +211,7 @@ def test_cli_search_only_then_final_runs_with_the_best_parameters_and_a_search_r
     out = capsys.readouterr().out
     assert "search ewc: best valid_acc" in out and "best parameters:" in out
     ended = [line for line in out.splitlines() if line.startswith("search ewc: trial ")]  # a line as each trial ends
-    assert [line.split(":")[1] for line in ended] == [" trial 1 (of 2)", " trial 2 (of 2)"] and "ewc_lambda=" in ended[0], out
+    assert [line.split(":")[1] for line in ended] == [" trial 0 (1 of 2)", " trial 1 (2 of 2)"] and "ewc_lambda=" in ended[0], out
     assert out.index(ended[-1]) < out.index("search ewc: best valid_acc")
 
     client = MlflowClient(tracking_uri=uri)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 from cl_harness.config.names import file_name
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
-from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, format_params, read_best_params, search_folder
+from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, format_params, read_best_params, search_folder, study_result
 from cl_harness.search.tracked import apply_best, run_tracked_search
 from cl_harness.search.workers import run_in_workers, run_on_ray
+
+#: PED-ANOVA's warning when its top-quantile trials (the best 10%) are every trial, as when the best values tie.
+SAME_TRIALS_WARNING = "Target and region quantiles select the same set of trials"
 
 
 def check_search(checked: CheckedExperiment) -> SearchPlan | None:
@@ -86,25 +92,62 @@ def search_report(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"search run {search.parent_run_id} of {search.experiment_name!r}: {len(search.trials)} trial runs")
     for label, runs in sorted(search.by_strategy().items()):
-        done = sorted((r for r in runs if r.valid_acc is not None), key=lambda r: -r.valid_acc)
-        print(f"\n{label}: {len(done)} finished, {sum(r.status == 'KILLED' for r in runs)} pruned")
-        for run in done[:5]:
-            print(f"  {run.name:<28} valid_acc {100 * run.valid_acc:5.1f}%  {run.params}")
-        if Path(search.storage).is_file():
-            study = optuna.load_study(study_name=label, storage=f"sqlite:///{search.storage}")
-            finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if len(finished) >= 2 and len(study.best_params) >= 1:
-                try:
-                    importances = optuna.importance.get_param_importances(study)
-                    print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
-                except (RuntimeError, ValueError) as exc:
-                    print(f"  importances: not computable ({exc})")
-            if finished:
-                plot = out / f"optimization_history_{file_name(label)}.png"
-                _history_plot(study, plot)
-                writer.log_search_plot(client, search.parent_run_id, plot)
+        study = optuna.load_study(study_name=label, storage=f"sqlite:///{search.storage}") if Path(search.storage).is_file() else None
+        _print_strategy(label, runs, study)
+        if study is not None and study_result(study, label).n_complete:
+            plot = out / f"optimization_history_{file_name(label)}.png"
+            _history_plot(study, plot)
+            writer.log_search_plot(client, search.parent_run_id, plot)
     print(f"\nplots: {out}")
     return 0
+
+
+def _print_strategy(label: str, runs: list, study) -> None:
+    """A strategy's finished and pruned counts, its best five trial runs (the best trial first among ties), importances."""
+    done = ranked([r for r in runs if r.valid_acc is not None], study_result(study, label).best_trial if study else None)
+    print(f"\n{label}: {len(done)} finished, {sum(r.status == 'KILLED' for r in runs)} pruned")
+    for run in done[:5]:
+        print(f"  {run.name:<28} valid_acc {100 * run.valid_acc:5.1f}%  {format_params({k: tag_value(v) for k, v in run.params.items()})}")
+    if study is not None:
+        line = importances_line(study)
+        if line:
+            print(f"  importances: {line}")
+
+
+def ranked(runs: list, best_trial: int | None) -> list:
+    """Trial runs by validation accuracy, best first; among equal ones the study's best trial, then by trial number."""
+    return sorted(runs, key=lambda run: (-run.valid_acc, run.trial != best_trial, math.inf if run.trial is None else run.trial, run.name))
+
+
+def tag_value(text: str) -> Any:
+    """A ``param.*`` tag's value as the number, boolean or null it spells (``0.001``, ``true``; an older search's
+    ``True``); other text as it is."""
+    older = {"True": True, "False": False, "None": None}
+    if text in older:
+        return older[text]
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if value is None or isinstance(value, (bool, int, float)) else text
+
+
+def importances_line(study) -> str | None:
+    """The parameters' importances in the study (Optuna's PED-ANOVA), or why there are none; None below 2 finished trials."""
+    import optuna
+
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(values) < 2 or not study.best_params:
+        return None
+    if len(set(values)) == 1:  # PED-ANOVA would warn that its top trials are all the trials, and give every parameter 0
+        return "not computable (every finished trial has the same valid_acc)"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SAME_TRIALS_WARNING, category=UserWarning)  # also possible with ties above 10 trials
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as exc:
+            return f"not computable ({exc})"
+    return ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
 
 
 def _history_plot(study, path: Path) -> None:
@@ -113,10 +156,9 @@ def _history_plot(study, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
-    import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
         axes = optuna.visualization.matplotlib.plot_optimization_history(study)
     axes.figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(axes.figure)

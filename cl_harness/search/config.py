@@ -39,6 +39,17 @@ SEARCHABLE_TRAINING = ("lr", "weight_decay", "epochs", "batch_size")
 OBJECTIVES = (schema.VALID_ACC_METRIC,)
 
 
+def check_once(values: list[Any], what: str, source: Source, path: KeyPath) -> None:
+    """Refuse a list that gives a value twice (``1`` and ``1.0`` in a list of numbers are the same value)."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, value in enumerate(values):
+        key = (type(value).__name__, value)
+        if key in seen:
+            raise source.error(path + (index,), f"lists a {what} twice: {short_repr(value)} (items {seen[key]} and {index})",
+                               hint=f"give each {what} once")
+        seen[key] = index
+
+
 @dataclass
 class ParamSpace:
     """One parameter's space: a uniform or log-uniform range (float or int), or a choice."""
@@ -84,6 +95,11 @@ class SearchConfig:
     )
     sampler_seed: int = field(default=0, metadata={"help": "seed of Optuna's TPE sampler"})
 
+    def check(self, source: Source, path: KeyPath) -> None:
+        if not self.seeds:
+            raise source.error(path + ("seeds",), "list at least one seed")
+        check_once(self.seeds, "seed", source, path + ("seeds",))
+
 
 @dataclass
 class SearchPlan:
@@ -94,7 +110,8 @@ class SearchPlan:
 
 
 def _plugin_params(spec: StrategySpec) -> dict[str, tuple[int, str]]:
-    """Searchable names of a strategy's parameters -> (plugin index, field name)."""
+    """Searchable names of a strategy's parameters -> (plugin index, field name); a single plugin's parameters are
+    named with and without its ``<plugin>.`` prefix."""
     out: dict[str, tuple[int, str]] = {}
     several = len(spec.plugins) > 1
     for index, plugin in enumerate(spec.plugins):
@@ -105,6 +122,27 @@ def _plugin_params(spec: StrategySpec) -> dict[str, tuple[int, str]]:
             if not several:
                 out[name] = (index, name)
     return out
+
+
+def written_names(known: dict[str, tuple[int, str]]) -> list[str]:
+    """Each parameter of ``known`` once, as a user writes it: ``lam`` for a single plugin's, ``<plugin>.<param>`` for several."""
+    shortest: dict[tuple[int, str], str] = {}
+    for name, target in known.items():
+        if target not in shortest or name.count(".") < shortest[target].count("."):
+            shortest[target] = name
+    return sorted(shortest.values())
+
+
+def check_distinct(names: list[str], known: dict[str, tuple[int, str]], source: Source, path: KeyPath) -> None:
+    """Refuse two names for one parameter (``lam`` and ``l2anchor.lam``): one value would silently replace the other."""
+    first: dict[tuple[int, str], str] = {}
+    for name in names:
+        target = known.get(name)
+        if target is None:
+            continue
+        if target in first:
+            raise source.error(path + (name,), f"{name} is the same parameter as {first[target]}; give it once")
+        first[target] = name
 
 
 def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_validation: bool,
@@ -132,6 +170,7 @@ def parse_search(data: Any, strategies: list[StrategySpec], source: Source, has_
         for name, space in params.items():
             check_parameter(str(name), known, label, source, where + (name,), tuple(p.name for p in labels[label].plugins if p.info is None))
             spaces[label][str(name)] = parse(ParamSpace, space, source, where + (name,))
+        check_distinct(list(spaces[label]), known, source, where)
         for name, space in spaces[label].items():
             check_space_values(name, space, labels[label], spaces[label], source, where + (name,))
     return SearchPlan(config, spaces)
@@ -172,6 +211,7 @@ def check_space_values(name: str, space: ParamSpace, spec: StrategySpec, searche
                                    f"Optuna cannot choose between lists or mappings (got {short_repr(v)})",
                                    hint=f"search a parameter that takes one value, or fix {name} in `strategies`")
         values = [check_value(tp, fld, v, source, path + ("choice", i)) for i, v in enumerate(space.choice)]
+        check_once(values, "choice", source, path + ("choice",))
         space.choice[:] = values
         where = [path + ("choice", i) for i in range(len(values))]
     else:
@@ -209,7 +249,7 @@ def check_parameter(name: str, known: dict, label: str, source: Source, path: Ke
         raise source.error(path, f"unknown parameter {name!r}; training parameters: {', '.join(field_names(TrainingConfig))}",
                            hint=did_you_mean(key, SEARCHABLE_TRAINING))
     if name not in known:
-        takes = ", ".join(sorted(known)) or "no parameters"
+        takes = ", ".join(written_names(known)) or "no parameters"
         hint = did_you_mean(name, list(known) + [f"training.{k}" for k in SEARCHABLE_TRAINING])
         if untyped and not hint:
             hint = (f"{untyped[0]} is a plain Avalanche plugin: its parameters have no types or bounds to search; "

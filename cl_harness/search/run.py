@@ -34,6 +34,7 @@ from cl_harness.tracking import schema
 
 STUDY_DB = "search.db"  # the Optuna studies (SQLite), in the search folder
 BEST_PARAMS_FILE = schema.BEST_PARAMS_ARTIFACT  # in the search folder, and logged on the search parent
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # the trials that count toward n_trials
 
 
 def sample(trial: optuna.Trial, name: str, space: ParamSpace) -> Any:
@@ -120,10 +121,14 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return [trial.number for trial in stale]
 
 
+def finished_trials(study: optuna.Study) -> int:
+    """How many trials of the study finished (complete or pruned): those that count toward ``n_trials``."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
 def remaining_trials(study: optuna.Study, plan: SearchPlan) -> int:
     """How many trials are still to run: ``n_trials`` less the finished (complete or pruned) ones."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    return max(0, plan.config.n_trials - len(done))
+    return max(0, plan.config.n_trials - finished_trials(study))
 
 
 def search_folder(prepared: PreparedExperiment) -> Path:
@@ -142,20 +147,32 @@ TrialLogger = Callable[..., Any]  # (strategy label, trial number, seed, params)
 OnTrial = Callable[[str], None]  # receives one line per ended trial (trial_line)
 
 
+def value_text(value: Any) -> str:
+    """A parameter value as a line shows it: floats to 4 significant digits, true/false/null spelt as in YAML."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def format_params(params: dict[str, Any]) -> str:
-    """``ewc_lambda=12.3, mode=online``: a trial's parameters as a line shows them (floats to 4 significant digits)."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """``ewc_lambda=12.3, mode=online``: a trial's parameters as a line shows them."""
+    return ", ".join(f"{k}={value_text(v)}" for k, v in params.items())
 
 
-def trial_line(label: str, trial: optuna.trial.FrozenTrial, n_trials: int) -> str:
-    """``search ewc: trial 3 (of 10): valid_acc 55.0% (ewc_lambda=12.3)``, or pruned or failed, as a trial ends."""
+def trial_line(label: str, trial: optuna.trial.FrozenTrial, finished: int, n_trials: int) -> str:
+    """``search ewc: trial 2 (3 of 10): valid_acc 55.0% (ewc_lambda=12.3)``, or pruned or failed, as a trial ends.
+
+    The trial is named by its number (Optuna's, from 0, as in its MLflow run ``ewc/trial2/seed0`` and ``best_params.yaml``);
+    ``finished`` of ``n_trials`` have finished with it. A failed trial does not count toward ``n_trials``.
+    """
     params = format_params(trial.params)
     state = trial.state.name.lower()
     if state == "complete" and trial.value is not None and not math.isnan(trial.value):
         state = f"valid_acc {100 * trial.value:.1f}%"
     elif state == "pruned":
         state = f"pruned after step {trial.last_step}" if trial.last_step is not None else "pruned"
-    return f"search {label}: trial {trial.number + 1} (of {n_trials}): {state} ({params})"
+    counted = f"{finished} of {n_trials}" if trial.state in FINISHED_STATES else "not counted"
+    return f"search {label}: trial {trial.number} ({counted}): {state} ({params})"
 
 
 @dataclass
@@ -222,7 +239,8 @@ def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.S
 
     if n_trials > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        ended = [lambda _, trial: on_trial(trial_line(spec.label, trial, plan.config.n_trials))] if on_trial else None
+        ended = [lambda study_, trial: on_trial(trial_line(spec.label, trial, finished_trials(study_), plan.config.n_trials))
+                 ] if on_trial else None
         study.optimize(objective, n_trials=n_trials, catch=(ValueError, RuntimeError), callbacks=ended)
 
 

@@ -312,6 +312,7 @@ class SearchTrialRun:
     strategy: str
     params: dict[str, str]
     valid_acc: float | None
+    trial: int | None = None  # the Optuna trial number (its trial tag)
 
 
 @dataclass
@@ -343,7 +344,13 @@ def read_search(client: MlflowClient, experiment_name: str) -> StoredSearch:
     children = find_children(client, experiment.experiment_id, parent.info.run_id)
     trials = [
         SearchTrialRun(run.info.run_name, run.info.status, run.data.tags.get(schema.STRATEGY_TAG, "?"),
-                       schema.trial_params(run.data.tags), run.data.metrics.get(schema.VALID_ACC_METRIC))
+                       schema.trial_params(run.data.tags), run.data.metrics.get(schema.VALID_ACC_METRIC),
+                       _whole_number(run.data.tags.get(schema.TRIAL_TAG)))
         for run in children if run.data.tags.get(ROLE_TAG) == schema.TRIAL_ROLE
     ]
     return StoredSearch(experiment.name, parent.info.run_id, parent.data.tags.get(schema.SEARCH_STORAGE_TAG, ""), trials, len(children))
+
+
+def _whole_number(text: str | None) -> int | None:
+    """A tag's whole number, or None when it is missing or not one."""
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) < 19 else None

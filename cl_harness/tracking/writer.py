@@ -453,7 +453,8 @@ def open_trial(
 ) -> RunLogger:
     """A trial run (one trial, one seed) under the search parent, tagged with its sampled parameters."""
     return RunLogger(client, experiment_id, schema.trial_run_name(label, trial, seed),
-                     tags=schema.trial_tags(label, trial, seed, dict(params)), parent_run_id=parent_run_id)
+                     tags=schema.trial_tags(label, trial, seed, {k: param_value(v) for k, v in params.items()}),
+                     parent_run_id=parent_run_id)
 
 
 def end_stale_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
@@ -474,7 +475,7 @@ def log_search_outcome(parent: RunLogger, best_params_file: Path, best: Mapping[
     """
     parent.log_artifact(best_params_file)
     parent.log_final({schema.best_valid_acc_metric(label): value for label, (value, _) in best.items() if value is not None})
-    parent.set_tags(schema.best_tags({label: dict(params) for label, (_, params) in best.items()}))
+    parent.set_tags(schema.best_tags({label: {k: param_value(v) for k, v in params.items()} for label, (_, params) in best.items()}))
 
 
 def log_search_plot(client: MlflowClient, run_id: str, path: Path) -> None:

@@ -226,17 +226,23 @@ def cmd_run(args) -> int:
     if status.note:
         print(f"note: {status.note}", file=sys.stderr)
     if args.dry_run:
+        searching: set[str] = set()  # strategies whose values the search is still to pick
         if search is not None:
-            from cl_harness.search.cli_hooks import describe_search
+            from cl_harness.search.cli_hooks import describe_search, planned_after_search
 
             print("\n".join(describe_search(search, args.skip_search, args.search_only)))
-        runs = share_pending_prefixes(checked.runs, status.done)
-        print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(status.done)} already done "
+            checked, searching = planned_after_search(checked, search, args.skip_search)
+            status = grid_status(checked)
+        done = {p.name for p in checked.runs if p.name in status.done and p.strategy.label not in searching}
+        runs = share_pending_prefixes(checked.runs, done)
+        print(f"{count(len(runs), 'planned run')} of experiment {checked.name!r}, {len(done)} already done "
               f"(comparison folder {status.folder}):")
         for planned in runs:
             shared = f"  (task 1 from {planned.prefix.name})" if planned.prefix else ""
-            state = "done    " if planned.name in status.done else "to train"
-            print(f"  {state}  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
+            state = "done" if planned.name in done else "after search" if planned.strategy.label in searching else "to train"
+            print(f"  {state:<{12 if searching else 8}}  {planned.name:<40} order: {' -> '.join(checked.task_names[i] for i in planned.order)}{shared}")
+        if searching:
+            print("  (after search: trained with the values the search picks, or found done if they match a finished run)")
         print_prefix_units(runs)
         return EXIT_OK
     probe_store(uri, source)  # before tokenising: fail fast, naming the flag or key the URI came from

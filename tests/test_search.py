@@ -65,6 +65,28 @@ def test_a_dry_run_says_what_the_search_tunes_before_the_runs(tmp_path, tiny_ber
     assert "(encoder)" in out and "search first: 3 trials per strategy" in out and "tunes ewc_lambda" in out
 
 
+def test_a_dry_run_does_not_count_as_done_the_runs_a_search_will_retune(tmp_path, tiny_bert, capsys):
+    # It listed a finished default-value ewc run as done; the real run then trained ewc again with the searched values.
+    from cl_harness.grid.prepare import check_experiment
+    from cl_harness.config.loader import load_experiment
+    from cl_harness.runner.checkpoint import write_run_file
+    from cl_harness.search.run import search_folder
+
+    path = experiment_with_search(tmp_path, tiny_bert, {"n_trials": 2, "spaces": {"ewc": {"ewc_lambda": {"low": 1, "high": 1e4, "log": True}}}},
+                                  strategies=("naive", "ewc"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(path), "--skip-search", "--no-progress", "--tracking-uri", uri]) == 0  # default values, no search yet
+    capsys.readouterr()
+    assert main(["run", str(path), "--dry-run", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "1 already done" in out and "  done          naive/seed0/order0" in out and "  after search  ewc/seed0/order0" in out, out
+    folder = search_folder(check_experiment(load_experiment(path)))
+    write_run_file(folder / "best_params.yaml", {"ewc": {"params": {"ewc_lambda": 77.0}}})  # a finished search's pick
+    assert main(["run", str(path), "--dry-run", "--skip-search", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "1 already done" in out and "  to train  ewc/seed0/order0" in out, out
+
+
 def prepared_for(path):
     from cl_harness.config.loader import load_experiment
     from cl_harness.grid.prepare import check_experiment, prepare_experiment

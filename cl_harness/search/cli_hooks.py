@@ -14,7 +14,7 @@ from cl_harness.config.names import file_name
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment
 from cl_harness.search.config import SearchPlan, parse_search
 from cl_harness.search.run import BEST_PARAMS_FILE, StrategyResult, format_params, read_best_params, search_folder, study_result
-from cl_harness.search.tracked import apply_best, run_tracked_search
+from cl_harness.search.tracked import apply_best, best_runs, run_tracked_search
 from cl_harness.search.workers import run_in_workers, run_on_ray
 
 #: PED-ANOVA's warning when its top-quantile trials (the best 10%) are every trial, as when the best values tie.
@@ -46,6 +46,14 @@ def _print_result(result: StrategyResult) -> None:
     params = format_params(result.best_params)
     print(f"search {result.label}: best valid_acc {100 * result.best_value:.1f}% (trial {result.best_trial}; "
           f"{result.n_complete} finished, {result.n_pruned} pruned): {params}", flush=True)
+
+
+def planned_after_search(checked: CheckedExperiment, plan: SearchPlan, skip_search: bool) -> tuple[CheckedExperiment, set[str]]:
+    """What ``--dry-run`` shows of an experiment with a search: its runs with the best parameters found so far (those
+    ``--skip-search`` trains), and the strategies whose values the search is still to pick (none with ``--skip-search``)."""
+    best = read_best_params(search_folder(checked) / BEST_PARAMS_FILE)
+    tuned = checked.with_runs(best_runs(checked, best)) if best else checked
+    return tuned, set() if skip_search else set(plan.spaces)
 
 
 def search_before_runs(prepared: PreparedExperiment, uri: str, args) -> PreparedExperiment | None:

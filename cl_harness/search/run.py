@@ -25,7 +25,7 @@ from cl_harness.config.names import file_name
 from cl_harness.errors import ConfigError, short_repr
 from cl_harness.grid.plan import PlannedRun, PrefixUnit
 from cl_harness.grid.prefix import PREFIXES_FOLDER, ensure_prefix
-from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
+from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import RESTART_HINT, read_run_file, remove_checkpoints, write_run_file
 from cl_harness.runner.run import train_and_evaluate
 from cl_harness.search.config import ParamSpace, SearchPlan, _plugin_params
@@ -131,15 +131,16 @@ def remaining_trials(study: optuna.Study, plan: SearchPlan) -> int:
     return max(0, plan.config.n_trials - finished_trials(study))
 
 
-def search_folder(prepared: PreparedExperiment) -> Path:
+def search_folder(experiment: PreparedExperiment | CheckedExperiment) -> Path:
     """``<checkpoint_dir>/<experiment>/search-<hash>``: the hash leaves out ``search.n_trials``, so more trials resume."""
-    config = prepared.checked.resolved_config()
+    checked = experiment.checked if isinstance(experiment, PreparedExperiment) else experiment
+    config = checked.resolved_config()
     config.pop("tracking", None)
     config["search"] = {k: v for k, v in (config.get("search") or {}).items() if k != "n_trials"}
     config.pop("checkpoint_every_s", None)  # trials keep no checkpoints
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    root = Path(prepared.config.checkpoint_dir)
-    return root / file_name(prepared.config.name) / f"search-{digest}"
+    root = Path(checked.config.checkpoint_dir)
+    return root / file_name(checked.config.name) / f"search-{digest}"
 
 
 TrainFn = Callable[..., Any]  # train_and_evaluate's signature: (RunPlan, logger, show_progress=...)

@@ -10,8 +10,8 @@ from typing import Any
 
 from cl_harness.grid.experiment import strategy_params
 from cl_harness.grid.locks import run_lock
-from cl_harness.grid.plan import plan_runs
-from cl_harness.grid.prepare import PreparedExperiment, shares_prefix
+from cl_harness.grid.plan import PlannedRun, plan_runs
+from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment, shares_prefix
 from cl_harness.runner.checkpoint import read_run_file, write_run_file
 from cl_harness.search.config import SearchPlan
 from cl_harness.search.run import BEST_PARAMS_FILE, STUDY_DB, StrategyResult, apply_params, run_search, search_folder
@@ -73,11 +73,15 @@ def run_tracked_search(prepared: PreparedExperiment, plan: SearchPlan, uri: str,
 
 def apply_best(prepared: PreparedExperiment, best: dict[str, dict[str, Any]]) -> PreparedExperiment:
     """The experiment whose runs use each strategy's best parameters: plugin values and its own ``training.*`` values."""
-    checked = prepared.checked
+    return prepared.with_runs(best_runs(prepared.checked, best))
+
+
+def best_runs(checked: CheckedExperiment, best: dict[str, dict[str, Any]]) -> list[PlannedRun]:
+    """The experiment's runs with each strategy's best parameters (see ``apply_best``)."""
     strategies, training = [], {}
     for spec in checked.strategies:
         tuned, training[spec.label] = apply_params(spec, best.get(spec.label, {}))
         strategies.append(tuned)
     orders = [order for _, order in sorted({(r.order_index, r.order) for r in checked.runs})]
-    return prepared.with_runs(plan_runs(strategies, checked.config.seeds, orders, training, shares_prefix(checked.loaded)))
+    return plan_runs(strategies, checked.config.seeds, orders, training, shares_prefix(checked.loaded))
 

@@ -46,11 +46,18 @@ def _number(kind: type, low: float, high: float, above: bool = False):
     return parse
 
 
+def _given(text: str) -> str:
+    """An argparse type for a path, name or address: refused when empty (``--out=`` would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a value or leave the flag out")
+    return text
+
+
 def _add_config_args(parser: argparse.ArgumentParser, what: str = "experiment YAML file") -> None:
-    parser.add_argument("experiment", help=what)
+    parser.add_argument("experiment", type=_given, help=what)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value, e.g. --set training.epochs=1 (repeatable)")
-    parser.add_argument("--data-root", help="directory that ${DATA_ROOT} in stream files points to")
+    parser.add_argument("--data-root", type=_given, help="directory that ${DATA_ROOT} in stream files points to")
 
 
 def _add_execution_args(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +65,7 @@ def _add_execution_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--executor", choices=["local", "ray"], default="local",
                        help="local: runs in this process, or in --workers processes; ray: one Ray task per run (needs cl-harness[ray])")
     group.add_argument("--workers", type=_number(int, 1, 1024), default=1, metavar="N", help="local executor: N runs (and N search trials) at once in N processes (default 1)")
-    group.add_argument("--ray-address", metavar="ADDR",
+    group.add_argument("--ray-address", type=_given, metavar="ADDR",
                        help="Ray cluster to submit to, e.g. ray://head:10001 or auto (default: start a local one)")
     group.add_argument("--max-retries", type=_number(int, 0, 100), metavar="N",
                        help="times a run whose worker process died is started again from its checkpoint (default 2)")
@@ -110,21 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     strategies.add_argument("--all", action="store_true", help="also list Avalanche strategies that cannot work here")
 
     search_report = sub.add_parser("search-report", help="best trials, parameter importances and optimisation history of a search")
-    search_report.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
-    search_report.add_argument("--out", help="folder for the plots (default: reports/<experiment>/search)")
+    search_report.add_argument("experiment", type=_given, help="MLflow experiment name (the experiment YAML's `name`)")
+    search_report.add_argument("--out", type=_given, help="folder for the plots (default: reports/<experiment>/search)")
     search_report.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
 
     compare = sub.add_parser("compare", help="comparison table and report.html for an experiment, read from MLflow")
-    compare.add_argument("experiment", help="MLflow experiment name (the experiment YAML's `name`)")
-    compare.add_argument("--parent", help="parent run id (default: the most recent invocation)")
-    compare.add_argument("--out", help="folder for report.html, CSV and plots "
+    compare.add_argument("experiment", type=_given, help="MLflow experiment name (the experiment YAML's `name`)")
+    compare.add_argument("--parent", type=_given, help="parent run id (default: the most recent invocation)")
+    compare.add_argument("--out", type=_given, help="folder for report.html, CSV and plots "
                                        "(default: reports/<experiment>/<first 8 characters of the parent run id>)")
     compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
     compare.add_argument("--markdown", action="store_true", help="print every column as a Markdown table instead of the terminal table")
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints its address once it answers")
     ui.add_argument("--tracking-uri", help="store to browse (default: sqlite:///mlruns/mlflow.db or $MLFLOW_TRACKING_URI)")
-    ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--host", type=_given, default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=_number(int, 0, 65535), default=5000, help="port to listen on (default 5000); a busy port is refused")
     ui.add_argument("--workers", type=_number(int, 1, 256), default=1, metavar="N", help="server worker processes (default 1)")
     ui.add_argument("--timeout", type=_number(float, 0, 86400, above=True), default=120.0, metavar="S",

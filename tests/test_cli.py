@@ -104,3 +104,12 @@ def test_an_unreachable_tracking_server_is_reported_before_training(experiment, 
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}" in err and "mlflow server" in err
     assert not (tmp_path / "runs").exists()  # nothing trained, no run folder
+
+
+@pytest.mark.parametrize("argv", [["validate", "x.yaml", "--data-root="], ["compare", "x", "--out="], ["compare", ""],
+                                  ["search-report", "x", "--out", " "], ["run", "x.yaml", "--ray-address="]])
+def test_an_empty_path_or_name_flag_is_refused_not_read_as_the_default(argv, capsys):
+    # --data-root= meant the current folder and compare --out= the default reports folder, silently.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "is empty; give a value or leave the flag out" in capsys.readouterr().err

@@ -408,3 +408,14 @@ def test_an_empty_list_of_what_the_grid_is_made_of_is_refused(tmp_path, body, ke
 def test_a_weights_choice_for_a_bundled_backbone_is_refused_not_ignored(tmp_path, body, key):
     err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
     assert err.key == key and "comes with its own weights; leave" in err.message, str(err)
+
+
+@pytest.mark.parametrize("body, bundled, kind", [
+    ("backbone: {kind: causal_lm}", "bundled:all-MiniLM-L6-v2", "encoder"),  # the default backbone
+    ("backbone: {name: 'bundled:all-MiniLM-L6-v2', kind: seq2seq}", "bundled:all-MiniLM-L6-v2", "encoder"),
+    ("backbone: 'bundled:smollm2-135m-instruct'", "bundled:smollm2-135m-instruct", "causal_lm"),
+])
+def test_a_kind_that_does_not_match_a_bundled_backbone_is_refused_at_the_kind(tmp_path, body, bundled, kind):
+    # The MiniLM as causal_lm failed loading it as a hub id ("Repo id must use alphanumeric chars").
+    err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
+    assert err.key == "backbone.kind" and f"{bundled} holds {kind} weights; backbone.kind must be {kind}" in err.message, str(err)

@@ -9,6 +9,7 @@ from cl_harness.config.yaml_io import KeyPath, Source
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"  # generative (backbone.kind causal_lm): models/generative.py
+BUNDLED_KINDS = {BUNDLED_MINILM: "encoder", BUNDLED_SMOLLM2: "causal_lm"}  # the backbone kind of each bundled model
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKBONE_KINDS = ("encoder", "causal_lm", "seq2seq")  # what models/ loads; strategies declare which they run on
@@ -64,7 +65,13 @@ class BackboneConfig:
             raise source.error(path + ("head_init",), f"applies to encoder backbones only (backbone.kind is {self.kind})")
         if self.gguf_file is not None and self.kind == "encoder":
             raise source.error(path + ("gguf_file",), "GGUF weights load as causal_lm backbones; set backbone.kind: causal_lm")
-        if self.name in (BUNDLED_MINILM, BUNDLED_SMOLLM2):  # their weights ship in a package: nothing to choose
+        bundled_kind = BUNDLED_KINDS.get(self.name)
+        if bundled_kind is not None and self.kind != bundled_kind:
+            other = next(name for name, kind in BUNDLED_KINDS.items() if kind != bundled_kind)
+            raise source.error(path + ("kind",), f"{self.name} holds {bundled_kind} weights; backbone.kind must be {bundled_kind}, "
+                               f"got {self.kind}", hint=f"set backbone.kind: {bundled_kind}, or name a model of kind {self.kind} "
+                               f"(a folder or hub id{', or ' + other if BUNDLED_KINDS[other] == self.kind else ''})")
+        if bundled_kind is not None:  # their weights ship in a package: nothing to choose
             for key in ("gguf_file", "revision"):
                 if getattr(self, key) is not None:
                     raise source.error(path + (key,), f"the bundled backbone {self.name} comes with its own weights; leave {key} out",

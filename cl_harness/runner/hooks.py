@@ -208,7 +208,8 @@ class AddedLossShare(SupervisedPlugin):
             print(f"warning: {reason}", file=sys.stderr, flush=True)
         if self.logger is not None and later and (self.hint or any(later)):
             self.logger.log_final({schema.PENALTY_SHARE_METRIC: max(later)})
-            tags = {schema.INERT_TAG: reason, schema.STRENGTH_HINT_TAG: self.hint}
+            weak = max(later) < schema.NEGLIGIBLE_SHARE  # what to raise, only where the terms did not act
+            tags = {schema.INERT_TAG: reason, schema.STRENGTH_HINT_TAG: strength_hint(self.spec, self.shares) if weak else None}
             self.logger.set_tags({key: value for key, value in tags.items() if value})
 
 

@@ -126,7 +126,8 @@ VALID_ACC_METRIC = "valid_acc"  # final: mean validation accuracy over all tasks
 #: Final cost metrics of a child run.
 #: A strategy's own loss terms (runner/hooks.py): penalty_share/<task> at the task's step, the share of the terms in the
 #: training loss over the task; penalty_share at the end, the largest after task 1. Tags: why a run's terms did nothing
-#: (``inert``) and what to raise (``strength_hint``, on every run of a strategy that declares its strength); set at the
+#: (``inert``) and what to raise (``strength_hint``, on a run of a strategy that declares its strength whose terms stayed
+#: below NEGLIGIBLE_SHARE after task 1); set at the
 #: grid's end on a run whose accuracy matrix equals naive's at the same seed and order: ``equals_naive``.
 PENALTY_SHARE_PREFIX = "penalty_share"
 PENALTY_SHARE_METRIC = "penalty_share"

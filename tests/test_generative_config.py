@@ -146,3 +146,16 @@ def test_strategies_lists_the_backbone_kinds_of_each(capsys):
     assert kinds("lwf") == kinds("o_lora") == "backbone kinds: encoder, causal_lm, seq2seq"
     assert kinds("si") == "backbone kinds: encoder"
     assert kinds("in_context") == "backbone kinds: causal_lm, seq2seq"
+
+
+@pytest.mark.parametrize("template, written", [("Topic of {text.upper}?", "{text.upper}"), ("{text[0]} {text}", "{text[0]}"),
+                                               ("{text!r}", "{text!r}"), ("{text:>5}", "{text:>5}"), ("{txt}", "{txt}")])
+def test_a_template_field_other_than_text_and_labels_as_written_is_named(template, written):
+    # '{text.upper}' was told "must contain {text}", although it does.
+    from cl_harness.config.instruction import check_template
+    from cl_harness.config.yaml_io import Source
+    from cl_harness.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        check_template(template, Source("s.yaml", {}), ("template",))
+    assert info.value.message.startswith(f"unknown template field {written}; allowed: exactly {{text}} and {{labels}}"), info.value

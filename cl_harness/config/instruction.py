@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cl_harness.config.yaml_io import KeyPath, Source
+from cl_harness.errors import clip
 
 DEFAULT_TEMPLATE = "Classify the text into one of: {labels}.\nText: {text}\nAnswer:"
 TEMPLATE_FIELDS = ("text", "labels")
@@ -41,11 +42,14 @@ def check_template(template: str, source: Source, path: KeyPath) -> None:
     import string
 
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parts = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise source.error(path, f"not a valid template ({exc}); write literal braces as {{{{ and }}}}") from None
-    if "text" not in fields:
+    for name, spec, conversion in parts:  # checked before {text} is looked for: '{text.upper}' holds no {text}
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise source.error(path, f"unknown template field {clip(written, 60)}; allowed: exactly {{text}} and {{labels}}, "
+                               "without attributes, indexes, conversions or format specs",
+                               hint="write literal braces as {{ and }}")
+    if "text" not in [name for name, _, _ in parts]:
         raise source.error(path, "the template must contain {text} (where the example's text goes)")
-    unknown = [name for name in fields if name not in TEMPLATE_FIELDS]
-    if unknown:
-        raise source.error(path, f"unknown template field {{{unknown[0]}}}; allowed: {{text}}, {{labels}}")

@@ -19,7 +19,9 @@ from typing import Any
 
 from avalanche.core import SupervisedPlugin
 
-from cl_harness.errors import error_line
+from cl_harness.config.schema import did_you_mean, parse
+from cl_harness.config.yaml_io import Source
+from cl_harness.errors import ConfigError, error_line
 from cl_harness.strategies.registry import PluginSpec, StrategyInfo, info_problem
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -241,6 +243,9 @@ def check_strategy(strategy: StrategyInfo | str, params: dict[str, Any] | None =
 
     registry = default_registry()
     if isinstance(strategy, str):
+        if strategy not in registry:
+            raise StrategyCheckError(f"no strategy named {strategy!r}; registered: {', '.join(registry.names())}"
+                                     + (f" ({did_you_mean(strategy, registry.names())})" if did_you_mean(strategy, registry.names()) else ""))
         info = registry.get(strategy)
     else:
         problem = info_problem(strategy)
@@ -251,6 +256,11 @@ def check_strategy(strategy: StrategyInfo | str, params: dict[str, Any] | None =
             registry.register(info)
         elif registry.get(info.name) is not info:
             raise _fail(info.name, "a registered strategy has this name; give yours another")
+    try:  # the params as given, before they are written into the check's own experiment file
+        parse(info.config_cls, dict(params or {}), Source(None, {}), ("params",))
+    except ConfigError as exc:
+        raise _fail(info.name, f"its params are refused: {exc.key + ': ' if exc.key else ''}{exc.message}"
+                    + (f" ({exc.hint})" if exc.hint else "")) from None
     kinds = [kind for kind in info.backbone_kinds if kind in CHECKED_KINDS]
     if not kinds:
         raise _fail(info.name, f"it declares backbone kinds {list(info.backbone_kinds)}; the kit checks {list(CHECKED_KINDS)} only")

@@ -231,3 +231,11 @@ def test_the_tutorial_shows_the_example_package_as_it_is():
     blocks = dict(regex.findall(r"```(python|toml)\n(.*?)```", tutorial, regex.S)[:2])
     assert blocks["python"] in (EXAMPLE / "l2anchor" / "__init__.py").read_text(encoding="utf-8")
     assert blocks["toml"] in (EXAMPLE / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_the_checks_name_an_unknown_strategy_and_a_bad_parameter_as_the_caller_wrote_them(tmp_path):
+    # A bare KeyError, and a message about the check's own generated experiment.yaml.
+    with pytest.raises(StrategyCheckError, match=r"no strategy named 'ewcc'; registered: .* \(did you mean 'ewc'\?\)"):
+        check_strategy("ewcc", folder=tmp_path)
+    with pytest.raises(StrategyCheckError, match=r"'ewc': its params are refused: params.ewc_lamda: unknown key; .*did you mean 'ewc_lambda'"):
+        check_strategy("ewc", {"ewc_lamda": 3}, folder=tmp_path)

@@ -250,7 +250,7 @@ def missing_run(name: str) -> ChildRun:
     parts = parse_run_name(name)
     return ChildRun(
         run_id="", name=name, status=MISSING, strategy=parts.label, seed=parts.seed, order=parts.order,
-        error="planned, but no run was logged (its worker never started it)",
+        error="planned, but no run of it is in the store (never started, or deleted there)",
     )
 
 

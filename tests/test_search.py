@@ -211,6 +211,37 @@ def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path
     assert result.n_complete == 3 and result.n_pruned == 2 and result.best_value == 0.95 and result.best_trial == 2
 
 
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), KeyError("anchor"), ValueError("bad shape")])
+def test_an_error_in_a_trials_code_fails_that_trial_only(tmp_path, error):
+    # A TypeError or KeyError from a strategy's hook stopped the whole search with a traceback (a ValueError did not).
+    from cl_harness.runner.run import RunResult
+
+    outcomes = iter([0.6, error, 0.7])
+
+    def train(plan, reporter, show_progress=False):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return RunResult("naive", 0, ["a", "b"], [0.5] * 2, status="FINISHED", metrics={"valid_acc": outcome})
+
+    spec = type("Spec", (), {"label": "naive", "plugins": []})()
+    checked = type("Checked", (), {"tasks": [0, 1], "strategies": [spec]})()
+    prepared = type("Prepared", (), {"checked": checked, "run_plan": lambda self, planned: planned})()
+    plan = SearchPlan(SearchConfig(spaces={}, n_trials=2, pruner="none"),
+                      {"naive": {"training.lr": ParamSpace(low=1e-5, high=1e-3, log=True)}})
+    import cl_harness.search.run as search_run
+
+    original = search_run.apply_params
+    search_run.apply_params = lambda s, params: (s, {})
+    try:
+        (result,) = run_search(prepared, plan, tmp_path, train=train)
+    finally:
+        search_run.apply_params = original
+    assert result.n_complete == 1 and result.best_value == 0.6
+    states = [t.state for t in optuna.load_study(study_name="naive", storage=f"sqlite:///{tmp_path / 'search.db'}").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
 def test_the_reporter_forwards_to_a_logger_and_ignores_step_zero():
     logged = []
     inner = type("Logger", (), {"run_id": "r1", "log_step": lambda self, s, m: logged.append(s), "logged_steps": lambda self, k: {0}})()

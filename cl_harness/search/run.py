@@ -22,7 +22,8 @@ from typing import Any
 import optuna
 
 from cl_harness.config.names import file_name
-from cl_harness.errors import ConfigError, short_repr
+from cl_harness.errors import ConfigError, error_line, short_repr
+from cl_harness.grid.experiment import stops_the_grid
 from cl_harness.grid.plan import PlannedRun, PrefixUnit
 from cl_harness.grid.prefix import PREFIXES_FOLDER, ensure_prefix
 from cl_harness.grid.prepare import CheckedExperiment, PreparedExperiment, shares_prefix
@@ -30,7 +31,7 @@ from cl_harness.runner.checkpoint import RESTART_HINT, read_run_file, remove_che
 from cl_harness.runner.run import train_and_evaluate
 from cl_harness.search.config import ParamSpace, SearchPlan, _plugin_params
 from cl_harness.strategies.registry import StrategySpec
-from cl_harness.tracking import schema
+from cl_harness.tracking import schema, writer
 
 STUDY_DB = "search.db"  # the Optuna studies (SQLite), in the search folder
 BEST_PARAMS_FILE = schema.BEST_PARAMS_ARTIFACT  # in the search folder, and logged on the search parent
@@ -199,6 +200,9 @@ def trials_share_prefix(prepared: PreparedExperiment, plan: SearchPlan, spec: St
     return not ranged and spec.naive_prefix_tasks >= 1 and shares_prefix(prepared.checked.loaded)
 
 
+TRIAL_ERRORS = (ValueError, RuntimeError)  # what fails one trial (Optuna marks it FAIL) instead of the search
+
+
 def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.Study, plan: SearchPlan, n_trials: int,
                train: TrainFn | None = None, trial_logger: TrialLogger | None = None, prefix_root: Path | None = None,
                on_trial: OnTrial | None = None) -> None:
@@ -227,8 +231,13 @@ def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.S
                     run_plan.prefix = ensure_prefix(prepared, PrefixUnit(seed, 0, order, (), planned.training), prefix_root, False)
                 result = train(run_plan, reporter, show_progress=False)
             except BaseException as exc:  # pruned, interrupted or broken: the trial run does not stay RUNNING
+                failed = isinstance(exc, Exception) and not isinstance(exc, optuna.TrialPruned) and not stops_the_grid(exc)
                 if inner is not None:
+                    if failed:
+                        writer.record_error(inner, error_line(exc))
                     inner.end(schema.KILLED if isinstance(exc, (optuna.TrialPruned, KeyboardInterrupt)) else schema.FAILED)
+                if failed and not isinstance(exc, TRIAL_ERRORS):  # a strategy's bug (a TypeError, say) fails this trial only
+                    raise RuntimeError(error_line(exc)) from exc
                 raise
             if inner is not None:
                 if result.metrics:
@@ -242,7 +251,7 @@ def run_trials(prepared: PreparedExperiment, spec: StrategySpec, study: optuna.S
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         ended = [lambda study_, trial: on_trial(trial_line(spec.label, trial, finished_trials(study_), plan.config.n_trials))
                  ] if on_trial else None
-        study.optimize(objective, n_trials=n_trials, catch=(ValueError, RuntimeError), callbacks=ended)
+        study.optimize(objective, n_trials=n_trials, catch=TRIAL_ERRORS, callbacks=ended)
 
 
 def study_result(study: optuna.Study, label: str) -> StrategyResult:

@@ -274,8 +274,50 @@ def exit_code_reference() -> str:
     return "\n".join(table(("exit code", "meaning"), [(f"`{value}`", EXIT_MEANINGS[name]) for value, name in codes]))
 
 
+# --- the comparison table's columns --------------------------------------------------------------------------------------
+
+IDENTITY_MEANINGS = {  # the comparison's first columns; the metrics' meanings are report/compare.py's DEFINITIONS
+    "strategy": "the strategy's label in the experiment; rows are sorted by acc_mean, best first",
+    "n_finished": "finished runs of the strategy (seeds x task orders); only these enter the means and the statistics",
+    "n_runs": "all its planned runs in the comparison, finished or not",
+}
+
+
+def comparison_columns() -> list[str]:
+    """The columns of ``Comparison.table()`` (``Results.comparison()``, ``comparison.csv``), from a table the code builds."""
+    from cl_harness.report.compare import Comparison
+    from cl_harness.tracking.reader import ChildRun
+
+    run = ChildRun("id", "naive/seed0/order0", "FINISHED", "naive", 0, 0, {"acc": 0.5}, ["t1"], [0.0], [[0.5]])
+    return list(Comparison("e", "1", "p", "parent", "FINISHED", None, "sqlite://", [run]).table().columns)
+
+
+def comparison_column_meanings() -> dict[str, str]:
+    """Every column of the comparison table with its meaning: IDENTITY_MEANINGS, the report's definition of each metric
+    (``<metric>_mean``; ``<metric>_std`` its spread) and statistics.STAT_COLUMNS. KeyError for a column with none."""
+    from cl_harness.report.compare import DEFINITIONS, PERCENT_METRICS, TABLE_METRICS
+    from cl_harness.report.statistics import STAT_COLUMNS
+
+    definitions = {name.strip(): text for key, text in DEFINITIONS.items() for name in key.split(" / ")}
+    meanings = {**IDENTITY_MEANINGS, "inert": DEFINITIONS["inert"] + " Empty where the strategy acted.", **STAT_COLUMNS}
+    for metric in TABLE_METRICS:
+        unit = " (a fraction, not percent)" if metric in PERCENT_METRICS else ""
+        meanings[f"{metric}_mean"] = f"mean over the finished runs of `{metric}`{unit}: {definitions[metric]}"
+        meanings[f"{metric}_std"] = f"sample standard deviation (ddof=1) of `{metric}` over the finished runs; NaN for one run"
+    missing = [column for column in comparison_columns() if column not in meanings]
+    if missing:
+        raise KeyError(f"comparison columns without a meaning: {', '.join(missing)}")
+    return {column: meanings[column] for column in comparison_columns()}
+
+
+def comparison_columns_reference() -> str:
+    """The columns of the comparison table, in order, each with its meaning."""
+    return "\n".join(table(("column", "meaning"), [(f"`{name}`", meaning) for name, meaning in comparison_column_meanings().items()]))
+
+
 GENERATORS = {"cli": cli_reference, "experiment-keys": experiment_reference, "stream-keys": stream_reference,
-              "strategies": strategy_reference, "mlflow": mlflow_reference, "exit-codes": exit_code_reference}
+              "strategies": strategy_reference, "mlflow": mlflow_reference, "exit-codes": exit_code_reference,
+              "comparison-columns": comparison_columns_reference}
 
 
 def fill(markdown: str) -> str:

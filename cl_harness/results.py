@@ -28,7 +28,12 @@ IDENTITY = ["run", "run_id", "strategy", "seed", "order", "status"]
 
 @dataclass(frozen=True)
 class AccuracyMatrix:
-    """One run's accuracy matrix, fractions in [0, 1], columns in training order."""
+    """One run's accuracy matrix, fractions in [0, 1], columns in training order.
+
+    :ivar values: (steps, tasks): the accuracy on task j after training step i + 1 (one row for joint and zero_shot).
+    :ivar initial: (tasks,): the untrained model's accuracy on each task.
+    :ivar tasks: the task names, in training order.
+    """
 
     values: np.ndarray  # (steps, tasks): accuracy on task j after training step i + 1 (one row for joint / zero_shot)
     initial: np.ndarray  # (tasks,): the untrained model's accuracy on each task
@@ -45,7 +50,12 @@ def _param_value(text: str):
 
 
 class Results:
-    """One comparison (a parent run and the runs it holds) read back from the store."""
+    """One comparison (a parent run and the runs it holds) read back from the store.
+
+    :ivar experiment: the MLflow experiment's name.
+    :ivar parent_run_id: the comparison's parent run.
+    :ivar runs: one row per run: its name, run id, strategy, seed, order and status, every metric it logged and its params.
+    """
 
     def __init__(self, comparison: Comparison) -> None:
         self.data = comparison

@@ -1,6 +1,7 @@
 """The docs site's reference is written from the code: every CLI command and option, every experiment and stream key,
-every registered strategy with its parameters, every MLflow name and every exit code is in the generated pages, and
-each check sees one left out. Also: the pages name no lab history."""
+every registered strategy with its parameters, every MLflow name, every exit code and every column of the comparison table
+is in the generated pages, and each check sees one left out. Also: the pages name no lab history, and the strategy module
+of "Extend cl-harness" imports as it is printed."""
 
 from __future__ import annotations
 
@@ -208,6 +209,81 @@ def test_the_mlflow_check_sees_a_missing_name():
 def test_the_exit_code_reference_lists_every_code_the_cli_defines():
     codes = {value for name, value in vars(cli).items() if name.startswith("EXIT_")}
     assert {int(c) for c in re.findall(r"^\| `(\d+)` \|", ref.exit_code_reference(), re.M)} == codes == {0, 1, 2, 3, 130}
+
+
+# --- the comparison table's columns ----------------------------------------------------------------------------------------
+
+
+def comparison_table(strategies: tuple[str, ...] = ("naive", "replay", "ewc"), seeds: int = 3):
+    """A comparison table as the code builds it, with every statistics column computed (three seeds per strategy)."""
+    from cl_harness.report.compare import Comparison
+    from cl_harness.tracking.reader import ChildRun
+
+    runs = [ChildRun(f"id-{name}-{seed}", f"{name}/seed{seed}/order0", "FINISHED", name, seed, 0, {"acc": acc, "forgetting": 0.1},
+                     ["t1", "t2"], [0.0, 0.0], [[0.9, 0.0], [acc, acc]])
+            for i, name in enumerate(strategies) for seed, acc in enumerate((0.3 + 0.2 * i, 0.35 + 0.2 * i, 0.32 + 0.2 * i)[:seeds])]
+    return Comparison("e", "1", "p", "parent", "FINISHED", None, "sqlite://", runs).table()
+
+
+def column_problems(markdown: str) -> list[str]:
+    documented = re.findall(r"^\| `([^`]+)` \| (.+) \|$", markdown, re.M)
+    names = [name for name, _ in documented]
+    problems = [f"{column}: not documented" for column in comparison_table().columns if column not in names]
+    problems += [f"{name}: no meaning" for name, meaning in documented if len(meaning.strip()) < 10]
+    return problems
+
+
+def test_the_comparison_columns_reference_lists_every_column_of_the_table_in_order():
+    text = ref.comparison_columns_reference()
+    assert column_problems(text) == []
+    table = comparison_table()
+    assert re.findall(r"^\| `([^`]+)`", text, re.M) == list(table.columns)
+    assert {"acc_ci_method", "test_vs_best", "mdd_vs_best", "seeds_to_resolve", "inert", "nfr_mean"} <= set(table.columns)
+    assert table["acc_ci_method"].iloc[0] == "t" and "'t' (Student t-interval" in text  # the values the meanings name
+    assert set(table["test_vs_naive"]) == {"paired_t", "none"} and "'paired_t' (paired t-test)" in text
+
+
+def test_the_columns_check_sees_a_missing_column_and_the_generator_a_column_without_meaning(monkeypatch):
+    assert column_problems(drop_line(ref.comparison_columns_reference(), r"^\| `seeds_to_resolve`")) == ["seeds_to_resolve: not documented"]
+    monkeypatch.setattr(ref, "comparison_columns", lambda: ["strategy", "new_column"])
+    with pytest.raises(KeyError, match="new_column"):
+        ref.comparison_columns_reference()
+
+
+# --- examples on the pages -----------------------------------------------------------------------------------------------
+
+
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", (REPO / "docs" / page).read_text(encoding="utf-8"), re.S | re.M)
+
+
+def test_the_extending_pages_strategy_is_a_module_that_registers(tmp_path, monkeypatch):
+    """The strategy of "Add a strategy", pasted into a file as it is, imports, registers, parses its parameters and builds a
+    plugin that pickles (as checkpoints pickle it); training it is tests/test_extending.py's."""
+    import importlib
+    import pickle
+
+    from cl_harness.config.schema import parse
+    from cl_harness.strategies.registry import info_problem
+
+    (code,) = [block for block in python_blocks("extending.md") if "INFO = StrategyInfo(" in block]
+    (tmp_path / "docs_l2_sp.py").write_text(code, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("docs_l2_sp")
+    info = module.INFO
+    assert info_problem(info) is None
+    registry = default_registry()
+    registry.register(info)
+    assert registry.get("l2_sp") is info and set(info.backbone_kinds) == {"encoder", "causal_lm", "seq2seq"}
+    assert info.naive_prefix_tasks == 0  # its pull acts on task 1, as the page says
+    plugins = info.build(parse(info.config_cls, {"lam": 0.5}), None)
+    assert [type(p).__name__ for p in plugins] == ["L2SP"] and plugins[0].lam == 0.5
+    assert pickle.loads(pickle.dumps(plugins[0])).lam == 0.5
+
+
+def test_the_tutorials_strategy_module_is_the_example_packages():
+    (code,) = [block for block in python_blocks("tutorial/own-strategy.md") if "L2_ANCHOR = StrategyInfo(" in block]
+    assert code == (REPO / "examples" / "l2anchor" / "l2anchor" / "__init__.py").read_text(encoding="utf-8")
 
 
 # --- the pages ---------------------------------------------------------------------------------------------------------

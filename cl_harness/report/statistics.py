@@ -243,13 +243,28 @@ def compare_strategies(
 
 # --- table columns --------------------------------------------------------------------------------
 
-#: The columns ``statistics_columns`` adds to the comparison table (raw values, fractions not percent).
-STAT_COLUMNS = (
-    "acc_ci_low", "acc_ci_high", "acc_ci_method",
-    "p_vs_best", "test_vs_best", "significant_vs_best",
-    "p_vs_naive", "test_vs_naive", "significant_vs_naive",
-    "mdd_vs_best", "seeds_to_resolve",
-)
+_TESTS = (f"'{WILCOXON}' (Wilcoxon signed-rank, paired), '{PAIRED_T}' (paired t-test), '{WELCH}' (Welch's t-test), "
+          f"'{IDENTICAL}' (the same value in every run on both sides: p = 1, no test run) or '{NO_TEST}' (no test: a side has "
+          f"fewer than {MIN_RUNS} runs, or the row is the one compared with)")
+#: The columns ``statistics_columns`` adds to the comparison table (raw values, fractions not percent), with their meanings.
+STAT_COLUMNS = {
+    "acc_ci_low": "lower bound of the 95% interval of the mean final accuracy (unclipped: may fall below 0); NaN without an interval",
+    "acc_ci_high": "upper bound of that interval (unclipped: may exceed 1); NaN without an interval",
+    "acc_ci_method": f"how the interval was made: '{T_INTERVAL}' (Student t-interval, {MIN_RUNS}-{BOOTSTRAP_FROM - 1} runs), "
+                     f"'{BOOTSTRAP}' (seeded percentile bootstrap, {BOOTSTRAP_FROM}+ runs), '{DEGENERATE}' (every run scored "
+                     f"the same: zero width) or '{NO_INTERVAL}' (fewer than {MIN_RUNS} runs)",
+    "p_vs_best": "two-sided p-value of the final accuracy against the best strategy (the first row), Holm-Bonferroni corrected "
+                 "over every pair tested in the table; NaN for the best strategy itself and where no test was possible",
+    "test_vs_best": f"the test behind p_vs_best: {_TESTS}",
+    "significant_vs_best": f"whether p_vs_best < {ALPHA}",
+    "p_vs_naive": f"as p_vs_best, against {REFERENCE}; NaN for {REFERENCE} itself and when the table has no {REFERENCE} row",
+    "test_vs_naive": f"the test behind p_vs_naive: {_TESTS}",
+    "significant_vs_naive": f"whether p_vs_naive < {ALPHA}",
+    "mdd_vs_best": f"minimum detectable difference from the best strategy's final accuracy at the observed spread (a fraction; "
+                   f"two-sided alpha {ALPHA}, power {POWER}, before the Holm correction); NaN for the best and where no test is possible",
+    "seeds_to_resolve": f"runs per strategy that would detect a difference of {DIFFERENCE:g} (a fraction: {100 * DIFFERENCE:g} points) "
+                        f"from the best at the observed spread; inf beyond {MAX_SEEDS}, NaN where mdd_vs_best is",
+}
 INTERVAL_MARKS = {T_INTERVAL: "t", BOOTSTRAP: "bs"}
 STAT_DEFINITIONS = {
     "acc 95% CI": (f"95% interval of the mean final accuracy, shown clipped to [0, 100] % (the CSV keeps the raw bounds): "

@@ -10,14 +10,14 @@ from typing import Any
 
 from cl_harness.config.schema import did_you_mean
 from cl_harness.config.yaml_io import KeyPath, Source
-from cl_harness.errors import ConfigError, clip, raised_at, short_repr
+from cl_harness.errors import ConfigError, clip, raised_at
 
 EXIT_HINT = "a plugin reports a problem by raising an exception; it must not end the process (sys.exit, os._exit)"
 
 
 def process_exit(exc: BaseException) -> str:
     """What ended the process from a user's code (``sys.exit(2)``, or the exception's type), with the module and line it came from."""
-    what = f"sys.exit({short_repr(exc.code, 40)})" if isinstance(exc, SystemExit) else type(exc).__name__
+    what = f"sys.exit({clip(repr(exc.code), 40)})" if isinstance(exc, SystemExit) else type(exc).__name__
     traceback = exc.__traceback__
     while traceback is not None and traceback.tb_next is not None:
         traceback = traceback.tb_next

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_data_inputs import OTHER, write_jsonl
+from test_data_inputs import OTHER, refused, write_jsonl
 
 from cl_harness.cli import main
 from cl_harness.config.loader import load_experiment, load_stream
@@ -34,15 +34,6 @@ def stream_file(directory: Path, tasks: list[dict], name: str = "s") -> Path:
     path = directory / "stream.yaml"
     path.write_text(yaml.safe_dump({"name": name, "scenario": "class_incremental", "tasks": tasks}, sort_keys=False))
     return path
-
-
-def refused(path: Path, index: int = 0) -> ConfigError:
-    """The ConfigError that reading tasks 0..index of the stream file raises."""
-    stream = load_stream(path, {})
-    with pytest.raises(ConfigError) as info:
-        for i in range(index + 1):
-            load_task(stream, i)
-    return info.value
 
 
 def experiment_file(directory: Path, backbone: Path, strategies=("naive",), name: str = "qa") -> Path:

@@ -30,8 +30,8 @@ OTHER = {"name": "other", "source": {"type": "demo", "seed": 1, "train_examples_
          "classes": ["music", "weather"]}
 
 
-def rows(n: int = 10, labels=("pos", "neg")) -> list[dict]:
-    return [{"text": f"sample text number {i}", "label": labels[i % len(labels)]} for i in range(n)]
+def rows(n: int = 10, labels=("pos", "neg"), prefix: str = "sample text number") -> list[dict]:
+    return [{"text": f"{prefix} {i}", "label": labels[i % len(labels)]} for i in range(n)]
 
 
 def write_jsonl(path: Path, items: list[dict]) -> Path:

@@ -4,13 +4,12 @@ name is written, labels that read alike but are written differently; and the wor
 
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
 from pathlib import Path
 
 import pytest
-import yaml
+from test_data_inputs import OTHER, files_task, refused, rows, stream_file, write_jsonl
 
 from cl_harness.config.instruction import InstructionConfig
 from cl_harness.config.loader import load_stream
@@ -19,38 +18,7 @@ from cl_harness.data.instruction import label_texts
 from cl_harness.data.tasks import TaskData, load_stream_tasks, load_task
 from cl_harness.errors import ConfigError
 
-OTHER = {"name": "other", "source": {"type": "demo", "seed": 1, "train_examples_per_class": 4, "test_examples_per_class": 2},
-         "classes": ["music", "weather"]}
 COMPOSED, DECOMPOSED = "caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")
-
-
-def rows(n: int = 10, labels=("pos", "neg"), prefix: str = "sample text number") -> list[dict]:
-    return [{"text": f"{prefix} {i}", "label": labels[i % len(labels)]} for i in range(n)]
-
-
-def write_jsonl(path: Path, items: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return path
-
-
-def stream_file(directory: Path, tasks: list[dict], scenario: str = "class_incremental") -> Path:
-    path = directory / "stream.yaml"
-    path.write_text(yaml.safe_dump({"name": "s", "scenario": scenario, "tasks": tasks}, sort_keys=False))
-    return path
-
-
-def files_task(train: str, test: str | None = None, name: str = "first", **extra) -> dict:
-    source = {"type": "files", "train_file": train, **({"test_file": test} if test else {})}
-    return {"name": name, "source": source, **extra}
-
-
-def refused(path: Path, index: int = 0) -> ConfigError:
-    """The ConfigError that reading task ``index`` of the stream file raises."""
-    stream = load_stream(path, {})
-    with pytest.raises(ConfigError) as info:
-        for i in range(index + 1):
-            load_task(stream, i)
-    return info.value
 
 
 def refused_at_load(path: Path) -> ConfigError:

@@ -183,6 +183,24 @@ def test_trials_that_differ_only_in_strategy_values_share_task_1_and_score_as_un
     assert not (tmp_path / "unshared" / "search" / "prefixes").exists()
 
 
+def scripted_search(folder, train, tasks: int, n_trials: int, pruner: str):
+    """A search of naive over training.lr whose trials ``train`` scripts (no model): its StrategyResult."""
+    import cl_harness.search.run as search_run
+
+    spec = type("Spec", (), {"label": "naive", "plugins": []})()
+    checked = type("Checked", (), {"tasks": list(range(tasks)), "strategies": [spec]})()
+    prepared = type("Prepared", (), {"checked": checked, "run_plan": lambda self, planned: planned})()
+    plan = SearchPlan(SearchConfig(spaces={}, n_trials=n_trials, pruner=pruner),
+                      {"naive": {"training.lr": ParamSpace(low=1e-5, high=1e-3, log=True)}})
+    original = search_run.apply_params
+    search_run.apply_params = lambda s, params: (s, {})
+    try:
+        (result,) = run_search(prepared, plan, folder, train=train)
+    finally:
+        search_run.apply_params = original
+    return result
+
+
 def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path):
     """The pruner sees only ``valid_acc/seen_avg``; a fake training reports good trials, then a bad one."""
     from cl_harness.runner.run import RunResult
@@ -195,19 +213,7 @@ def test_the_median_pruner_stops_trials_on_per_step_validation_accuracy(tmp_path
             reporter.log_step(step, {"valid_acc/seen_avg": q, "acc/seen_avg": 1.0 - q})
         return RunResult("naive", 0, ["a", "b", "c"], [0.5] * 3, status="FINISHED", metrics={"valid_acc": q})
 
-    spec = type("Spec", (), {"label": "naive", "plugins": []})()
-    checked = type("Checked", (), {"tasks": [0, 1, 2], "strategies": [spec]})()
-    prepared = type("Prepared", (), {"checked": checked, "run_plan": lambda self, planned: planned})()
-    plan = SearchPlan(SearchConfig(spaces={}, n_trials=5, pruner="median"),
-                      {"naive": {"training.lr": ParamSpace(low=1e-5, high=1e-3, log=True)}})
-    import cl_harness.search.run as search_run
-
-    original = search_run.apply_params
-    search_run.apply_params = lambda s, params: (s, {})
-    try:
-        (result,) = run_search(prepared, plan, tmp_path, train=train)
-    finally:
-        search_run.apply_params = original
+    result = scripted_search(tmp_path, train, tasks=3, n_trials=5, pruner="median")
     assert result.n_complete == 3 and result.n_pruned == 2 and result.best_value == 0.95 and result.best_trial == 2
 
 
@@ -224,19 +230,7 @@ def test_an_error_in_a_trials_code_fails_that_trial_only(tmp_path, error):
             raise outcome
         return RunResult("naive", 0, ["a", "b"], [0.5] * 2, status="FINISHED", metrics={"valid_acc": outcome})
 
-    spec = type("Spec", (), {"label": "naive", "plugins": []})()
-    checked = type("Checked", (), {"tasks": [0, 1], "strategies": [spec]})()
-    prepared = type("Prepared", (), {"checked": checked, "run_plan": lambda self, planned: planned})()
-    plan = SearchPlan(SearchConfig(spaces={}, n_trials=2, pruner="none"),
-                      {"naive": {"training.lr": ParamSpace(low=1e-5, high=1e-3, log=True)}})
-    import cl_harness.search.run as search_run
-
-    original = search_run.apply_params
-    search_run.apply_params = lambda s, params: (s, {})
-    try:
-        (result,) = run_search(prepared, plan, tmp_path, train=train)
-    finally:
-        search_run.apply_params = original
+    result = scripted_search(tmp_path, train, tasks=2, n_trials=2, pruner="none")
     assert result.n_complete == 1 and result.best_value == 0.6
     states = [t.state for t in optuna.load_study(study_name="naive", storage=f"sqlite:///{tmp_path / 'search.db'}").trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]

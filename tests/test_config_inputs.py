@@ -419,3 +419,12 @@ def test_a_kind_that_does_not_match_a_bundled_backbone_is_refused_at_the_kind(tm
     # The MiniLM as causal_lm failed loading it as a hub id ("Repo id must use alphanumeric chars").
     err = error_of(write(tmp_path, f"name: e\nstream: stream.yaml\n{body}\n"))
     assert err.key == "backbone.kind" and f"{bundled} holds {kind} weights; backbone.kind must be {kind}" in err.message, str(err)
+
+
+@pytest.mark.parametrize("body, key", [("name: 2024-01-31", "name"), ("description: 2024-01-31 12:00:00", "description")])
+def test_a_date_yaml_reads_where_text_goes_must_be_quoted(tmp_path, body, key):
+    # "expected a string, got datetime.date(2024, 1, 31)"
+    err = error_of(write(tmp_path, f"stream: stream.yaml\n{body}\n" if key == "name" else f"name: e\nstream: stream.yaml\n{body}\n"))
+    written = body.split(": ", 1)[1]
+    assert err.key == key and err.message == f"YAML reads {written} as a date, not as the text {written!r}", str(err)
+    assert err.hint == f'quote it to keep it as written: "{written}"'

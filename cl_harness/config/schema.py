@@ -13,6 +13,7 @@ Booleans are not numbers: ``epochs: true`` is refused, as is ``"abc"`` or ``"2.5
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import types
@@ -73,6 +74,8 @@ def _describe_number_form(text: str, value: Any) -> str:
     """Which YAML 1.1 number form ``text`` is written in (or that it is a boolean word), in words."""
     if isinstance(value, bool):
         return "a boolean"  # a word: yes, off
+    if isinstance(value, datetime.date):
+        return "a date"
     lower = text.lower()
     if ":" in text:
         return "a base-60 number"
@@ -95,8 +98,9 @@ def _check_number_text(value: Any, source: Source, path: KeyPath, key: bool = Fa
     shown = clip(text, 40)
     error = source.error(
         path[:-1] + (shown,) if key else path,
-        f"YAML reads {shown} as {_describe_number_form(text, value)}, {short_repr(value, 40)}"
-        + (f", not as the text {shown!r}" if isinstance(value, bool) and not key else
+        f"YAML reads {shown} as {_describe_number_form(text, value)}"
+        + ("" if isinstance(value, datetime.date) else f", {short_repr(value, 40)}")
+        + (f", not as the text {shown!r}" if isinstance(value, (bool, datetime.date)) and not key else
            f"; this {'key' if key else 'value'} is text, so it would become {short_repr(str(value), 40)}"),
         hint=f'quote it to keep it as written: "{shown}"', line=source.line_of(path) if key else None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,11 +67,11 @@ class Source:
 
     def number_text(self, path: KeyPath, value: Any, key: bool = False) -> str | None:
         """How the text wrote ``value`` (the value at ``path``, or the mapping key ``path[-1]``) where YAML read it as a
-        number not written in its plain decimal form, or as a boolean from a word (``yes``, ``off``); None else."""
-        if not isinstance(value, (int, float)):
+        number not written in its plain decimal form, or as a boolean or date (``yes``, ``2024-01-31``); None else."""
+        if not isinstance(value, (int, float, datetime.date)):
             return None
         text = (self.number_keys if key else self.numbers).get(tuple(path))
-        return text if text is not None and text != str(value) else None
+        return text if text is not None and (text != str(value) or isinstance(value, datetime.date)) else None
 
     def forget_below(self, path: KeyPath) -> None:
         """Drop what is recorded about the values at ``path`` and below (a ``--set`` flag replaced them)."""
@@ -121,19 +123,19 @@ def _key_value(node: yaml.Node) -> Any:
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-_WORD_TAGS = ("tag:yaml.org,2002:bool",)  # an unquoted yes, no, on or off
+_WORD_TAGS = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")  # an unquoted yes, no, on or off; a date
 
 
 def _number_form(node: yaml.Node, constructor: SafeConstructor) -> str | None:
     """The text of a scalar YAML read as a number not written in its plain decimal form (``010``, ``10:30``, ``1_0``),
-    or as a boolean (``yes``, ``off``): what ``str()`` of the value would not give back."""
+    or as a boolean or a date (``yes``, ``off``, ``2024-01-31``): what ``str()`` of the value would not give back."""
     if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMBER_TAGS + _WORD_TAGS or not node.value:
         return None
     try:
         value = constructor.construct_object(node)
     except Exception:  # noqa: BLE001 - the loader itself reports a number it cannot build
         return None
-    return node.value if str(value) != node.value else None
+    return node.value if str(value) != node.value or isinstance(value, datetime.date) else None  # a date is never text
 
 
 def _walk(node: yaml.Node, path: KeyPath, source: Source, lines: bool = True,

@@ -92,7 +92,11 @@ def raised_at(exc: BaseException) -> str | None:
 def error_line(exc: BaseException) -> str:
     """An unexpected error on one line: its type, its message and where it was raised."""
     where = raised_at(exc)
-    return f"{type(exc).__name__}: {clip(exc, 300)}" + (f" (raised at {where})" if where else "")
+    try:
+        message = clip(exc, 300)
+    except Exception:  # noqa: BLE001 - an exception whose own __str__ fails
+        message = "(its message cannot be printed)"
+    return f"{type(exc).__name__}: {message}" + (f" (raised at {where})" if where else "")
 
 
 class TrainingError(Exception):

@@ -348,7 +348,7 @@ def test_a_default_report_folder_in_the_way_names_the_default(work, capsys):
     assert "error: --out (default): " in one_line_error(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("where", ["another store", "child deleted", "parent deleted"])
+@pytest.mark.parametrize("where", ["another store", "child deleted", "parent deleted", "child FAILED in the store"])
 def test_a_finished_run_missing_from_the_store_is_refused_not_skipped_out_of_the_table(where, work, experiment, capsys):
     # Skipped as finished, the run was missing from the new parent's table while the command exited 0.
     from mlflow import MlflowClient
@@ -362,6 +362,8 @@ def test_a_finished_run_missing_from_the_store_is_refused_not_skipped_out_of_the
         argv[-1] = f"sqlite:///{work / 'other.db'}"
     elif where == "child deleted":
         client.delete_run(child.info.run_id)
+    elif where == "child FAILED in the store":  # set so in the UI or by another tool: skipped, it dropped out of the table
+        client.set_terminated(child.info.run_id, "FAILED")
     else:
         client.delete_run(child.data.tags[schema.PARENT_RUN_TAG])
     capsys.readouterr()
@@ -369,7 +371,8 @@ def test_a_finished_run_missing_from_the_store_is_refused_not_skipped_out_of_the
     err = capsys.readouterr().err
     assert "1 finished run(s) of this comparison whose results are not in" in err and "--restart" in err, err
     want = {"another store": "its parent: run {parent} is not in this store", "parent deleted": "its parent: run {parent} is deleted",
-            "child deleted": "naive/seed0/order0: run {child} is deleted"}[where]
+            "child deleted": "naive/seed0/order0: run {child} is deleted",
+            "child FAILED in the store": "naive/seed0/order0: run {child} is FAILED in the store"}[where]
     assert want.format(parent=child.data.tags[schema.PARENT_RUN_TAG], child=child.info.run_id) in err, err
     other = work / ("other.db" if where == "another store" else "mlflow.db")
     assert "RUNNING" not in run_statuses(other)

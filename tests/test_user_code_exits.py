@@ -190,3 +190,18 @@ def test_an_error_in_a_hook_fails_that_run_with_one_line_and_the_grid_goes_on(wo
     flag.unlink()  # the user fixes the hook: the same command trains the failed run, the finished one is skipped
     assert main(command) == 0
     assert "2 of 2 runs finished" in capsys.readouterr().out and not saved.exists()
+
+
+def test_an_error_whose_message_cannot_be_printed_still_fails_only_its_run():
+    # Its str() raised inside the error handling: a traceback, and the run left RUNNING.
+    from cl_harness.errors import error_line
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("str fails")
+
+    try:
+        raise Unprintable()
+    except Unprintable as exc:
+        line = error_line(exc)
+    assert line.startswith("Unprintable: (its message cannot be printed) (raised at ") and "in test_an_error_whose" in line

@@ -378,11 +378,12 @@ def check_finished_runs_logged(client, uri: str, experiment_id: str, grid: Path,
     parent_problem = logged_run_problem(client, parent_id, experiment_id) if parent_id else None
     problems = [f"its parent: {parent_problem}"] if parent_problem else [
         f"{planned.name}: {why}" for planned in finished
-        if (why := logged_run_problem(client, load_state(run_folder(grid, planned)).run_id, experiment_id, parent_id))]
+        if (why := logged_run_problem(client, load_state(run_folder(grid, planned)).run_id, experiment_id, parent_id, finished=True))]
     if problems:
         listed = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
+        count = len(finished) if parent_problem else len(problems)
         raise StoreUnavailableError(
-            f"{grid} holds {len(finished)} finished run(s) of this comparison whose results are not in {uri} ({listed})\n"
+            f"{grid} holds {count} finished run(s) of this comparison whose results are not in {uri} as finished ({listed})\n"
             "  hint: use the store they were logged to (--tracking-uri), restore deleted runs (`mlflow runs restore --run-id "
             "ID`), or train again with --restart")
 

@@ -168,9 +168,11 @@ def experiment_for(client: MlflowClient, uri: str, name: str) -> str:
         return get_or_create_experiment(client, name, default_artifact_location(uri, name))
 
 
-def logged_run_problem(client: MlflowClient, run_id: str | None, experiment_id: str, parent_id: str | None = None) -> str | None:
+def logged_run_problem(client: MlflowClient, run_id: str | None, experiment_id: str, parent_id: str | None = None,
+                       finished: bool = False) -> str | None:
     """Why run ``run_id`` is not usable in experiment ``experiment_id`` of this store (under parent run ``parent_id`` when
-    given): not in the store, deleted, in another experiment, or under another parent; None when it is."""
+    given): not in the store, deleted, not FINISHED there (when ``finished``), in another experiment, or under another
+    parent; None when it is."""
     try:
         run = client.get_run(run_id) if run_id else None
     except MlflowException:
@@ -179,6 +181,8 @@ def logged_run_problem(client: MlflowClient, run_id: str | None, experiment_id: 
         return f"run {run_id or '(none)'} is not in this store"
     if run.info.lifecycle_stage != "active":
         return f"run {run_id} is deleted"
+    if finished and run.info.status != schema.FINISHED:
+        return f"run {run_id} is {run.info.status} in the store"
     if run.info.experiment_id != experiment_id:
         return f"run {run_id} is in another experiment (id {run.info.experiment_id})"
     logged_parent = run.data.tags.get(schema.PARENT_RUN_TAG)

@@ -377,7 +377,7 @@ def report_failure(exc: Exception, command: str) -> int | None:
     from cl_harness.tracking.store_guard import StoreUnavailableError
 
     if isinstance(exc, StoreUnavailableError):  # the message says what to fix, for every command
-        print(f"error: {str(exc)[:500]}", file=sys.stderr)
+        print(f"error: {str(exc)[:1000]}", file=sys.stderr)  # what to fix, the paths it names included
         return EXIT_TRACKING
     resume = command == "run"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
